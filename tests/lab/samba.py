@@ -1,0 +1,240 @@
+"""Real smbd instances for tests and benchmarks: the lab's file servers.
+
+Each ``SambaServer`` is an independent smbd (its own smb.conf, passdb, state, lock, pid
+and log directories) bound to its own loopback address on port 445, with
+``acl_xattr streams_xattr`` so NT security descriptors, alternate data streams and DOS
+attributes persist, and SMB signing mandatory. A *migration account* that may read and
+write everything (``admin users``) is added to every instance.
+
+Addresses are taken from 127.77.0.0/16 and reserved with a lock file, so several test
+sessions (or a benchmark beside a test run) on one machine never collide. Everything a
+server starts is stopped by the pids in its pid directory; nothing is left running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MIGRATION_USER = "smsmig"
+MIGRATION_PASSWORD = "Mig-Passw0rd!"
+ADDRESS_LOCK_DIR = Path("/tmp/sms-lab-addresses")
+
+
+class LabUnavailable(RuntimeError):
+    """A lab server cannot run on this machine (missing binary, not root ...)."""
+
+
+def have_samba() -> bool:
+    """True when smbd and smbpasswd are installed and we may bind loopback addresses."""
+    return bool(shutil.which("smbd") and shutil.which("smbpasswd")) and os.geteuid() == 0
+
+
+def ensure_system_user(name: str) -> None:
+    """Create a Unix account without a home (smbd maps SMB users onto Unix users)."""
+    if subprocess.run(["id", name], capture_output=True).returncode != 0:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+            check=True,
+            capture_output=True,
+        )
+
+
+def _address_in_use(address: str, port: int = 445) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.2)
+        return probe.connect_ex((address, port)) == 0
+
+
+def reserve_loopback_address() -> tuple[str, object]:
+    """Pick a free 127.77.x.y address and hold an exclusive lock on it.
+
+    Returns the address and the open lock file; closing the file releases the address.
+    """
+    ADDRESS_LOCK_DIR.mkdir(exist_ok=True)
+    start = os.getpid() % 60000
+    for offset in range(60000):
+        number = (start + offset) % 60000 + 2
+        address = f"127.77.{number // 250}.{number % 250 + 2}"
+        lock = open(ADDRESS_LOCK_DIR / address, "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        if _address_in_use(address):
+            lock.close()
+            continue
+        subprocess.run(["ip", "addr", "add", f"{address}/8", "dev", "lo"], capture_output=True)
+        return address, lock
+    raise LabUnavailable("no free loopback address in 127.77.0.0/16")
+
+
+@dataclass
+class Share:
+    """One share of a lab server: its name, the directory behind it, extra smb.conf lines."""
+
+    name: str
+    path: Path
+    options: dict[str, str] = field(default_factory=dict)
+
+
+class SambaServer:
+    """A running smbd of our own, reachable at ``address`` on port 445."""
+
+    def __init__(self, name: str, root: Path | None = None, *, extra_global: dict | None = None):
+        if not have_samba():
+            raise LabUnavailable("smbd/smbpasswd not installed or not root")
+        self.name = name
+        self.root = Path(root or tempfile.mkdtemp(prefix=f"sms-lab-{name}-"))
+        self.address, self._address_lock = reserve_loopback_address()
+        self.conf = self.root / "smb.conf"
+        self.shares: dict[str, Share] = {}
+        self.users: dict[str, str] = {}
+        self.extra_global = dict(extra_global or {})
+        for sub in ("private", "lock", "state", "cache", "pid", "ncalrpc", "log", "shares"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self._started = False
+
+    # --- configuration -------------------------------------------------------------
+    def add_share(self, name: str, path: Path | None = None, **options: str) -> Share:
+        """Declare a share (before or after start; after start the config is reloaded)."""
+        share_path = Path(path or self.root / "shares" / name)
+        share_path.mkdir(parents=True, exist_ok=True)
+        share = Share(name, share_path, {"read only": "no", **options})
+        self.shares[name] = share
+        if self._started:
+            self.write_conf()
+            self.reload()
+        return share
+
+    def write_conf(self) -> None:
+        """Write smb.conf for the current shares."""
+        r = self.root
+        lines = [
+            "[global]",
+            f"netbios name = {self.name.upper()[:15]}",
+            "server role = standalone server",
+            "workgroup = LAB",
+            "disable netbios = yes",
+            "load printers = no",
+            "disable spoolss = yes",
+            "printcap name = /dev/null",
+            f"interfaces = {self.address}",
+            "bind interfaces only = yes",
+            "smb ports = 445",
+            f"private dir = {r / 'private'}",
+            f"lock directory = {r / 'lock'}",
+            f"state directory = {r / 'state'}",
+            f"cache directory = {r / 'cache'}",
+            f"pid directory = {r / 'pid'}",
+            f"ncalrpc dir = {r / 'ncalrpc'}",
+            f"log file = {r / 'log' / 'log.%m'}",
+            "max log size = 10000",
+            f"passdb backend = tdbsam:{r / 'private' / 'passdb.tdb'}",
+            "server signing = mandatory",
+            "server min protocol = SMB2_10",
+            "vfs objects = acl_xattr streams_xattr",
+            "map acl inherit = yes",
+            "store dos attributes = yes",
+            f"admin users = {MIGRATION_USER}",
+            "usershare path =",
+        ]
+        lines += [f"{key} = {value}" for key, value in self.extra_global.items()]
+        for share in self.shares.values():
+            lines += ["", f"[{share.name}]", f"path = {share.path}"]
+            lines += [f"{key} = {value}" for key, value in share.options.items()]
+        self.conf.write_text("\n".join(lines) + "\n")
+
+    def add_user(self, name: str, password: str) -> None:
+        """Create a Unix account and its Samba password on this instance."""
+        ensure_system_user(name)
+        subprocess.run(
+            ["smbpasswd", "-c", str(self.conf), "-s", "-a", name],
+            input=f"{password}\n{password}\n",
+            text=True,
+            check=True,
+            capture_output=True,
+        )
+        self.users[name] = password
+
+    # --- lifecycle -------------------------------------------------------------------
+    def start(self, timeout: float = 15.0) -> "SambaServer":
+        """Start smbd (daemonised; it also starts samba-dcerpcd) and wait for port 445."""
+        self.write_conf()
+        self.add_user(MIGRATION_USER, MIGRATION_PASSWORD)
+        subprocess.run(["smbd", "-D", "-s", str(self.conf)], check=True, capture_output=True)
+        self._started = True
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if _address_in_use(self.address):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise LabUnavailable(f"smbd {self.name} did not listen on {self.address}:445")
+
+    def reload(self) -> None:
+        """Ask the running smbd to re-read smb.conf."""
+        subprocess.run(
+            ["smbcontrol", "-s", str(self.conf), "smbd", "reload-config"],
+            capture_output=True,
+        )
+
+    def pids(self) -> list[int]:
+        """Pids of the daemons this server started (smbd and samba-dcerpcd)."""
+        found = []
+        for pid_file in (self.root / "pid").glob("*.pid"):
+            with contextlib.suppress(ValueError, OSError):
+                found.append(int(pid_file.read_text().split()[0]))
+        return found
+
+    def stop(self) -> None:
+        """Stop every daemon of this server by pid and release its address."""
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and any(_alive(p) for p in self.pids()):
+            time.sleep(0.05)
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self._started = False
+        if self._address_lock is not None:
+            subprocess.run(
+                ["ip", "addr", "del", f"{self.address}/8", "dev", "lo"], capture_output=True
+            )
+            self._address_lock.close()
+            self._address_lock = None
+
+    def destroy(self) -> None:
+        """Stop and remove every file of this server."""
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> "SambaServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.destroy()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie child still answers kill(0); treat it as gone.
+    with contextlib.suppress(OSError):
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        return state != "Z"
+    return False
