@@ -1,0 +1,89 @@
+"""The ``sms`` command line: every operation an administrator or a script needs.
+
+Human output by default (Rich), ``--json`` for scripts. Exit codes follow what robocopy
+users expect: 0 success, 1 completed with errors, 2 and above failure. The CLI never
+prints a credential.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from enum import IntEnum
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from common.settings import Settings, get_settings
+
+app = typer.Typer(help="Storage migration service: inventory, transfer and cut over file servers.",
+                  no_args_is_help=True)
+db_app = typer.Typer(help="Job database maintenance.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+console = Console()
+
+SECRET_SETTINGS = {"secret_key", "api_token"}
+
+
+class ExitCode(IntEnum):
+    """Process exit codes, in robocopy's spirit."""
+
+    SUCCESS = 0
+    COMPLETED_WITH_ERRORS = 1
+    FAILURE = 2
+
+
+def mask_url_password(url: str) -> str:
+    """Replace the password of a URL such as postgresql://user:pw@host/db with ***."""
+    return re.sub(r"(//[^/:@]*:)[^/@]*@", r"\1***@", url)
+
+
+@app.command("config")
+def show_config(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
+    """Show the effective settings and the SMS_* variable that sets each (secrets masked)."""
+    settings = get_settings()
+    rows = []
+    for name, field in Settings.model_fields.items():
+        value = getattr(settings, name)
+        if name in SECRET_SETTINGS:
+            value = "(set)" if value else "(not set)"
+        elif name.endswith("_url"):
+            value = mask_url_password(str(value))
+        rows.append({"setting": name, "variable": f"SMS_{name.upper()}", "value": str(value),
+                     "description": field.description or ""})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("variable", "value", "description")
+    for row in rows:
+        table.add_row(row["variable"], row["value"], row["description"])
+    console.print(table)
+
+
+@db_app.command("upgrade")
+def db_upgrade():
+    """Create or upgrade the job database schema to the newest version (Alembic)."""
+    from orchestrator.database import upgrade_to_head
+
+    settings = get_settings()
+    settings.ensure_state_dir()
+    upgrade_to_head(settings.database_url)
+    console.print("database schema is up to date")
+
+
+@app.command("worker", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def run_worker(ctx: typer.Context,
+               destination: str = typer.Option(..., help="Destination server whose queue to serve."),
+               concurrency: int = typer.Option(0, help="Prefork processes (default: settings).")):
+    """Start a proxy worker for one destination (same as the ``sms-worker`` command)."""
+    args = [sys.executable, "-m", "proxy_worker.main", "--destination", destination]
+    if concurrency:
+        args += ["--concurrency", str(concurrency)]
+    os.execv(sys.executable, args + list(ctx.args))
+
+
+if __name__ == "__main__":
+    app()

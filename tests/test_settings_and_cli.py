@@ -1,0 +1,56 @@
+"""Settings come from SMS_* variables with working defaults; the CLI shows them without
+secrets; the README documents every setting."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from common.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_are_embedded_sqlite_in_state_dir(tmp_path):
+    settings = Settings(state_dir=tmp_path)
+    assert settings.database_url == f"sqlite:///{tmp_path / 'sms.sqlite'}"
+    assert settings.broker_url == f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}"
+    assert settings.broker_is_embedded
+    assert settings.key_file == tmp_path / "secret.key"
+    assert settings.destination_queue("fs02") == "sms.dest.fs02"
+
+
+def test_environment_overrides_every_default(monkeypatch, tmp_path):
+    monkeypatch.setenv("SMS_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("SMS_DATABASE_URL", "postgresql://sms@db.example/sms")
+    monkeypatch.setenv("SMS_BROKER_URL", "redis://127.0.0.1:6379/3")
+    monkeypatch.setenv("SMS_WORKER_CONCURRENCY", "7")
+    monkeypatch.setenv("SMS_SMB_REQUIRE_SIGNING", "false")
+    settings = Settings()
+    assert settings.database_url == "postgresql://sms@db.example/sms"
+    assert settings.broker_url == "redis://127.0.0.1:6379/3"
+    assert not settings.broker_is_embedded
+    assert settings.worker_concurrency == 7
+    assert settings.smb_require_signing is False
+
+
+def test_cli_config_masks_secrets_and_url_passwords(tmp_path):
+    env = dict(os.environ, SMS_STATE_DIR=str(tmp_path), SMS_SECRET_KEY="do-not-print-me",
+               SMS_BROKER_URL="redis://:hunter2pw@127.0.0.1:6379/0")
+    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "config", "--json"],
+                         env=env, capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert "do-not-print-me" not in out and "hunter2pw" not in out
+    rows = {row["variable"]: row["value"] for row in json.loads(out)}
+    assert rows["SMS_SECRET_KEY"] == "(set)"
+    assert rows["SMS_BROKER_URL"] == "redis://:***@127.0.0.1:6379/0"
+
+
+def test_readme_documents_every_setting():
+    readme = (ROOT / "README.md").read_text()
+    documented = set(re.findall(r"`(SMS_[A-Z_]+)`", readme))
+    expected = {f"SMS_{name.upper()}" for name in Settings.model_fields}
+    assert expected <= documented, f"README misses {sorted(expected - documented)}"
