@@ -10,4 +10,7 @@ from __future__ import annotations
 
 pytest_plugins = [
     "tests.lab.fixtures",
+    "tests.lab.services",
+    "tests.lab.workers",
+    "tests.lab.sshd",
 ]

@@ -1,0 +1,66 @@
+"""The Celery application, built from settings, shared by the orchestrator and proxy workers.
+
+JSON only; a message is acknowledged after its task ran (``task_acks_late``) and is
+requeued if the worker process dies (``task_reject_on_worker_lost``); each worker process
+prefetches a single message; one visibility timeout applies to the broker and to any
+result backend. Each destination has its own queue (``settings.destination_queue``);
+orchestrator tasks go to ``settings.orchestrator_queue``. There is no result backend: the
+job database is the truth about every batch (see common.leases, orchestrator.leases).
+
+Works on the embedded broker (``sqla+sqlite://``, kombu's SQLAlchemy transport, which
+has no fan-out: remote control is off there) and on Redis.
+
+This module must never put a credential in the configuration it logs or in a message.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from common.settings import Settings, get_settings
+
+PROXY_WORKER_TASKS = "proxy_worker.tasks"
+
+
+def route_task(name: str, args, kwargs, options, task=None, **kw):  # noqa: ANN001 - Celery router signature
+    """Route orchestrator tasks to the orchestrator queue; others go where they are sent."""
+    if name.startswith("orchestrator."):
+        return {"queue": get_settings().orchestrator_queue}
+    return None
+
+
+def celery_config(settings: Settings) -> dict:
+    """The Celery configuration for ``settings``."""
+    transport_options = {"visibility_timeout": settings.visibility_timeout}
+    return {
+        "broker_url": settings.broker_url,
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": dict(transport_options),
+        "result_backend_transport_options": dict(transport_options),
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_default_queue": settings.orchestrator_queue,
+        "task_create_missing_queues": True,
+        "task_routes": (route_task,),
+        "worker_enable_remote_control": not settings.broker_is_embedded,
+        "worker_send_task_events": False,
+        "timezone": "UTC",
+        "enable_utc": True,
+    }
+
+
+def create_celery_app(settings: Settings | None = None) -> Celery:
+    """A Celery app configured from ``settings`` (default: this process's settings)."""
+    settings = settings or get_settings()
+    if settings.broker_is_embedded:
+        settings.ensure_state_dir()
+    app = Celery("sms", include=[PROXY_WORKER_TASKS], set_as_current=False)
+    app.conf.update(celery_config(settings))
+    return app

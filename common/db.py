@@ -1,0 +1,231 @@
+"""Engines and sessions of the job database, the bulk-insert path, and after-commit hooks.
+
+One engine per database URL and process (re-made after ``fork``, so a Celery prefork child
+never shares its parent's connections). SQLite runs in WAL mode with a busy timeout and
+foreign keys on, so several worker processes can share one file. File records are loaded
+with PostgreSQL ``COPY`` (``psycopg2``'s ``copy_expert``) and with ``executemany`` on
+SQLite, inside the caller's transaction.
+
+After-commit hooks follow warehouse's tasks.py: work queued during a transaction (above
+all: publishing a Celery task that names a row) runs only once the transaction has
+committed, and is dropped if it rolls back. A worker must never receive a batch id the
+database does not have yet.
+
+This module must never log a URL with its password, and must never publish anything
+before the transaction that wrote it has committed.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from common.models import FileRecord
+from common.settings import get_settings
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def _forget_engines_after_fork() -> None:
+    """In a forked child, drop the parent's pools without closing its sockets."""
+    for engine in _engines.values():
+        engine.dispose(close=False)
+    _engines.clear()
+
+
+os.register_at_fork(after_in_child=_forget_engines_after_fork)
+
+
+def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """A new engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
+        engine = create_engine(
+            parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        )
+        event.listen(engine, "connect", _configure_sqlite)
+        return engine
+    return create_engine(parsed, pool_pre_ping=True)
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """The process's engine for ``url`` (default: settings.database_url), made once."""
+    url = url or get_settings().database_url
+    with _engines_lock:
+        engine = _engines.get(url)
+        if engine is None:
+            engine = _engines[url] = make_engine(url)
+        return engine
+
+
+def dispose_engines() -> None:
+    """Close every engine this process made (tests and shutdown)."""
+    with _engines_lock:
+        for engine in _engines.values():
+            engine.dispose()
+        _engines.clear()
+
+
+def session_factory(url: str | None = None) -> sessionmaker[Session]:
+    """A sessionmaker bound to the engine for ``url`` (default: settings.database_url)."""
+    return sessionmaker(bind=get_engine(url), expire_on_commit=False)
+
+
+@contextmanager
+def session_scope(url: str | None = None) -> Iterator[Session]:
+    """A session whose transaction commits on success and rolls back on error."""
+    session = session_factory(url)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+# --- after-commit hooks -------------------------------------------------------------
+
+_AFTER_COMMIT_KEY = "sms.after_commit"
+
+
+def after_commit(session: Session, callback: Callable[[], object]) -> None:
+    """Run ``callback`` once ``session``'s current transaction commits; never if it rolls back.
+
+    The callback runs outside any transaction and must not use ``session``; give it plain
+    values (ids, names) captured before the commit.
+    """
+    session.info.setdefault(_AFTER_COMMIT_KEY, []).append(callback)
+
+
+@event.listens_for(Session, "after_commit")
+def _run_after_commit(session: Session) -> None:
+    for callback in session.info.pop(_AFTER_COMMIT_KEY, []):
+        callback()
+
+
+@event.listens_for(Session, "after_rollback")
+def _drop_after_commit(session: Session) -> None:
+    session.info.pop(_AFTER_COMMIT_KEY, None)
+
+
+# --- bulk insert of file records ------------------------------------------------------
+
+FILE_RECORD_COLUMNS: tuple[str, ...] = tuple(
+    column.name for column in FileRecord.__table__.columns if column.name != "id"
+)
+_COLUMN_DEFAULTS: dict[str, Any] = {
+    "run_id": None,
+    "batch_id": None,
+    "is_dir": False,
+    "size": 0,
+    "creation_time": None,
+    "last_write_time": None,
+    "last_access_time": None,
+    "change_time": None,
+    "attributes": 0,
+    "hash_algorithm": None,
+    "source_hash": None,
+    "destination_hash": None,
+    "state": "scanned",
+    "error_code": None,
+    "error_message": None,
+}
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_field(value: Any) -> str:
+    """One field in PostgreSQL COPY text format."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if hasattr(value, "value"):  # enum members are stored by value
+        value = value.value
+    return str(value).translate(_COPY_ESCAPES)
+
+
+def _complete_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = set(row) - set(FILE_RECORD_COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown file record columns: {sorted(unknown)}")
+    full = {**_COLUMN_DEFAULTS, **row}
+    missing = [name for name in FILE_RECORD_COLUMNS if name not in full]
+    if missing:
+        raise ValueError(f"file record lacks required columns: {missing}")
+    return full
+
+
+def bulk_insert_file_records(
+    session: Session, rows: Iterable[Mapping[str, Any]], *, chunk_size: int = 50_000
+) -> int:
+    """Insert file records in ``session``'s transaction; returns how many were written.
+
+    Each row maps column names of ``FileRecord`` (``share_id`` and ``relative_path`` are
+    required; other columns default as in the model). PostgreSQL gets ``COPY ... FROM
+    STDIN``; other databases an ``executemany`` INSERT. Nothing is committed here.
+    """
+    connection = session.connection()
+    dialect = connection.dialect.name
+    table = FileRecord.__table__
+    total = 0
+    chunk: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        nonlocal total
+        if not chunk:
+            return
+        if dialect == "postgresql":
+            buffer = io.StringIO()
+            for full in chunk:
+                buffer.write("\t".join(_copy_field(full[name]) for name in FILE_RECORD_COLUMNS))
+                buffer.write("\n")
+            buffer.seek(0)
+            cursor = connection.connection.driver_connection.cursor()
+            try:
+                cursor.copy_expert(
+                    f"COPY {table.name} ({', '.join(FILE_RECORD_COLUMNS)}) FROM STDIN",
+                    buffer,
+                )
+            finally:
+                cursor.close()
+        else:
+            connection.execute(
+                table.insert(),
+                [
+                    {k: (v.value if hasattr(v, "value") else v) for k, v in full.items()}
+                    for full in chunk
+                ],
+            )
+        total += len(chunk)
+        chunk.clear()
+
+    for row in rows:
+        chunk.append(_complete_row(row))
+        if len(chunk) >= chunk_size:
+            flush()
+    flush()
+    return total

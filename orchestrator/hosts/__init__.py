@@ -1,0 +1,32 @@
+"""Host adapters: how the orchestrator reads (and later changes) a file server.
+
+``HostAdapter`` (in ``base``) is the one interface; ``SambaSshHost``, ``WindowsWinRmHost``
+and ``SmbOnlyHost`` implement it; ``facts`` holds the dataclasses they return. This
+package must never persist anything: storing facts is the inventory's job.
+"""
+
+from orchestrator.hosts.base import (
+    AuthenticationFailed,
+    CommandFailed,
+    HostAdapter,
+    HostError,
+    HostKeyMismatch,
+    HostKeyUnknown,
+    HostUnreachable,
+    InsecureTransport,
+    ManagementUnavailable,
+    UnexpectedOutput,
+)
+
+__all__ = [
+    "AuthenticationFailed",
+    "CommandFailed",
+    "HostAdapter",
+    "HostError",
+    "HostKeyMismatch",
+    "HostKeyUnknown",
+    "HostUnreachable",
+    "InsecureTransport",
+    "ManagementUnavailable",
+    "UnexpectedOutput",
+]

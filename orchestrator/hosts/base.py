@@ -1,0 +1,107 @@
+"""The one host-adapter interface, and the errors every adapter raises.
+
+Inventory, transfer (share creation) and cutover talk to a file server only through a
+``HostAdapter``: Samba on Linux over SSH (``samba_ssh``), Windows Server over WinRM
+(``windows_winrm``) or any SMB server without management access (``smb_only``). Each
+method returns the dataclasses of ``orchestrator.hosts.facts``.
+
+Errors are typed and worded for an administrator (which host, what failed, what to do).
+An error must never carry a credential: messages are built from host names, commands
+and the server's own error text, never from a password or a key.
+"""
+
+from __future__ import annotations
+
+import abc
+
+from orchestrator.hosts.facts import HostIdentity, LocalPrincipals, NetworkAdapter, ShareFacts, Volume
+
+
+class HostError(Exception):
+    """Base class of every host-adapter error; ``host`` names the server."""
+
+    def __init__(self, host: str, message: str):
+        super().__init__(f"{host}: {message}")
+        self.host = host
+
+
+class HostUnreachable(HostError):
+    """The host did not answer (refused, timed out, no route, name not resolved)."""
+
+
+class AuthenticationFailed(HostError):
+    """The host refused the credentials (wrong user, password or key)."""
+
+
+class HostKeyUnknown(HostError):
+    """The host's SSH key (or TLS certificate) is not trusted: not in known_hosts."""
+
+
+class HostKeyMismatch(HostError):
+    """The host presented a key different from the one in known_hosts: possible impostor."""
+
+
+class InsecureTransport(HostError):
+    """The requested connection would send credentials or data in the clear; refused."""
+
+
+class ManagementUnavailable(HostError):
+    """The adapter has no management access to this host, so this fact cannot be known."""
+
+
+class CommandFailed(HostError):
+    """A management command ran on the host and failed.
+
+    ``command`` is the command as run (never containing a credential), ``exit_status``
+    its exit status and ``stderr`` what it printed on standard error.
+    """
+
+    def __init__(self, host: str, command: str, exit_status: int, stderr: str):
+        detail = stderr.strip().splitlines()[-1] if stderr.strip() else "no error output"
+        super().__init__(host, f"command {command!r} failed with exit status {exit_status}: {detail}")
+        self.command = command
+        self.exit_status = exit_status
+        self.stderr = stderr
+
+
+class UnexpectedOutput(HostError):
+    """A command succeeded but printed something the adapter cannot read."""
+
+
+class HostAdapter(abc.ABC):
+    """Read access to one file server's configuration.
+
+    Adapters connect lazily and are context managers; ``close()`` releases the
+    connection. ``host`` is the name or address the adapter connects to.
+    """
+
+    host: str
+
+    @abc.abstractmethod
+    def identity(self) -> HostIdentity:
+        """Host name, DNS name and domain, SMB name, operating system name and version."""
+
+    @abc.abstractmethod
+    def network(self) -> list[NetworkAdapter]:
+        """Network adapters with MAC, addresses and prefixes, gateways, DNS servers, DHCP."""
+
+    @abc.abstractmethod
+    def volumes(self) -> list[Volume]:
+        """Mounted filesystems (Linux) or volumes (Windows) with filesystem, size and free space."""
+
+    @abc.abstractmethod
+    def shares(self) -> list[ShareFacts]:
+        """Every share with every property and its share permissions."""
+
+    @abc.abstractmethod
+    def local_principals(self) -> LocalPrincipals:
+        """Local users and groups with SIDs where known, members and enabled state."""
+
+    def close(self) -> None:
+        """Release the connection to the host (the default adapter holds none)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

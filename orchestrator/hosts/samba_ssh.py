@@ -1,0 +1,575 @@
+"""Samba on Linux, managed over SSH: the host adapter for Linux Samba sources.
+
+Connects with paramiko (key or password) and checks the server's host key against a
+known_hosts file given by the caller (a key not in it, or a different key, is refused;
+keys are never learnt automatically). It then runs read-only commands:
+
+- identity: ``hostname``, ``hostname -f``, /etc/os-release, Samba's netbios name and
+  workgroup (``testparm``);
+- network: ``ip -j addr``, ``ip -j route``, ``ip -j -6 route``, /etc/resolv.conf;
+- volumes: ``findmnt --df -J -b`` (real filesystems, as df shows them);
+- shares: ``testparm -s -v`` (every share with the effective value of every share-level
+  parameter: its own, else the one [global] sets, else Samba's default),
+  ``sharesec --view-all`` and ``sharesec SHARE --viewsddl`` (share permissions);
+- local principals: ``pdbedit -L -v``, ``net groupmap list verbose``, ``getent``.
+
+For a Samba instance with its own smb.conf, pass ``smb_conf``: every Samba tool then
+gets ``-s CONF``. The account must be allowed to read Samba's passdb and share ACLs
+(root, typically with a key). Every command argument is quoted with shlex; a password is
+never put on a command line, in a log or in an exception. This adapter never changes the
+host.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import socket
+import threading
+from pathlib import Path
+
+import paramiko
+
+from orchestrator.hosts.base import (
+    AuthenticationFailed,
+    CommandFailed,
+    HostAdapter,
+    HostKeyMismatch,
+    HostKeyUnknown,
+    HostUnreachable,
+    UnexpectedOutput,
+)
+from orchestrator.hosts.facts import (
+    GroupMember,
+    HostIdentity,
+    IpAddress,
+    LocalGroup,
+    LocalPrincipals,
+    LocalUser,
+    NetworkAdapter,
+    ShareAccessEntry,
+    ShareFacts,
+    Volume,
+)
+
+# Access masks behind what sharesec prints (Samba's source3/lib/util_sd.c): a standard
+# name for an exact match, else letters when they cover every bit, else the hex mask.
+SHARESEC_RIGHTS = {"READ": 0x001200A9, "CHANGE": 0x001301FF, "FULL": 0x001F01FF}
+SHARESEC_LETTERS = {"R": 0x00120089, "W": 0x00120116, "X": 0x001200A0, "D": 0x00010000, "P": 0x00040000, "O": 0x00080000}
+# Filesystems findmnt --df still lists that hold no data worth migrating.
+NON_DATA_FILESYSTEMS = {"devtmpfs", "squashfs", "overlay", "nsfs", "proc", "sysfs"}
+# Samba's [global]-only sections that are not shares.
+NOT_SHARES = {"global"}
+SPECIAL_SECTIONS = {"homes", "printers", "print$", "ipc$"}
+CSC_TO_CACHING_MODE = {
+    "manual": "Manual",
+    "documents": "Documents",
+    "programs": "Programs",
+    "disable": "None",
+}
+
+
+class _RejectUnknownHost(paramiko.RejectPolicy):
+    """paramiko's RejectPolicy, raising our typed error with the key's fingerprint."""
+
+    def missing_host_key(self, client, hostname, key):
+        raise HostKeyUnknown(
+            hostname,
+            f"SSH host key {key.get_name()} {key.fingerprint} is not in the known_hosts file; "
+            "verify it out of band and add it before inventory",
+        )
+
+
+def parse_testparm(text: str) -> dict[str, dict[str, str]]:
+    """Sections of ``testparm -s`` output: {section: {parameter: value}} in file order."""
+    sections: dict[str, dict[str, str]] = {}
+    current: dict[str, str] | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+            continue
+        if current is None or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        current[key.strip()] = value.strip()
+    return sections
+
+
+def parse_parameter_scopes(text: str) -> set[str]:
+    """Names of share-level ([local]) parameters from ``testparm --show-all-parameters``."""
+    local: set[str] = set()
+    in_local = False
+    for line in text.splitlines():
+        if line.startswith("["):
+            in_local = line.strip() == "[local]"
+        elif in_local and "=" in line:
+            local.add(line.split("=", 1)[0].strip())
+    return local
+
+
+def parse_sharesec_view_all(text: str) -> dict[str, list[ShareAccessEntry]]:
+    """Share permissions per share from ``sharesec --view-all`` (``ACL:SID:TYPE/FLAGS/MASK``)."""
+    result: dict[str, list[ShareAccessEntry]] = {}
+    current: list[ShareAccessEntry] | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("[") and line.endswith("]"):
+            current = result.setdefault(line[1:-1], [])
+        elif line.startswith("ACL:") and current is not None:
+            current.append(_parse_sharesec_ace(line[4:]))
+    return result
+
+
+def _parse_sharesec_ace(text: str) -> ShareAccessEntry:
+    trustee, _, rest = text.rpartition(":")
+    kind, flags, mask_text = rest.split("/", 2)
+    mask = SHARESEC_RIGHTS.get(mask_text.upper())
+    if mask is None and mask_text and set(mask_text) <= set(SHARESEC_LETTERS):
+        mask = 0
+        for letter in mask_text:
+            mask |= SHARESEC_LETTERS[letter]
+    if mask is None:
+        try:
+            mask = int(mask_text, 16)
+        except ValueError:
+            raise UnexpectedOutput("sharesec", f"unknown access mask {mask_text!r}") from None
+    right = {v: k.capitalize() for k, v in SHARESEC_RIGHTS.items()}.get(mask, "Custom")
+    access_type = {"ALLOWED": "Allow", "DENIED": "Deny"}.get(kind.upper(), kind)
+    sid = trustee if trustee.startswith("S-1-") else None
+    return ShareAccessEntry(
+        trustee=trustee, access_type=access_type, right=right, mask=mask, sid=sid, flags=int(flags, 16)
+    )
+
+
+def parse_os_release(text: str) -> dict[str, str]:
+    """Key/value pairs of /etc/os-release, values unquoted as a shell would."""
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        if "=" not in line or line.lstrip().startswith("#"):
+            continue
+        key, _, value = line.partition("=")
+        parts = shlex.split(value) if value.strip() else [""]
+        values[key.strip()] = parts[0] if parts else ""
+    return values
+
+
+def parse_ip_json(addr_json: str, route_json: str, resolv_conf: str) -> list[NetworkAdapter]:
+    """Adapters from ``ip -j addr`` and ``ip -j route`` (v4 and v6 merged) and resolv.conf."""
+    try:
+        links = json.loads(addr_json)
+        routes = json.loads(route_json) if route_json.strip() else []
+    except json.JSONDecodeError as exc:
+        raise UnexpectedOutput("ip", f"cannot parse ip -j output: {exc}") from exc
+    dns = [
+        line.split()[1]
+        for line in resolv_conf.splitlines()
+        if line.strip().startswith("nameserver") and len(line.split()) > 1
+    ]
+    gateways: dict[str, list[str]] = {}
+    for route in routes:
+        if route.get("dst") == "default" and route.get("gateway"):
+            gateways.setdefault(route.get("dev", ""), []).append(route["gateway"])
+    adapters = []
+    for link in links:
+        name = link.get("ifname", "")
+        loopback = link.get("link_type") == "loopback"
+        addresses = [
+            IpAddress(
+                address=info["local"],
+                prefix_length=int(info["prefixlen"]),
+                family="ipv4" if info.get("family") == "inet" else "ipv6",
+                dhcp=bool(info.get("dynamic")) if info.get("family") == "inet" else None,
+            )
+            for info in link.get("addr_info", [])
+            if "local" in info
+        ]
+        v4 = [a for a in addresses if a.family == "ipv4"]
+        adapters.append(
+            NetworkAdapter(
+                name=name,
+                mac_address=None if loopback else link.get("address"),
+                addresses=addresses,
+                gateways=gateways.get(name, []),
+                dns_servers=[] if loopback else list(dns),
+                dhcp=any(a.dhcp for a in v4) if v4 else None,
+                loopback=loopback,
+            )
+        )
+    return adapters
+
+
+def parse_findmnt_df(text: str) -> list[Volume]:
+    """Volumes from ``findmnt --df -J -b``, one per mount point, pseudo filesystems left out."""
+    try:
+        filesystems = json.loads(text).get("filesystems", [])
+    except json.JSONDecodeError as exc:
+        raise UnexpectedOutput("findmnt", f"cannot parse findmnt output: {exc}") from exc
+    volumes: dict[str, Volume] = {}
+    for fs in filesystems:
+        if fs.get("fstype") in NON_DATA_FILESYSTEMS or fs["target"] in volumes:
+            continue
+        volumes[fs["target"]] = Volume(
+            mount_point=fs["target"],
+            filesystem=fs.get("fstype"),
+            size_bytes=_int_or_none(fs.get("size")),
+            free_bytes=_int_or_none(fs.get("avail")),
+            device=fs.get("source"),
+        )
+    return list(volumes.values())
+
+
+def parse_pdbedit_verbose(text: str) -> list[dict[str, str]]:
+    """Accounts of ``pdbedit -L -v``: a dict of ``Field: value`` per account."""
+    accounts: list[dict[str, str]] = []
+    current: dict[str, str] | None = None
+    for line in text.splitlines():
+        if line.startswith("---------------"):
+            current = {}
+            accounts.append(current)
+        elif ":" in line and current is not None:
+            key, _, value = line.partition(":")
+            current[key.strip()] = value.strip()
+    return accounts
+
+
+def parse_groupmap_verbose(text: str) -> list[dict[str, str]]:
+    """Mappings of ``net groupmap list verbose``: NT name plus SID, Unix gid/group, type, comment."""
+    groups: list[dict[str, str]] = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        if not line.startswith(("\t", " ")):
+            groups.append({"name": line.strip()})
+        elif groups and ":" in line:
+            key, _, value = line.partition(":")
+            groups[-1][key.strip()] = value.strip()
+    return groups
+
+
+def parse_getent(text: str) -> list[list[str]]:
+    """Colon-separated records of ``getent passwd`` / ``getent group``."""
+    return [line.split(":") for line in text.splitlines() if line.strip()]
+
+
+def _int_or_none(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _bool(value: str | None) -> bool | None:
+    if value is None:
+        return None
+    return value.strip().lower() in ("yes", "true", "1", "on")
+
+
+class SambaSshHost(HostAdapter):
+    """A Linux Samba server reached over SSH.
+
+    ``known_hosts`` is required: the server's host key must be in it. Give ``password``
+    or ``key_filename`` (a private key file; ``key_passphrase`` if it is encrypted).
+    ``smb_conf`` selects an smb.conf other than the distribution's default.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        *,
+        username: str,
+        known_hosts: str | Path,
+        port: int = 22,
+        password: str | None = None,
+        key_filename: str | Path | None = None,
+        key_passphrase: str | None = None,
+        smb_conf: str | None = None,
+        timeout: float = 15.0,
+    ):
+        if password is None and key_filename is None:
+            raise ValueError("give a password or a key file for SSH login")
+        self.host = host
+        self.port = port
+        self.username = username
+        self.known_hosts = Path(known_hosts)
+        self._password = password
+        self._key_filename = str(key_filename) if key_filename else None
+        self._key_passphrase = key_passphrase
+        self.smb_conf = smb_conf
+        self.timeout = timeout
+        self._client: paramiko.SSHClient | None = None
+
+    # --- connection --------------------------------------------------------------
+    @property
+    def _where(self) -> str:
+        return f"{self.host}:{self.port}" if self.port != 22 else self.host
+
+    def connect(self) -> None:
+        """Open the SSH session (done on first use); typed errors for every failure."""
+        if self._client is not None:
+            return
+        if not self.known_hosts.is_file():
+            raise HostKeyUnknown(self._where, f"known_hosts file {self.known_hosts} does not exist")
+        client = paramiko.SSHClient()
+        client.load_host_keys(str(self.known_hosts))
+        client.set_missing_host_key_policy(_RejectUnknownHost())
+        try:
+            client.connect(
+                self.host,
+                port=self.port,
+                username=self.username,
+                password=self._password,
+                key_filename=self._key_filename,
+                passphrase=self._key_passphrase,
+                timeout=self.timeout,
+                banner_timeout=self.timeout,
+                auth_timeout=self.timeout,
+                allow_agent=False,
+                look_for_keys=False,
+            )
+        except HostKeyUnknown as exc:
+            client.close()
+            raise HostKeyUnknown(self._where, str(exc).split(": ", 1)[1]) from None
+        except paramiko.BadHostKeyException as exc:
+            client.close()
+            raise HostKeyMismatch(
+                self._where,
+                f"SSH host key changed: known_hosts has {exc.expected_key.get_name()} "
+                f"{exc.expected_key.fingerprint} but the server offered {exc.key.get_name()} "
+                f"{exc.key.fingerprint}; someone may be impersonating the server, or it was "
+                "reinstalled (then update known_hosts)",
+            ) from None
+        except paramiko.AuthenticationException:
+            client.close()
+            raise AuthenticationFailed(
+                self._where, f"SSH login as {self.username!r} was refused: check the password or key"
+            ) from None
+        except paramiko.ssh_exception.NoValidConnectionsError as exc:
+            client.close()
+            raise HostUnreachable(self._where, f"SSH connection refused or failed: {exc.strerror}") from None
+        except (socket.timeout, TimeoutError):
+            client.close()
+            raise HostUnreachable(self._where, f"no SSH answer within {self.timeout:g} s") from None
+        except socket.gaierror as exc:
+            client.close()
+            raise HostUnreachable(self._where, f"host name not resolved: {exc.strerror}") from None
+        except OSError as exc:
+            client.close()
+            raise HostUnreachable(self._where, f"SSH connection failed: {exc.strerror or exc}") from None
+        except paramiko.SSHException as exc:
+            client.close()
+            raise HostUnreachable(self._where, f"SSH handshake failed: {exc}") from None
+        self._client = client
+
+    def close(self) -> None:
+        """Close the SSH session."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def run(self, argv: list[str], *, check: bool = True) -> tuple[int, str, str]:
+        """Run one command (argv, each argument shell-quoted) and return (status, stdout, stderr).
+
+        Runs in the C locale so outputs parse the same everywhere. With ``check`` a
+        non-zero status raises ``CommandFailed``.
+        """
+        self.connect()
+        assert self._client is not None
+        command = shlex.join(argv)
+        try:
+            channel = self._client.get_transport().open_session(timeout=self.timeout)
+            channel.settimeout(None)
+            channel.exec_command(f"LC_ALL=C LANG=C {command}")
+            channel.shutdown_write()
+            err_chunks: list[bytes] = []
+            reader = threading.Thread(target=_drain_stderr, args=(channel, err_chunks), daemon=True)
+            reader.start()
+            out = bytearray()
+            while chunk := channel.recv(65536):
+                out += chunk
+            reader.join()
+            status = channel.recv_exit_status()
+            channel.close()
+        except (paramiko.SSHException, OSError) as exc:
+            self.close()
+            raise HostUnreachable(self._where, f"SSH session lost while running {command!r}: {exc}") from None
+        stdout = out.decode("utf-8", "replace")
+        stderr = b"".join(err_chunks).decode("utf-8", "replace")
+        if check and status != 0:
+            raise CommandFailed(self._where, command, status, stderr)
+        return status, stdout, stderr
+
+    def _output(self, argv: list[str]) -> str:
+        return self.run(argv)[1]
+
+    def _samba(self, tool: str, *args: str) -> list[str]:
+        """argv of a Samba tool with ``-s CONF`` when an smb.conf was given."""
+        conf = ["-s", self.smb_conf] if self.smb_conf else []
+        return [tool, *conf, *args]
+
+    # --- facts -------------------------------------------------------------------
+    def identity(self) -> HostIdentity:
+        """Host name, FQDN and DNS domain, Samba netbios name and workgroup, OS release."""
+        hostname = self._output(["hostname"]).strip()
+        status, fqdn_out, _ = self.run(["hostname", "-f"], check=False)
+        fqdn = fqdn_out.strip() if status == 0 and fqdn_out.strip() else None
+        domain = fqdn.split(".", 1)[1] if fqdn and "." in fqdn else None
+        release = parse_os_release(self._output(["cat", "/etc/os-release"]))
+        globals_ = parse_testparm(self._output(self._samba("testparm", "-s", "-v"))).get("global", {})
+        return HostIdentity(
+            hostname=hostname,
+            fqdn=fqdn,
+            domain=globals_.get("realm") or domain,
+            netbios_name=globals_.get("netbios name") or None,
+            workgroup=globals_.get("workgroup") or None,
+            part_of_domain=globals_.get("security", "").lower() in ("ads", "domain")
+            or "member server" in globals_.get("server role", "").lower(),
+            os_name=release.get("NAME"),
+            os_version=release.get("VERSION") or release.get("VERSION_ID"),
+        )
+
+    def network(self) -> list[NetworkAdapter]:
+        """Interfaces with MAC, addresses/prefixes (DHCP when the kernel marks them dynamic),
+        default gateways per interface, and the resolver's name servers."""
+        addr = self._output(["ip", "-j", "addr", "show"])
+        routes = json.loads(self._output(["ip", "-j", "route", "show"]) or "[]")
+        routes += json.loads(self._output(["ip", "-j", "-6", "route", "show"]) or "[]")
+        _, resolv, _ = self.run(["cat", "/etc/resolv.conf"], check=False)
+        return parse_ip_json(addr, json.dumps(routes), resolv)
+
+    def volumes(self) -> list[Volume]:
+        """Mounted data filesystems with type, size and space available (bytes)."""
+        return parse_findmnt_df(
+            self._output(["findmnt", "--df", "-J", "-b", "-o", "SOURCE,FSTYPE,SIZE,USED,AVAIL,TARGET"])
+        )
+
+    def shares(self) -> list[ShareFacts]:
+        """Every share of smb.conf with the effective value of every share-level parameter,
+        and its share permissions (SDDL and parsed entries)."""
+        sections = parse_testparm(self._output(self._samba("testparm", "-s", "-v")))
+        share_level = parse_parameter_scopes(self._output(["testparm", "--show-all-parameters"]))
+        inherited = {k: v for k, v in sections.get("global", {}).items() if k in share_level}
+        acls = parse_sharesec_view_all(self._output(self._samba("sharesec", "--view-all")))
+        shares = []
+        for name, own in sections.items():
+            if name.lower() in NOT_SHARES:
+                continue
+            properties = {**inherited, **own}
+            status, sddl, _ = self.run(self._samba("sharesec", name, "--viewsddl"), check=False)
+            shares.append(
+                _share_from_parameters(name, properties, acls.get(name, []), sddl.strip() if status == 0 else None)
+            )
+        return shares
+
+    def local_principals(self) -> LocalPrincipals:
+        """Samba accounts (pdbedit) and the groups they belong to, with members.
+
+        Groups are those mapped to Windows groups (``net groupmap``) and every Unix group
+        a Samba account belongs to; an unmapped Unix group has no SID.
+        """
+        accounts = parse_pdbedit_verbose(self._output(self._samba("pdbedit", "-L", "-v")))
+        names = [a["Unix username"] for a in accounts if a.get("Unix username")]
+        passwd = {}
+        if names:
+            _, out, _ = self.run(["getent", "passwd", *names], check=False)
+            passwd = {rec[0]: rec for rec in parse_getent(out) if len(rec) >= 4}
+        users = []
+        for account in accounts:
+            name = account.get("Unix username", "")
+            flags = account.get("Account Flags", "")
+            users.append(
+                LocalUser(
+                    name=name,
+                    sid=account.get("User SID") or None,
+                    enabled="D" not in flags.strip("[]"),
+                    full_name=account.get("Full Name") or None,
+                    description=account.get("Account desc") or None,
+                    unix_id=_int_or_none(passwd[name][2]) if name in passwd else None,
+                )
+            )
+        mapped = {
+            g.get("Unix group", ""): g
+            for g in parse_groupmap_verbose(self._output(self._samba("net", "groupmap", "list", "verbose")))
+        }
+        primary: dict[str, list[str]] = {}
+        for name, rec in passwd.items():
+            primary.setdefault(rec[3], []).append(name)
+        groups = []
+        samba_users = set(names)
+        for rec in parse_getent(self._output(["getent", "group"])):
+            if len(rec) < 4:
+                continue
+            unix_name, gid = rec[0], rec[2]
+            members = list(dict.fromkeys(primary.get(gid, []) + [m for m in rec[3].split(",") if m]))
+            mapping = mapped.pop(unix_name, None)
+            if mapping is None and not samba_users.intersection(members):
+                continue
+            groups.append(
+                LocalGroup(
+                    name=mapping["name"] if mapping else unix_name,
+                    sid=mapping.get("SID") if mapping else None,
+                    description=mapping.get("Comment") if mapping else None,
+                    unix_id=_int_or_none(gid),
+                    unix_name=unix_name,
+                    members=[
+                        GroupMember(
+                            name=m,
+                            sid=next((u.sid for u in users if u.name == m), None),
+                            object_class="User",
+                            source="Samba" if m in samba_users else "Unix",
+                        )
+                        for m in members
+                    ],
+                )
+            )
+        for mapping in mapped.values():  # mapped to a gid that getent does not know
+            groups.append(
+                LocalGroup(
+                    name=mapping["name"],
+                    sid=mapping.get("SID"),
+                    description=mapping.get("Comment"),
+                    unix_id=_int_or_none(mapping.get("Unix gid")),
+                    unix_name=mapping.get("Unix group") or None,
+                )
+            )
+        return LocalPrincipals(users=users, groups=groups)
+
+
+def _drain_stderr(channel: paramiko.Channel, chunks: list[bytes]) -> None:
+    while chunk := channel.recv_stderr(65536):
+        chunks.append(chunk)
+
+
+def _share_from_parameters(
+    name: str, properties: dict[str, str], access: list[ShareAccessEntry], sddl: str | None
+) -> ShareFacts:
+    """A ShareFacts from a share's effective smb.conf parameters (Samba defaults otherwise)."""
+    lower = name.lower()
+    if _bool(properties.get("printable")) or lower == "printers":
+        share_type = "printer"
+    elif lower == "ipc$":
+        share_type = "ipc"
+    else:
+        share_type = "disk"
+    encrypt = properties.get("smb encrypt", properties.get("server smb encrypt", "default")).lower()
+    return ShareFacts(
+        name=name,
+        path=properties.get("path"),
+        description=properties.get("comment") or None,
+        share_type=share_type,
+        special=lower in SPECIAL_SECTIONS or _bool(properties.get("administrative share")) is True,
+        temporary=False,
+        folder_enumeration_mode="AccessBased"
+        if _bool(properties.get("access based share enum"))
+        else "Unrestricted",
+        caching_mode=CSC_TO_CACHING_MODE.get(properties.get("csc policy", "manual").lower()),
+        continuously_available=False,
+        encrypt_data=encrypt in ("required", "mandatory", "force"),
+        concurrent_user_limit=int(properties.get("max connections", "0") or 0),
+        properties=properties,
+        sddl=sddl or None,
+        access=access,
+    )

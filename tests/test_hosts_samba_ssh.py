@@ -1,0 +1,313 @@
+"""The Samba-over-SSH host adapter against a real smbd managed over a real sshd.
+
+A lab smbd gets shares with distinctive properties, share permissions set with
+sharesec, a mapped local group and two Samba accounts (one disabled); the adapter,
+logged in over the lab sshd, must report each of them exactly. The error cases use the
+same sshd: wrong password, nothing listening, unknown and mismatched host keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+
+import pytest
+
+from orchestrator.hosts import (
+    AuthenticationFailed,
+    CommandFailed,
+    HostKeyMismatch,
+    HostKeyUnknown,
+    HostUnreachable,
+)
+from orchestrator.hosts.samba_ssh import SambaSshHost
+from tests.lab.fixtures import unavailable
+from tests.lab.samba import LabUnavailable, SambaServer, reserve_loopback_address
+
+ALICE, BOB, GROUP = "smsinvalice", "smsinvbob", "smsinvfin"
+FINANCE_OPTIONS = {
+    "comment": "Finance data (R&D)",
+    "browseable": "no",
+    "access based share enum": "yes",
+    "oplocks": "no",
+    "level2 oplocks": "no",
+    "csc policy": "documents",
+    "max connections": "7",
+    "smb encrypt": "required",
+    "vfs objects": "acl_xattr",
+    "read only": "yes",
+    "veto files": "/*.tmp/",
+}
+
+
+def _run(*argv: str, stdin: str | None = None) -> str:
+    return subprocess.run(argv, input=stdin, text=True, capture_output=True, check=True).stdout
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A running smbd with the shares, permissions, users and group the tests check."""
+    try:
+        server = SambaServer("invsrc", tmp_path_factory.mktemp("samba-inv"))
+    except LabUnavailable as exc:
+        unavailable(str(exc))
+    server.add_share("public")
+    server.add_share("finance", **FINANCE_OPTIONS)
+    server.add_share("Team Docs", comment="space in the name")
+    try:
+        server.start()
+    except LabUnavailable as exc:
+        unavailable(str(exc))
+    conf = str(server.conf)
+    try:
+        server.add_user(ALICE, "Alice-Passw0rd!")
+        server.add_user(BOB, "Bob-Passw0rd!")
+        _run("pdbedit", "-s", conf, "-c", "[D]", "-u", BOB)
+        if subprocess.run(["getent", "group", GROUP], capture_output=True).returncode != 0:
+            _run("groupadd", "--system", GROUP)
+        _run("usermod", "-aG", GROUP, ALICE)
+        _run("net", "-s", conf, "groupmap", "add", "ntgroup=Finance Team", f"unixgroup={GROUP}", "type=local")
+        _run("sharesec", "-s", conf, "finance", "-R", "S-1-1-0:ALLOWED/0x0/READ,S-1-5-32-544:ALLOWED/0x0/FULL")
+        _run("sharesec", "-s", conf, "finance", "-a", "S-1-5-32-545:DENIED/0x0/CHANGE")
+        _run("sharesec", "-s", conf, "Team Docs", "-R", "S-1-5-32-544:ALLOWED/0x0/0x001f0089")
+        yield server
+    finally:
+        server.destroy()
+        subprocess.run(["userdel", ALICE], capture_output=True)
+        subprocess.run(["userdel", BOB], capture_output=True)
+        subprocess.run(["groupdel", GROUP], capture_output=True)
+
+
+@pytest.fixture
+def host(lab, sshd_server):
+    """The adapter, logged in as root with the fixture's key, reading the lab's smb.conf."""
+    with SambaSshHost(
+        sshd_server.host,
+        port=sshd_server.port,
+        username=sshd_server.root_user,
+        key_filename=sshd_server.client_key,
+        known_hosts=sshd_server.known_hosts,
+        smb_conf=str(lab.conf),
+    ) as adapter:
+        yield adapter
+
+
+def test_identity(host, lab):
+    identity = host.identity()
+    assert identity.hostname == socket.gethostname()
+    assert identity.netbios_name == "INVSRC"
+    assert identity.workgroup == "LAB"
+    assert identity.part_of_domain is False
+    release = dict(
+        line.split("=", 1) for line in open("/etc/os-release").read().splitlines() if "=" in line
+    )
+    assert identity.os_name == release["NAME"].strip('"')
+    assert identity.os_version == release["VERSION"].strip('"')
+
+
+def test_network(host, lab, sshd_server):
+    adapters = {a.name: a for a in host.network()}
+    lo = adapters["lo"]
+    assert lo.loopback and lo.mac_address is None
+    addresses = {(a.address, a.prefix_length, a.family) for a in lo.addresses}
+    assert (lab.address, 8, "ipv4") in addresses
+    assert (sshd_server.host, 8, "ipv4") in addresses
+    assert ("::1", 128, "ipv6") in addresses
+    expected_gateways = {
+        route["dev"]: route["gateway"]
+        for route in json.loads(_run("ip", "-j", "route", "show"))
+        if route.get("dst") == "default"
+    }
+    links = {link["ifname"]: link for link in json.loads(_run("ip", "-j", "addr", "show"))}
+    nameservers = [
+        line.split()[1] for line in open("/etc/resolv.conf") if line.startswith("nameserver")
+    ]
+    for name, gateway in expected_gateways.items():
+        assert gateway in adapters[name].gateways
+        assert adapters[name].mac_address == links[name]["address"]
+        assert adapters[name].dns_servers == nameservers
+    assert set(adapters) == set(links)
+
+
+def test_volumes(host, lab):
+    volumes = host.volumes()
+    mount = _run("findmnt", "-n", "-o", "TARGET", "-T", str(lab.root)).strip()
+    volume = next(v for v in volumes if v.mount_point == mount)
+    stat = os.statvfs(lab.root)
+    assert volume.size_bytes == stat.f_blocks * stat.f_frsize
+    assert abs(volume.free_bytes - stat.f_bavail * stat.f_frsize) < 0.05 * volume.size_bytes
+    assert volume.filesystem == _run("findmnt", "-n", "-o", "FSTYPE", "-T", str(lab.root)).strip()
+    assert len({v.mount_point for v in volumes}) == len(volumes)
+
+
+def test_shares_every_property(host, lab):
+    shares = {s.name: s for s in host.shares()}
+    assert set(shares) == {"public", "finance", "Team Docs"}
+    finance = shares["finance"]
+    assert finance.path == str(lab.shares["finance"].path)
+    assert finance.description == "Finance data (R&D)"
+    assert finance.folder_enumeration_mode == "AccessBased"
+    assert finance.caching_mode == "Documents"
+    assert finance.concurrent_user_limit == 7
+    assert finance.encrypt_data is True
+    assert finance.share_type == "disk" and finance.special is False
+    props = finance.properties
+    assert props["browseable"] == "No"
+    assert props["access based share enum"] == "Yes"
+    assert props["oplocks"] == "No"
+    assert props["level2 oplocks"] == "No"
+    assert props["read only"] == "Yes"
+    assert props["vfs objects"] == "acl_xattr"  # the share's own value overrides [global]
+    assert props["veto files"] == "/*.tmp/"
+    assert props["max connections"] == "7"
+    assert props["admin users"] == "smsmig"  # inherited from [global]
+    assert "workgroup" not in props  # a global-only parameter is not a share property
+    assert props["hide dot files"] == "Yes"  # a Samba default nobody set: still reported
+
+    public = shares["public"]
+    assert public.folder_enumeration_mode == "Unrestricted"
+    assert public.caching_mode == "Manual" and public.concurrent_user_limit == 0
+    assert public.encrypt_data is False
+    assert public.properties["vfs objects"] == "acl_xattr streams_xattr"  # inherited
+    assert public.properties["read only"] == "No"
+    assert public.description is None
+
+
+def test_share_permissions(host, lab):
+    shares = {s.name: s for s in host.shares()}
+    finance = shares["finance"]
+    expected_sddl = _run("sharesec", "-s", str(lab.conf), "finance", "--viewsddl").strip()
+    assert finance.sddl == expected_sddl
+    assert [(a.sid, a.access_type, a.right) for a in finance.access] == [
+        ("S-1-5-32-545", "Deny", "Change"),
+        ("S-1-1-0", "Allow", "Read"),
+        ("S-1-5-32-544", "Allow", "Full"),
+    ]
+    # the masks behind the names are the ones Samba writes into the descriptor
+    sddl_masks = [int(m, 16) for m in re.findall(r"\((?:A|D);;(0x[0-9a-f]+);", finance.sddl)]
+    assert [a.mask for a in finance.access] == sddl_masks
+
+    team = shares["Team Docs"]  # a name with a space: quoting reached sharesec intact
+    assert team.description == "space in the name"
+    assert [(a.sid, a.access_type, a.right, a.mask) for a in team.access] == [
+        ("S-1-5-32-544", "Allow", "Custom", 0x001F0089)
+    ]
+    assert team.sddl == "D:(A;;0x001f0089;;;BA)"
+    assert shares["public"].sddl == "D:(A;;0x001f01ff;;;WD)"
+
+
+def test_local_principals(host, lab):
+    principals = host.local_principals()
+    users = {u.name: u for u in principals.users}
+    conf = str(lab.conf)
+
+    def sid_of(name: str) -> str:
+        out = _run("pdbedit", "-s", conf, "-L", "-v", "-u", name)
+        return re.search(r"User SID:\s+(\S+)", out).group(1)
+
+    assert set(users) == {ALICE, BOB, "smsmig"}
+    assert users[ALICE].sid == sid_of(ALICE) and users[ALICE].enabled is True
+    assert users[BOB].sid == sid_of(BOB) and users[BOB].enabled is False
+    assert users[ALICE].unix_id == int(_run("id", "-u", ALICE))
+    groups = {g.name: g for g in principals.groups}
+    finance = groups["Finance Team"]
+    mapping = _run("net", "-s", conf, "groupmap", "list")
+    assert f"Finance Team ({finance.sid}) -> {GROUP}" in mapping
+    assert finance.unix_name == GROUP
+    assert finance.unix_id == int(_run("getent", "group", GROUP).split(":")[2])
+    members = {m.name: m for m in finance.members}
+    assert members[ALICE].sid == users[ALICE].sid
+    assert BOB not in members
+    # each Samba account's primary Unix group is reported with the account as member
+    primary = _run("id", "-gn", BOB).strip()
+    assert BOB in {m.name for m in groups[primary].members}
+    assert groups[primary].sid is None  # not mapped: no SID is invented
+
+
+def test_password_login(sshd_server):
+    with SambaSshHost(
+        sshd_server.host,
+        port=sshd_server.port,
+        username=sshd_server.user,
+        password=sshd_server.password,
+        known_hosts=sshd_server.known_hosts,
+    ) as adapter:
+        assert any(a.name == "lo" for a in adapter.network())
+
+
+def test_wrong_password(sshd_server):
+    adapter = SambaSshHost(
+        sshd_server.host,
+        port=sshd_server.port,
+        username=sshd_server.user,
+        password="not-the-Password-1",
+        known_hosts=sshd_server.known_hosts,
+    )
+    with pytest.raises(AuthenticationFailed) as caught:
+        adapter.identity()
+    assert "not-the-Password-1" not in str(caught.value)
+    assert sshd_server.user in str(caught.value)
+
+
+def test_unreachable_host(sshd_server):
+    address, lock = reserve_loopback_address()  # reserved, nothing listens there
+    try:
+        adapter = SambaSshHost(
+            address, port=22, username="root", key_filename=sshd_server.client_key,
+            known_hosts=sshd_server.known_hosts, timeout=5,
+        )
+        with pytest.raises(HostUnreachable) as caught:
+            adapter.network()
+        assert address in str(caught.value)
+    finally:
+        subprocess.run(["ip", "addr", "del", f"{address}/8", "dev", "lo"], capture_output=True)
+        lock.close()
+
+
+def test_unknown_host_key(sshd_server, tmp_path):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    adapter = SambaSshHost(
+        sshd_server.host, port=sshd_server.port, username="root",
+        key_filename=sshd_server.client_key, known_hosts=empty,
+    )
+    with pytest.raises(HostKeyUnknown) as caught:
+        adapter.identity()
+    assert "not in the known_hosts" in str(caught.value)
+    missing = SambaSshHost(
+        sshd_server.host, port=sshd_server.port, username="root",
+        key_filename=sshd_server.client_key, known_hosts=tmp_path / "absent",
+    )
+    with pytest.raises(HostKeyUnknown):
+        missing.identity()
+
+
+def test_mismatched_host_key(sshd_server, tmp_path):
+    impostor = tmp_path / "impostor"
+    _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(impostor))
+    known = tmp_path / "known_hosts"
+    public = " ".join(impostor.with_suffix(".pub").read_text().split()[:2])
+    known.write_text(f"[{sshd_server.host}]:{sshd_server.port} {public}\n")
+    adapter = SambaSshHost(
+        sshd_server.host, port=sshd_server.port, username="root",
+        key_filename=sshd_server.client_key, known_hosts=known,
+    )
+    with pytest.raises(HostKeyMismatch) as caught:
+        adapter.identity()
+    assert "changed" in str(caught.value)
+
+
+def test_command_failure_is_typed(sshd_server, tmp_path):
+    with SambaSshHost(
+        sshd_server.host, port=sshd_server.port, username="root",
+        key_filename=sshd_server.client_key, known_hosts=sshd_server.known_hosts,
+        smb_conf=str(tmp_path / "no such dir" / "smb.conf"),
+    ) as adapter:
+        with pytest.raises(CommandFailed) as caught:
+            adapter.shares()
+    error = caught.value
+    assert error.exit_status != 0
+    assert error.command.startswith("testparm -s '") and "no such dir" in error.command
