@@ -3,9 +3,10 @@
 JSON only; a message is acknowledged after its task ran (``task_acks_late``) and is
 requeued if the worker process dies (``task_reject_on_worker_lost``); each worker process
 prefetches a single message; one visibility timeout applies to the broker and to any
-result backend. Each destination has its own queue (``settings.destination_queue``);
-orchestrator tasks go to ``settings.orchestrator_queue``. There is no result backend: the
-job database is the truth about every batch (see common.leases, orchestrator.leases).
+result backend (the embedded broker has none: the lease reaper covers it). Each
+destination has its own queue (``settings.destination_queue``); orchestrator tasks go
+to ``settings.orchestrator_queue``. There is no result backend: the job database is the
+truth about every batch (see common.leases, orchestrator.leases).
 
 Works on the embedded broker (``sqla+sqlite://``, kombu's SQLAlchemy transport, which
 has no fan-out: remote control is off there) and on Redis.
@@ -20,22 +21,23 @@ from celery import Celery
 from common.settings import Settings, get_settings
 
 PROXY_WORKER_TASKS = "proxy_worker.tasks"
-
-
-def route_task(name: str, args, kwargs, options, task=None, **kw):  # noqa: ANN001 - Celery router signature
-    """Route orchestrator tasks to the orchestrator queue; others go where they are sent."""
-    if name.startswith("orchestrator."):
-        return {"queue": get_settings().orchestrator_queue}
-    return None
+PROXY_WORKER_COPY_TASKS = "proxy_worker.copy_tasks"
+EMBEDDED_BROKER_BUSY_TIMEOUT = 30  # seconds
 
 
 def celery_config(settings: Settings) -> dict:
     """The Celery configuration for ``settings``."""
     transport_options = {"visibility_timeout": settings.visibility_timeout}
+    if settings.broker_is_embedded:
+        # kombu's SQLAlchemy transport passes its options to create_engine() and has no
+        # visibility timeout; wait for SQLite's lock rather than fail under contention.
+        broker_options = {"connect_args": {"timeout": EMBEDDED_BROKER_BUSY_TIMEOUT}}
+    else:
+        broker_options = dict(transport_options)
     return {
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": dict(transport_options),
+        "broker_transport_options": broker_options,
         "result_backend_transport_options": dict(transport_options),
         "task_serializer": "json",
         "result_serializer": "json",
@@ -48,7 +50,8 @@ def celery_config(settings: Settings) -> dict:
         "result_backend": None,
         "task_default_queue": settings.orchestrator_queue,
         "task_create_missing_queues": True,
-        "task_routes": (route_task,),
+        # Orchestrator tasks to their queue; proxy-worker tasks are sent to a destination's.
+        "task_routes": {"orchestrator.*": {"queue": settings.orchestrator_queue}},
         "worker_enable_remote_control": not settings.broker_is_embedded,
         "worker_send_task_events": False,
         "timezone": "UTC",
@@ -61,6 +64,6 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     if settings.broker_is_embedded:
         settings.ensure_state_dir()
-    app = Celery("sms", include=[PROXY_WORKER_TASKS], set_as_current=False)
+    app = Celery("sms", include=[PROXY_WORKER_TASKS, PROXY_WORKER_COPY_TASKS, "orchestrator.inventory.tasks"], set_as_current=False)
     app.conf.update(celery_config(settings))
     return app

@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from common.models import FileRecord
@@ -186,7 +187,8 @@ def bulk_insert_file_records(
 
     Each row maps column names of ``FileRecord`` (``share_id`` and ``relative_path`` are
     required; other columns default as in the model). PostgreSQL gets ``COPY ... FROM
-    STDIN``; other databases an ``executemany`` INSERT. Nothing is committed here.
+    STDIN``; other databases an ``executemany`` INSERT. Nothing is committed here. A
+    constraint violation raises ``sqlalchemy.exc.IntegrityError`` on either.
     """
     connection = session.connection()
     dialect = connection.dialect.name
@@ -204,12 +206,15 @@ def bulk_insert_file_records(
                 buffer.write("\t".join(_copy_field(full[name]) for name in FILE_RECORD_COLUMNS))
                 buffer.write("\n")
             buffer.seek(0)
+            statement = f"COPY {table.name} ({', '.join(FILE_RECORD_COLUMNS)}) FROM STDIN"
+            dbapi_error = connection.dialect.loaded_dbapi.Error
             cursor = connection.connection.driver_connection.cursor()
             try:
-                cursor.copy_expert(
-                    f"COPY {table.name} ({', '.join(FILE_RECORD_COLUMNS)}) FROM STDIN",
-                    buffer,
-                )
+                cursor.copy_expert(statement, buffer)
+            except dbapi_error as exc:  # the same exception types as an INSERT would raise
+                raise DBAPIError.instance(
+                    statement, None, exc, dbapi_error, dialect=connection.dialect
+                ) from exc
             finally:
                 cursor.close()
         else:

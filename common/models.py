@@ -40,6 +40,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 # Stable constraint names, so migrations can drop what they created on SQLite and PostgreSQL.
 NAMING_CONVENTION = {
@@ -57,6 +58,31 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 def utcnow() -> datetime:
     """The current time as an aware UTC datetime (the only kind stored in this schema)."""
     return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """A timestamp stored in UTC and always read back as an aware UTC datetime.
+
+    PostgreSQL keeps the zone (timestamptz); SQLite keeps none, so naive values read from
+    it are UTC by construction. Naive values are refused on the way in.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: use an aware UTC datetime (common.models.utcnow)")
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
 
 
 def _enum(cls: type[enum.Enum], name: str) -> Enum:
@@ -118,6 +144,7 @@ class RunState(str, enum.Enum):
     RUNNING = "running"
     PAUSED = "paused"
     SUCCEEDED = "succeeded"
+    COMPLETED_WITH_ERRORS = "completed_with_errors"
     FAILED = "failed"
     CANCELLED = "cancelled"
 
@@ -160,9 +187,9 @@ class Job(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
     state: Mapped[JobState] = mapped_column(_enum(JobState, "job_state"), default=JobState.DRAFT)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, onupdate=utcnow
+        UTCDateTime, default=utcnow, onupdate=utcnow
     )
 
     servers: Mapped[list[Server]] = relationship(back_populates="job")
@@ -186,7 +213,7 @@ class Server(Base):
     credential: Mapped[bytes | None] = mapped_column(LargeBinary)
     # SSH (Samba) or WinRM (Windows) options: host, port, user, host key, transport...
     management: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     job: Mapped[Job] = relationship(back_populates="servers")
     shares: Mapped[list[Share]] = relationship(back_populates="server")
@@ -204,7 +231,7 @@ class ServerFacts(Base):
     server_id: Mapped[int] = mapped_column(
         ForeignKey("servers.id", ondelete="CASCADE"), index=True
     )
-    collected_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    collected_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     hostname: Mapped[str] = mapped_column(String(255), default="")
     domain: Mapped[str] = mapped_column(String(255), default="")
     os_name: Mapped[str] = mapped_column(String(255), default="")
@@ -243,7 +270,7 @@ class Share(Base):
     file_count: Mapped[int] = mapped_column(BigInteger, default=0)
     directory_count: Mapped[int] = mapped_column(BigInteger, default=0)
     total_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
-    scanned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    scanned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     server: Mapped[Server] = relationship(back_populates="shares")
 
@@ -285,7 +312,7 @@ class Pairing(Base):
     path_mapping: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     # Names of the source shares chosen for migration.
     shares: Mapped[list[str]] = mapped_column(JSON, default=list)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class TransferRun(Base):
@@ -307,9 +334,9 @@ class TransferRun(Base):
     bytes_total: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_copied: Mapped[int] = mapped_column(BigInteger, default=0)
     error: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Batch(Base):
@@ -333,8 +360,8 @@ class Batch(Base):
     )
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(255))
-    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     queue: Mapped[str] = mapped_column(String(255), default="")
     task_name: Mapped[str] = mapped_column(String(255), default="")
     task_kwargs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -343,8 +370,8 @@ class Batch(Base):
     files_done: Mapped[int] = mapped_column(BigInteger, default=0)
     bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
     error: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class FileRecord(Base):
@@ -416,9 +443,9 @@ class CutoverRun(Base):
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     state: Mapped[RunState] = mapped_column(_enum(RunState, "run_state"), default=RunState.PENDING)
     error: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     stages: Mapped[list[CutoverStage]] = relationship(
         back_populates="cutover_run", order_by="CutoverStage.position"
@@ -440,8 +467,8 @@ class CutoverStage(Base):
     state: Mapped[RunState] = mapped_column(_enum(RunState, "run_state"), default=RunState.PENDING)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     message: Mapped[str] = mapped_column(Text, default="")
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     cutover_run: Mapped[CutoverRun] = relationship(back_populates="stages")
 
@@ -453,7 +480,7 @@ class Event(Base):
     __table_args__ = (Index("ix_events_job_id_at", "job_id", "at"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     server_id: Mapped[int | None] = mapped_column(
         ForeignKey("servers.id", ondelete="SET NULL"), index=True

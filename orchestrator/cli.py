@@ -18,11 +18,19 @@ from rich.console import Console
 from rich.table import Table
 
 from common.settings import Settings, get_settings
+from orchestrator.transfer.cli import transfer_app
+from orchestrator.jobs_cli import job_app, server_app
+from orchestrator.inventory.cli import inventory_app, worker_app
 
 app = typer.Typer(help="Storage migration service: inventory, transfer and cut over file servers.",
                   no_args_is_help=True)
 db_app = typer.Typer(help="Job database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(transfer_app, name="transfer")
+app.add_typer(job_app, name="job")
+app.add_typer(server_app, name="server")
+app.add_typer(inventory_app, name="inventory")
+app.add_typer(worker_app, name="orchestrator-worker")
 console = Console()
 
 SECRET_SETTINGS = {"secret_key", "api_token"}

@@ -15,6 +15,8 @@ only the batch id and the keyword arguments stored with the batch.
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -24,9 +26,11 @@ from celery import Celery
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
-from common.db import after_commit
+from common.db import after_commit, session_scope
 from common.models import Batch, BatchState, utcnow
 from common.settings import get_settings
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,9 @@ def celery_publisher(app: Celery) -> Publisher:
     return publish
 
 
-def _publish_after_commit(session: Session, dispatches: list[BatchDispatch], publish: Publisher) -> None:
+def _publish_after_commit(
+    session: Session, dispatches: list[BatchDispatch], publish: Publisher
+) -> None:
     if not dispatches:
         return
 
@@ -133,3 +139,29 @@ def reap_expired_leases(
             dispatches.append(BatchDispatch(batch_id, task_name, queue, dict(kwargs or {})))
     _publish_after_commit(session, dispatches, publish)
     return [dispatch.batch_id for dispatch in dispatches]
+
+
+def run_reaper(
+    app: Celery,
+    stop: threading.Event,
+    *,
+    url: str | None = None,
+    interval: float | None = None,
+) -> None:
+    """Reap expired leases every ``interval`` seconds until ``stop`` is set.
+
+    ``interval`` defaults to a third of settings.batch_lease_seconds. A round that fails
+    (the database or the broker restarting) is logged and retried on the next round: the
+    reaper outlives the outages it exists for.
+    """
+    interval = interval or max(1.0, get_settings().batch_lease_seconds / 3)
+    publish = celery_publisher(app)
+    while not stop.is_set():
+        try:
+            with session_scope(url) as session:
+                reaped = reap_expired_leases(session, publish)
+            if reaped:
+                logger.info("dispatched batches %s again after their lease expired", reaped)
+        except Exception:
+            logger.exception("lease reaper round failed; retrying in %.1f s", interval)
+        stop.wait(interval)

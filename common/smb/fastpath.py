@@ -51,21 +51,20 @@ from cryptography.hazmat.primitives import cmac
 from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.ciphers.aead import AESCCM, AESGCM
 from smbprotocol.connection import Ciphers, Connection, SigningAlgorithms, SMB2Echo
-from smbprotocol.header import NtStatus
 from smbprotocol.session import Session
 from smbprotocol.tree import TreeConnect
 
+from common.smb.errors import SmbError, SmbFileError, status_name
+
 # --- protocol constants (MS-SMB2) -----------------------------------------------------
 CMD_CREATE, CMD_CLOSE, CMD_READ, CMD_WRITE = 0x05, 0x06, 0x08, 0x09
-CMD_ECHO, CMD_QUERY_INFO, CMD_SET_INFO = 0x0D, 0x10, 0x11
+CMD_QUERY_INFO, CMD_SET_INFO = 0x10, 0x11
 
-FLAG_RESPONSE = 0x01
 FLAG_ASYNC = 0x02
 FLAG_RELATED = 0x04
 FLAG_SIGNED = 0x08
 FLAG_DFS = 0x10000000
 
-STATUS_SUCCESS = 0
 STATUS_PENDING = 0x00000103
 STATUS_END_OF_FILE = 0xC0000011
 
@@ -92,7 +91,7 @@ DEST_ACCESS = (
 
 # create dispositions and options
 FILE_OPEN = 1
-FILE_CREATE = 2
+FILE_DIRECTORY_FILE = 0x1
 FILE_OVERWRITE_IF = 5
 FILE_NON_DIRECTORY_FILE = 0x40
 FILE_DELETE_ON_CLOSE = 0x1000
@@ -126,30 +125,20 @@ _CONTEXT = struct.Struct("<IHHHHI4s4x")  # one create context named SecD, data f
 _TRANSFORM = struct.Struct("<4s16s16sIHHQ")  # 52 bytes
 _NBT = struct.Struct(">I")
 
-_STATUS_NAMES = {value: name for name, value in vars(NtStatus).items() if name.startswith("STATUS_")}
 
-
-def status_name(status: int) -> str:
-    """The NTSTATUS name of ``status`` (``STATUS_ACCESS_DENIED``), or its hex value."""
-    return _STATUS_NAMES.get(status) or f"0x{status:08X}"
-
-
-class FastPathError(Exception):
+class FastPathError(SmbFileError):
     """An SMB request of the fast path failed with an NTSTATUS code (the channel is fine)."""
 
     def __init__(self, status: int, path: str = "", command: str = ""):
-        self.status = status
-        self.status_name = status_name(status)
-        self.path = path
         self.command = command
-        super().__init__(f"{self.status_name} on {command or 'request'} {path!r}")
+        super().__init__(status, f"{command or 'request'} failed", path)
 
 
-class FastPathUnavailable(Exception):
+class FastPathUnavailable(SmbError):
     """The connection cannot be taken over (dialect, pending requests ...): use smbprotocol."""
 
 
-class ChannelBroken(Exception):
+class ChannelBroken(SmbError):
     """The socket or the message stream failed; the channel (and connection) is unusable."""
 
 
@@ -241,11 +230,9 @@ class Handle:
 class _Op:
     """A chain of requests sent together; complete when every response has arrived."""
 
-    __slots__ = ("first", "count", "left", "responses", "context")
+    __slots__ = ("left", "responses", "context")
 
-    def __init__(self, first: int, count: int, context):
-        self.first = first
-        self.count = count
+    def __init__(self, count: int, context):
         self.left = count
         self.responses: list = [None] * count
         self.context = context
@@ -365,7 +352,7 @@ class FastChannel:
         channel.target_credits = credits
         real._sock.settimeout(timeout)
         if request.response is None:
-            op = _Op(message_id, 1, None)
+            op = _Op(1, None)
             channel._pending[message_id] = (op, 0)
             while op.left:
                 channel._pump()
@@ -374,20 +361,24 @@ class FastChannel:
     def release(self) -> None:
         """Give the connection back to smbprotocol (restart its receiver thread).
 
-        Every request of this channel must have been answered. Afterwards smbprotocol
-        (e.g. ``session.disconnect()``, ``connection.disconnect()``) works as before.
+        Responses still due (from a generator abandoned half-way) are read and dropped
+        first; files such a generator left open stay open until logoff. Afterwards
+        smbprotocol (``session.disconnect()``, ``connection.disconnect()`` ...) works as
+        before. A broken channel closes the connection instead.
         """
         if self._released:
             return
+        if self._broken is None:
+            try:
+                while self._pending:
+                    self._pump()
+            except ChannelBroken:
+                pass
         self._released = True
-        if self._broken is not None:
+        if self._broken is not None or self._rbuf:
             self.connection.transport = self._transport
             self._transport.close()
             return
-        if self._pending or self._rbuf:
-            self.connection.transport = self._transport
-            self._transport.close()
-            raise ChannelBroken("released with requests in flight; the connection was closed")
         conn = self.connection
         self._sock.settimeout(None)
         with conn.sequence_lock:
@@ -410,6 +401,20 @@ class FastChannel:
     def credits(self) -> int:
         """Credits currently available for new requests."""
         return self._high - self._low
+
+    @property
+    def encrypted(self) -> bool:
+        """True when every packet is encrypted (session or share requires it)."""
+        return self._encrypt
+
+    @property
+    def signing_algorithm(self) -> str:
+        """The algorithm signing requests and verifying responses ("" when encrypted)."""
+        if not self._signing:
+            return ""
+        return {SigningAlgorithms.AES_GMAC: "AES-GMAC", SigningAlgorithms.AES_CMAC: "AES-CMAC"}.get(
+            self._sign_algo, "HMAC-SHA256"
+        )
 
     # --- security: signing and encryption ----------------------------------------------
     def _setup_security(self) -> None:
@@ -446,7 +451,7 @@ class FastChannel:
         algo = self._sign_algo
         if algo == SigningAlgorithms.AES_GMAC:
             nonce = message_id.to_bytes(8, "little") + (b"\x01\x00\x00\x00" if response else b"\x00\x00\x00\x00")
-            return self._gmac.encrypt(nonce, b"", bytes(message))
+            return self._gmac.encrypt(nonce, b"", message)
         if algo == SigningAlgorithms.AES_CMAC:
             mac = self._cmac.copy()
             mac.update(message)
@@ -482,15 +487,14 @@ class FastChannel:
         charge_total = 0
         for _, _, charge in messages:
             charge_total += charge
-        first = self._low
-        op = _Op(first, len(messages), context)
+        op = _Op(len(messages), context)
         pending = self._pending
         # Ask for what we spend plus a top-up while below the target.
         extra = 8 if self._high - self._low - charge_total < self.target_credits else 0
         flags_base = (FLAG_SIGNED if self._signing else 0) | self._dfs
         parts = []
         last = len(messages) - 1
-        mid = first
+        mid = self._low
         for index, (command, body, charge) in enumerate(messages):
             length = 64 + len(body)
             if index != last:
@@ -514,11 +518,13 @@ class FastChannel:
             pending[mid] = (op, index)
             mid += charge
         self._low = mid
-        data = b"".join(parts)
         if self._encrypt:
-            data = self._encrypt_packet(data)
+            data = self._encrypt_packet(b"".join(parts))
+            data = _NBT.pack(len(data)) + data
+        else:
+            data = b"".join([_NBT.pack(sum(map(len, parts))), *parts])
         try:
-            self._sock.sendall(_NBT.pack(len(data)) + data)
+            self._sock.sendall(data)
         except OSError as exc:
             self._fail(exc)
         return op
@@ -528,17 +534,33 @@ class FastChannel:
         raise ChannelBroken(str(exc)) from exc
 
     # --- receiving ----------------------------------------------------------------------
-    def _recv_exact(self, count: int) -> bytes:
+    def _recv_exact(self, count: int) -> bytearray:
+        """The next ``count`` bytes of the stream, as a new bytearray we may modify."""
         buf = self._rbuf
+        have = len(buf)
+        if count - have > _MAX_PAYLOAD:  # a big READ response: receive straight into place
+            data = bytearray(count)
+            data[:have] = buf
+            buf.clear()
+            view = memoryview(data)
+            while have < count:
+                try:
+                    received = self._sock.recv_into(view[have:])
+                except OSError as exc:  # includes socket.timeout
+                    self._fail(exc)
+                if not received:
+                    self._fail(ConnectionResetError("server closed the SMB connection"))
+                have += received
+            return data
         while len(buf) < count:
             try:
-                chunk = self._sock.recv(max(count - len(buf), 262144))
-            except OSError as exc:  # includes socket.timeout
+                chunk = self._sock.recv(262144)
+            except OSError as exc:
                 self._fail(exc)
             if not chunk:
                 self._fail(ConnectionResetError("server closed the SMB connection"))
             buf += chunk
-        data = bytes(buf[:count])
+        data = buf[:count]
         del buf[:count]
         return data
 
@@ -555,18 +577,23 @@ class FastChannel:
                 self._fail(exc)
         offset = 0
         total = len(packet)
+        view = memoryview(packet)
         pending = self._pending
         while True:
-            status, command, credit, flags, next_command, mid = _RESP_FIELDS.unpack_from(packet, offset + 8)
+            status, _command, credit, flags, next_command, mid = _RESP_FIELDS.unpack_from(packet, offset + 8)
             end = offset + next_command if next_command else total
             self._high += credit
-            if not (status == STATUS_PENDING and flags & FLAG_ASYNC):
-                message = packet[offset:end]
-                if self._signing and mid != _UNBOUNDED_ID:
+            # Interim (async pending) responses are unsigned and final ones follow; an
+            # unsolicited message id -1 would be an oplock break, and we request no oplocks.
+            if not (status == STATUS_PENDING and flags & FLAG_ASYNC) and mid != _UNBOUNDED_ID:
+                message = view[offset:end]
+                if self._signing:
                     if not flags & FLAG_SIGNED:
                         self._fail(ChannelBroken(f"unsigned response to message {mid} on a signed session"))
-                    expected = self._signature(message[:48] + _ZERO_SIG + message[64:], mid, True)
-                    if not hmac.compare_digest(expected, message[48:64]):
+                    # Verify over the message with its signature field zeroed, in place.
+                    signature = bytes(message[48:64])
+                    packet[offset + 48 : offset + 64] = _ZERO_SIG
+                    if not hmac.compare_digest(self._signature(message, mid, True), signature):
                         self._fail(ChannelBroken(f"bad signature on the response to message {mid}"))
                 entry = pending.pop(mid, None)
                 if entry is None:
@@ -656,14 +683,14 @@ class FastChannel:
         return FileInfo(ctime, atime, mtime, chtime, alloc, eof, attrs)
 
     @staticmethod
-    def _query_output(message: bytes) -> bytes:
+    def _query_output(message: memoryview) -> bytes:
         offset, length = _QUERY_RESP.unpack_from(message, 64)
-        return message[offset : offset + length]
+        return bytes(message[offset : offset + length])
 
     @staticmethod
-    def _read_data(message: bytes) -> bytes:
+    def _read_data(message: memoryview) -> bytes:
         _, offset, length = _READ_RESP.unpack_from(message, 64)
-        return message[offset : offset + length]
+        return bytes(message[offset : offset + length])
 
     # --- small files: source side -------------------------------------------------------
     def read_small_files(
@@ -690,7 +717,6 @@ class FastChannel:
         read_body = self._read_body(RELATED_FILE_ID, max_bytes, 0)
         close_body = self._close_body(RELATED_FILE_ID)
         query_body = self._query_security_body(RELATED_FILE_ID)
-        commands = ["CREATE", "QUERY_INFO", "READ", "CLOSE"] if security else ["CREATE", "READ", "CLOSE"]
         inflight: deque[_Op] = deque()
         source = iter(paths)
         exhausted = False
@@ -714,9 +740,9 @@ class FastChannel:
             while op.left:
                 self._pump()
             inflight.popleft()
-            yield self._source_result(op, commands, security)
+            yield self._source_result(op, security)
 
-    def _source_result(self, op: _Op, commands: list[str], security: bool) -> SourceFile:
+    def _source_result(self, op: _Op, security: bool) -> SourceFile:
         responses = op.responses
         path = op.context
         create = responses[0]
@@ -792,7 +818,7 @@ class FastChannel:
             while op.left:
                 self._pump()
             inflight.popleft()
-            stage, item, temp = op.context
+            stage, item, temp = op.context[:3]
             if stage == "write":
                 follow = self._dest_commit(op, item, temp, replace)
             elif stage == "commit":

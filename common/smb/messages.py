@@ -18,6 +18,7 @@ from smbprotocol.ioctl import SMB2IOCTLRequest
 from smbprotocol.open import (
     SMB2CloseRequest,
     SMB2CreateRequest,
+    SMB2QueryDirectoryRequest,
     SMB2QueryInfoRequest,
     SMB2ReadRequest,
     SMB2SetInfoRequest,
@@ -71,6 +72,8 @@ FILE_RENAME_INFORMATION = 10
 FILE_DISPOSITION_INFORMATION = 13
 FILE_END_OF_FILE_INFORMATION = 20
 FILE_STREAM_INFORMATION = 22
+FILE_ID_FULL_DIRECTORY_INFORMATION = 38
+FILE_LIST_DIRECTORY = 0x1
 
 OWNER_SECURITY_INFORMATION = 0x1
 GROUP_SECURITY_INFORMATION = 0x2
@@ -181,6 +184,16 @@ def set_info(file_id: bytes, info_type: int, info_class: int, buffer: bytes, *,
     return request
 
 
+def query_directory(file_id: bytes, output_length: int, pattern: str = "*") -> SMB2QueryDirectoryRequest:
+    """A QUERY_DIRECTORY (FileIdFullDirectoryInformation) continuing the handle's scan."""
+    request = SMB2QueryDirectoryRequest()
+    request["file_information_class"] = FILE_ID_FULL_DIRECTORY_INFORMATION
+    request["file_id"] = file_id
+    request["output_buffer_length"] = output_length
+    request["buffer"] = pattern.encode("utf-16-le")
+    return request
+
+
 def close(file_id: bytes) -> SMB2CloseRequest:
     """A CLOSE of ``file_id``."""
     request = SMB2CloseRequest()
@@ -247,7 +260,7 @@ def parse_read(body: bytes) -> bytes:
 
 
 def parse_query_info(body: bytes) -> bytes:
-    """The output buffer of a QUERY_INFO response body."""
+    """The output buffer of a QUERY_INFO (or QUERY_DIRECTORY) response body."""
     offset, length = struct.unpack_from("<HI", body, 2)
     return body[offset - 64:offset - 64 + length]
 

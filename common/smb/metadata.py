@@ -16,6 +16,8 @@ from common.smb import messages as m
 from common.smb.connection import SmbTree
 from common.smb.errors import SmbFileError
 
+STATUS_END_OF_FILE = 0xC0000011
+
 Opened = m.Opened
 BasicInfo = m.BasicInfo
 
@@ -129,11 +131,16 @@ def named_streams(stream_information: list[tuple[str, int]]) -> list[tuple[str, 
 
 def list_streams(tree: SmbTree, path: str) -> list[tuple[str, int]]:
     """Alternate data streams of a file or directory, as (":name", size) pairs."""
-    bodies = compound(tree, path, [
-        m.create(path, m.FILE_READ_ATTRIBUTES, m.FILE_OPEN, _open_flags(None)),
-        m.query_info(m.RELATED_FILE_ID, m.INFO_FILE, m.FILE_STREAM_INFORMATION),
-        m.close(m.RELATED_FILE_ID),
-    ], "list streams")
+    try:
+        bodies = compound(tree, path, [
+            m.create(path, m.FILE_READ_ATTRIBUTES, m.FILE_OPEN, _open_flags(None)),
+            m.query_info(m.RELATED_FILE_ID, m.INFO_FILE, m.FILE_STREAM_INFORMATION),
+            m.close(m.RELATED_FILE_ID),
+        ], "list streams")
+    except SmbFileError as exc:
+        if exc.status == STATUS_END_OF_FILE:  # Samba: a directory without streams
+            return []
+        raise
     return named_streams(m.parse_streams(m.parse_query_info(bodies[1])))
 
 

@@ -8,7 +8,11 @@ directory that cannot be opened or listed is recorded in ``walker.errors`` (NTST
 name and path) and the walk goes on with the rest of the share.
 
 It must never hold a share's listing in memory (only the stack of directories still to
-visit), never follow a reparse point into another place, and never write to the share.
+visit), never follow a reparse point into another place, never enter a directory that
+is one of its own ancestors (Samba follows symbolic links, so a link to ".." would
+otherwise be walked until the path grows too long; such a loop is recorded as an error),
+and never write to the share.
+
 A broken transport ends the walk with ``SmbFileError``: every later directory would fail
 the same way, so it is not recorded as a per-directory error.
 """
@@ -20,16 +24,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from smbprotocol.exceptions import SMBException, SMBResponseException
-from smbprotocol.file_info import FileAttributes, FileInformationClass
+from smbprotocol.file_info import FileAttributes, FileInformationClass, InfoType
 from smbprotocol.header import NtStatus
 from smbprotocol.open import (
     CreateDisposition,
     CreateOptions,
     DirectoryAccessMask,
+    FilePipePrinterAccessMask,
     ImpersonationLevel,
     Open,
     ShareAccess,
     SMB2QueryDirectoryResponse,
+    SMB2QueryInfoRequest,
+    SMB2QueryInfoResponse,
 )
 from smbprotocol.tree import TreeConnect
 
@@ -43,6 +50,7 @@ _STATUS_DONE = (NtStatus.STATUS_NO_MORE_FILES, NtStatus.STATUS_NO_SUCH_FILE)
 # One credit covers 64 KiB of QUERY_DIRECTORY output (MS-SMB2 3.1.5.2).
 _CREDIT_UNIT = 65536
 _MAX_OUTPUT = 1 << 20
+_SHARE_ALL = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,44 +117,106 @@ def parse_directory_buffer(buffer: bytes, parent: str) -> Iterator[DirEntry]:
         offset += next_offset
 
 
+def _find(ancestors: tuple | None, file_id: int) -> str | None:
+    """The path of the ancestor with ``file_id`` in a chain, or None."""
+    while ancestors is not None:
+        (ancestor_id, path), ancestors = ancestors
+        if ancestor_id == file_id and file_id:
+            return path
+    return None
+
+
 class ShareWalker:
     """Walk a share depth first, yielding ``DirEntry`` objects; errors go to ``errors``.
 
     ``tree`` is an smbprotocol ``TreeConnect`` (or anything with a ``.tree`` attribute
     holding one, such as ``common.smb.connection.SmbTree``). ``root`` is the
     share-relative directory to start from ('' for the whole share); it is not yielded
-    itself. Iterate once; iterating again walks again from scratch.
+    itself. ``max_output`` caps the bytes asked per QUERY_DIRECTORY (default: as much as
+    the credits in hand and the server allow, up to 1 MiB). Iterating again walks again
+    from scratch.
     """
 
-    def __init__(self, tree, root: str = "", *, backup_intent: bool = False):
+    def __init__(self, tree, root: str = "", *, backup_intent: bool = False,
+                 max_output: int = _MAX_OUTPUT):
         self.tree: TreeConnect = tree if isinstance(tree, TreeConnect) else tree.tree
         self.root = root.strip("\\/").replace("/", "\\")
         self.backup_intent = backup_intent
+        self.max_output = max_output
         self.errors: list[WalkError] = []
         self.directories_listed = 0
 
     def __iter__(self) -> Iterator[DirEntry]:
         self.errors = []
         self.directories_listed = 0
-        stack = [self.root]
+        # Each pending directory carries its chain of ancestors' file ids as a linked
+        # list ((file id, path), parent chain), so a link back to an ancestor is caught.
+        stack: list[tuple[str, tuple | None]] = [(self.root, self._root_chain())]
         while stack:
-            directory = stack.pop()
+            directory, ancestors = stack.pop()
             subdirectories = []
             for entry in self._list(directory):
                 if entry.is_dir and not entry.is_reparse_point:
-                    subdirectories.append(entry.path)
+                    loop = _find(ancestors, entry.file_id)
+                    if loop is None:
+                        subdirectories.append((entry.path, ((entry.file_id, entry.path), ancestors)))
+                    else:
+                        self.errors.append(WalkError(
+                            entry.path, NtStatus.STATUS_STOPPED_ON_SYMLINK,
+                            status_name(NtStatus.STATUS_STOPPED_ON_SYMLINK),
+                            f"not entered: the same directory as its ancestor "
+                            f"{loop or chr(92)!r} (a link loop)"))
                 yield entry
             # Reversed so that siblings are visited in the order the server listed them.
             stack.extend(reversed(subdirectories))
 
+    def _root_chain(self) -> tuple | None:
+        """The start directory's own file id as an ancestor chain (None if unknown)."""
+        handle = Open(self.tree, self.root)
+        try:
+            handle.create(ImpersonationLevel.Impersonation,
+                          FilePipePrinterAccessMask.FILE_READ_ATTRIBUTES
+                          | FilePipePrinterAccessMask.SYNCHRONIZE,
+                          FileAttributes.FILE_ATTRIBUTE_DIRECTORY, _SHARE_ALL,
+                          CreateDisposition.FILE_OPEN, CreateOptions.FILE_DIRECTORY_FILE)
+        except SMBResponseException:
+            return None  # listing it will fail too, and record why
+        except (SMBException, OSError) as exc:
+            raise from_smbprotocol(exc, self.root, "open directory") from None
+        try:
+            request = SMB2QueryInfoRequest()
+            request["info_type"] = InfoType.SMB2_0_INFO_FILE
+            request["file_info_class"] = FileInformationClass.FILE_INTERNAL_INFORMATION
+            request["output_buffer_length"] = 8
+            request["file_id"] = handle.file_id
+            response = SMB2QueryInfoResponse()
+            response.unpack(self._exchange(request))
+            (file_id,) = struct.unpack_from("<Q", response["buffer"].get_value())
+            return (file_id, self.root), None
+        except SMBResponseException:
+            return None
+        except (SMBException, OSError) as exc:
+            raise from_smbprotocol(exc, self.root, "query directory id") from None
+        finally:
+            try:
+                handle.close()
+            except (SMBException, OSError):
+                pass
+
+    def _exchange(self, request) -> bytes:
+        """Send one request on the tree and return the body of its response."""
+        connection = self.tree.session.connection
+        sent = connection.send(request, self.tree.session.session_id, self.tree.tree_connect_id)
+        return connection.receive(sent)["data"].get_value()
+
     def _output_length(self) -> int:
         connection = self.tree.session.connection
         if not connection.supports_multi_credit:
-            return _CREDIT_UNIT
+            return min(_CREDIT_UNIT, self.max_output)
         window = connection.sequence_window
         spare_credits = max(1, (window["high"] - window["low"]) // 2)
-        return max(_CREDIT_UNIT, min(_MAX_OUTPUT, connection.max_transact_size,
-                                     spare_credits * _CREDIT_UNIT))
+        return min(self.max_output, connection.max_transact_size,
+                   max(_CREDIT_UNIT, spare_credits * _CREDIT_UNIT))
 
     def _list(self, directory: str) -> Iterator[DirEntry]:
         handle = Open(self.tree, directory)
@@ -159,8 +229,7 @@ class ShareWalker:
                 DirectoryAccessMask.FILE_LIST_DIRECTORY | DirectoryAccessMask.FILE_READ_ATTRIBUTES
                 | DirectoryAccessMask.SYNCHRONIZE,
                 FileAttributes.FILE_ATTRIBUTE_DIRECTORY,
-                ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE
-                | ShareAccess.FILE_SHARE_DELETE,
+                _SHARE_ALL,
                 CreateDisposition.FILE_OPEN,
                 options,
             )
@@ -193,10 +262,8 @@ class ShareWalker:
         request, _ = handle.query_directory(
             "*", FileInformationClass.FILE_ID_FULL_DIRECTORY_INFORMATION,
             max_output=self._output_length(), send=False)
-        connection = self.tree.session.connection
-        sent = connection.send(request, self.tree.session.session_id, self.tree.tree_connect_id)
         response = SMB2QueryDirectoryResponse()
-        response.unpack(connection.receive(sent)["data"].get_value())
+        response.unpack(self._exchange(request))
         return response["buffer"].get_value()
 
     def _record(self, path: str, status: int, message: str) -> None:

@@ -1,4 +1,4 @@
-"""Host adapters: how the orchestrator reads (and later changes) a file server.
+"""Host adapters: how the orchestrator reads a file server and recreates shares on it.
 
 ``HostAdapter`` (in ``base``) is the one interface; ``SambaSshHost``, ``WindowsWinRmHost``
 and ``SmbOnlyHost`` implement it; ``facts`` holds the dataclasses they return. This
@@ -15,6 +15,8 @@ from orchestrator.hosts.base import (
     HostUnreachable,
     InsecureTransport,
     ManagementUnavailable,
+    ShareExists,
+    ShareRejected,
     UnexpectedOutput,
 )
 
@@ -28,5 +30,7 @@ __all__ = [
     "HostUnreachable",
     "InsecureTransport",
     "ManagementUnavailable",
+    "ShareExists",
+    "ShareRejected",
     "UnexpectedOutput",
 ]

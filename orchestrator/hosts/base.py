@@ -14,7 +14,14 @@ from __future__ import annotations
 
 import abc
 
-from orchestrator.hosts.facts import HostIdentity, LocalPrincipals, NetworkAdapter, ShareFacts, Volume
+from orchestrator.hosts.facts import (
+    HostIdentity,
+    LocalPrincipals,
+    NetworkAdapter,
+    ShareCreation,
+    ShareFacts,
+    Volume,
+)
 
 
 class HostError(Exception):
@@ -68,8 +75,29 @@ class UnexpectedOutput(HostError):
     """A command succeeded but printed something the adapter cannot read."""
 
 
+class ShareExists(HostError):
+    """A share of that name already exists on the host and replacing it was not asked for.
+
+    ``share`` is the name, ``path`` the existing share's folder when the host reports it.
+    """
+
+    def __init__(self, host: str, share: str, path: str | None = None):
+        where = f" (folder {path})" if path else ""
+        super().__init__(
+            host, f"a share named {share!r} already exists{where}; nothing was changed (ask to replace it to update it)"
+        )
+        self.share = share
+        self.path = path
+
+
+class ShareRejected(HostError):
+    """The share cannot be recreated on this host as given (kind of share, name or value
+    the host cannot represent); nothing was changed."""
+
+
 class HostAdapter(abc.ABC):
-    """Read access to one file server's configuration.
+    """Access to one file server's configuration: reading it, and (where the adapter has
+    management access) creating folders and shares on it.
 
     Adapters connect lazily and are context managers; ``close()`` releases the
     connection. ``host`` is the name or address the adapter connects to.
@@ -96,6 +124,23 @@ class HostAdapter(abc.ABC):
     @abc.abstractmethod
     def local_principals(self) -> LocalPrincipals:
         """Local users and groups with SIDs where known, members and enabled state."""
+
+    def ensure_directory(self, path: str) -> bool:
+        """Create the folder ``path`` (and its parents) unless it exists; True if created.
+
+        Adapters without management access raise ``ManagementUnavailable``.
+        """
+        raise ManagementUnavailable(self.host, "this adapter cannot create folders on the host")
+
+    def create_share(self, share: ShareFacts, path: str, *, replace: bool = False) -> ShareCreation:
+        """Create a share named like ``share`` on folder ``path`` with its settings and share
+        permissions (SIDs as given: translating them is the caller's job).
+
+        An existing share of that name raises ``ShareExists`` unless ``replace``, which
+        updates it in place. Adapters without management access raise
+        ``ManagementUnavailable``.
+        """
+        raise ManagementUnavailable(self.host, "this adapter cannot create shares on the host")
 
     def close(self) -> None:
         """Release the connection to the host (the default adapter holds none)."""

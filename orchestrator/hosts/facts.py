@@ -112,6 +112,23 @@ class ShareFacts:
 
 
 @dataclass
+class ShareCreation:
+    """What ``HostAdapter.create_share`` did: ``action`` is "created" or "updated".
+
+    ``notes`` lists, for an administrator, what was not carried over as is (a parameter
+    left out and why, a permission entry approximated). ``share`` is the share as the
+    host reports it after the change when the adapter reads it back in the same call
+    (WinRM does), else None.
+    """
+
+    name: str
+    path: str
+    action: str
+    notes: list[str] = field(default_factory=list)
+    share: ShareFacts | None = None
+
+
+@dataclass
 class LocalUser:
     """A local account of the server."""
 

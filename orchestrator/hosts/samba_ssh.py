@@ -22,8 +22,8 @@ host.
 
 from __future__ import annotations
 
+import functools
 import json
-import re
 import shlex
 import socket
 import threading
@@ -74,6 +74,7 @@ class _RejectUnknownHost(paramiko.RejectPolicy):
     """paramiko's RejectPolicy, raising our typed error with the key's fingerprint."""
 
     def missing_host_key(self, client, hostname, key):
+        """Refuse the connection: the server's key is not in known_hosts."""
         raise HostKeyUnknown(
             hostname,
             f"SSH host key {key.get_name()} {key.fingerprint} is not in the known_hosts file; "
@@ -136,7 +137,7 @@ def _parse_sharesec_ace(text: str) -> ShareAccessEntry:
         try:
             mask = int(mask_text, 16)
         except ValueError:
-            raise UnexpectedOutput("sharesec", f"unknown access mask {mask_text!r}") from None
+            raise ValueError(f"sharesec printed an unknown access mask {mask_text!r}") from None
     right = {v: k.capitalize() for k, v in SHARESEC_RIGHTS.items()}.get(mask, "Custom")
     access_type = {"ALLOWED": "Allow", "DENIED": "Deny"}.get(kind.upper(), kind)
     sid = trustee if trustee.startswith("S-1-") else None
@@ -159,11 +160,8 @@ def parse_os_release(text: str) -> dict[str, str]:
 
 def parse_ip_json(addr_json: str, route_json: str, resolv_conf: str) -> list[NetworkAdapter]:
     """Adapters from ``ip -j addr`` and ``ip -j route`` (v4 and v6 merged) and resolv.conf."""
-    try:
-        links = json.loads(addr_json)
-        routes = json.loads(route_json) if route_json.strip() else []
-    except json.JSONDecodeError as exc:
-        raise UnexpectedOutput("ip", f"cannot parse ip -j output: {exc}") from exc
+    links = json.loads(addr_json)
+    routes = json.loads(route_json) if route_json.strip() else []
     dns = [
         line.split()[1]
         for line in resolv_conf.splitlines()
@@ -204,10 +202,7 @@ def parse_ip_json(addr_json: str, route_json: str, resolv_conf: str) -> list[Net
 
 def parse_findmnt_df(text: str) -> list[Volume]:
     """Volumes from ``findmnt --df -J -b``, one per mount point, pseudo filesystems left out."""
-    try:
-        filesystems = json.loads(text).get("filesystems", [])
-    except json.JSONDecodeError as exc:
-        raise UnexpectedOutput("findmnt", f"cannot parse findmnt output: {exc}") from exc
+    filesystems = json.loads(text).get("filesystems", [])
     volumes: dict[str, Volume] = {}
     for fs in filesystems:
         if fs.get("fstype") in NON_DATA_FILESYSTEMS or fs["target"] in volumes:
@@ -268,12 +263,29 @@ def _bool(value: str | None) -> bool | None:
     return value.strip().lower() in ("yes", "true", "1", "on")
 
 
+def _readable(method):
+    """Turn a parser's ValueError/KeyError into UnexpectedOutput naming the host."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (ValueError, KeyError, IndexError) as exc:
+            raise UnexpectedOutput(
+                self._where, f"{method.__name__}: a command printed something unexpected: {exc!r}"
+            ) from None
+
+    return wrapper
+
+
 class SambaSshHost(HostAdapter):
     """A Linux Samba server reached over SSH.
 
     ``known_hosts`` is required: the server's host key must be in it. Give ``password``
     or ``key_filename`` (a private key file; ``key_passphrase`` if it is encrypted).
     ``smb_conf`` selects an smb.conf other than the distribution's default.
+    ``timeout`` bounds connecting and logging in, ``command_timeout`` each command's
+    silence.
     """
 
     def __init__(
@@ -288,6 +300,7 @@ class SambaSshHost(HostAdapter):
         key_passphrase: str | None = None,
         smb_conf: str | None = None,
         timeout: float = 15.0,
+        command_timeout: float = 300.0,
     ):
         if password is None and key_filename is None:
             raise ValueError("give a password or a key file for SSH login")
@@ -300,6 +313,7 @@ class SambaSshHost(HostAdapter):
         self._key_passphrase = key_passphrase
         self.smb_conf = smb_conf
         self.timeout = timeout
+        self.command_timeout = command_timeout
         self._client: paramiko.SSHClient | None = None
 
     # --- connection --------------------------------------------------------------
@@ -370,19 +384,22 @@ class SambaSshHost(HostAdapter):
             self._client.close()
             self._client = None
 
-    def run(self, argv: list[str], *, check: bool = True) -> tuple[int, str, str]:
+    def run(self, argv: list[str], *, check: bool = True, input: bytes | None = None) -> tuple[int, str, str]:
         """Run one command (argv, each argument shell-quoted) and return (status, stdout, stderr).
 
         Runs in the C locale so outputs parse the same everywhere. With ``check`` a
-        non-zero status raises ``CommandFailed``.
+        non-zero status raises ``CommandFailed``. ``input`` is written to the command's
+        standard input (a file's new content, say; kept small).
         """
         self.connect()
         assert self._client is not None
         command = shlex.join(argv)
         try:
             channel = self._client.get_transport().open_session(timeout=self.timeout)
-            channel.settimeout(None)
+            channel.settimeout(self.command_timeout)
             channel.exec_command(f"LC_ALL=C LANG=C {command}")
+            if input:
+                channel.sendall(input)
             channel.shutdown_write()
             err_chunks: list[bytes] = []
             reader = threading.Thread(target=_drain_stderr, args=(channel, err_chunks), daemon=True)
@@ -393,6 +410,11 @@ class SambaSshHost(HostAdapter):
             reader.join()
             status = channel.recv_exit_status()
             channel.close()
+        except (socket.timeout, TimeoutError):
+            self.close()
+            raise HostUnreachable(
+                self._where, f"no output for {self.command_timeout:g} s from {command!r}; session closed"
+            ) from None
         except (paramiko.SSHException, OSError) as exc:
             self.close()
             raise HostUnreachable(self._where, f"SSH session lost while running {command!r}: {exc}") from None
@@ -411,6 +433,7 @@ class SambaSshHost(HostAdapter):
         return [tool, *conf, *args]
 
     # --- facts -------------------------------------------------------------------
+    @_readable
     def identity(self) -> HostIdentity:
         """Host name, FQDN and DNS domain, Samba netbios name and workgroup, OS release."""
         hostname = self._output(["hostname"]).strip()
@@ -431,6 +454,7 @@ class SambaSshHost(HostAdapter):
             os_version=release.get("VERSION") or release.get("VERSION_ID"),
         )
 
+    @_readable
     def network(self) -> list[NetworkAdapter]:
         """Interfaces with MAC, addresses/prefixes (DHCP when the kernel marks them dynamic),
         default gateways per interface, and the resolver's name servers."""
@@ -440,12 +464,14 @@ class SambaSshHost(HostAdapter):
         _, resolv, _ = self.run(["cat", "/etc/resolv.conf"], check=False)
         return parse_ip_json(addr, json.dumps(routes), resolv)
 
+    @_readable
     def volumes(self) -> list[Volume]:
         """Mounted data filesystems with type, size and space available (bytes)."""
         return parse_findmnt_df(
             self._output(["findmnt", "--df", "-J", "-b", "-o", "SOURCE,FSTYPE,SIZE,USED,AVAIL,TARGET"])
         )
 
+    @_readable
     def shares(self) -> list[ShareFacts]:
         """Every share of smb.conf with the effective value of every share-level parameter,
         and its share permissions (SDDL and parsed entries)."""
@@ -464,6 +490,7 @@ class SambaSshHost(HostAdapter):
             )
         return shares
 
+    @_readable
     def local_principals(self) -> LocalPrincipals:
         """Samba accounts (pdbedit) and the groups they belong to, with members.
 
@@ -539,8 +566,12 @@ class SambaSshHost(HostAdapter):
 
 
 def _drain_stderr(channel: paramiko.Channel, chunks: list[bytes]) -> None:
-    while chunk := channel.recv_stderr(65536):
-        chunks.append(chunk)
+    """Collect a command's standard error until it ends (or the channel times out)."""
+    try:
+        while chunk := channel.recv_stderr(65536):
+            chunks.append(chunk)
+    except (socket.timeout, OSError):
+        return
 
 
 def _share_from_parameters(
@@ -557,7 +588,7 @@ def _share_from_parameters(
     encrypt = properties.get("smb encrypt", properties.get("server smb encrypt", "default")).lower()
     return ShareFacts(
         name=name,
-        path=properties.get("path"),
+        path=properties.get("path") or None,
         description=properties.get("comment") or None,
         share_type=share_type,
         special=lower in SPECIAL_SECTIONS or _bool(properties.get("administrative share")) is True,

@@ -167,7 +167,7 @@ def load_ps_json(text: str | bytes, what: str) -> list:
     try:
         return json_items(json.loads(text))
     except json.JSONDecodeError as exc:
-        raise UnexpectedOutput("winrm", f"output of {what} is not JSON: {exc}") from None
+        raise ValueError(f"output of {what} is not JSON: {exc}") from None
 
 
 def ps_datetime(value: Any) -> datetime | None:
@@ -193,7 +193,7 @@ def parse_identity(os_json: str, cs_json: str) -> HostIdentity:
     os_items = load_ps_json(os_json, "Win32_OperatingSystem")
     cs_items = load_ps_json(cs_json, "Win32_ComputerSystem")
     if not os_items or not cs_items:
-        raise UnexpectedOutput("winrm", "Win32_OperatingSystem or Win32_ComputerSystem returned nothing")
+        raise ValueError("Win32_OperatingSystem or Win32_ComputerSystem returned nothing")
     os_info, cs = os_items[0], cs_items[0]
     part_of_domain = bool(cs.get("PartOfDomain"))
     domain = cs.get("Domain") if part_of_domain else None
@@ -403,25 +403,33 @@ class WindowsWinRmHost(HostAdapter):
             )
         return response.std_out.decode("utf-8-sig", "replace")
 
+    def _parse(self, parser, *scripts: str):
+        """Run the scripts and hand their outputs to the parser; bad output -> UnexpectedOutput."""
+        outputs = [self.run_script(name) for name in scripts]
+        try:
+            return parser(*outputs)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UnexpectedOutput(self.host, f"{', '.join(scripts)}: unexpected output: {exc!r}") from None
+
     def identity(self) -> HostIdentity:
         """Computer name, DNS name, domain or workgroup, OS caption and version."""
-        return parse_identity(self.run_script("operating_system"), self.run_script("computer_system"))
+        return self._parse(parse_identity, "operating_system", "computer_system")
 
     def network(self) -> list[NetworkAdapter]:
         """Adapters from Get-NetIPConfiguration with prefixes from Get-NetIPAddress."""
-        return parse_network(self.run_script("ip_configuration"), self.run_script("ip_addresses"))
+        return self._parse(parse_network, "ip_configuration", "ip_addresses")
 
     def volumes(self) -> list[Volume]:
         """Volumes from Get-Volume."""
-        return parse_volumes(self.run_script("volumes"))
+        return self._parse(parse_volumes, "volumes")
 
     def shares(self) -> list[ShareFacts]:
         """Get-SmbShare with every property SMS captures, plus Get-SmbShareAccess."""
-        return parse_shares(self.run_script("shares"), self.run_script("share_access"))
+        return self._parse(parse_shares, "shares", "share_access")
 
     def local_principals(self) -> LocalPrincipals:
         """Get-LocalUser, Get-LocalGroup and each group's Get-LocalGroupMember."""
-        return parse_local_principals(self.run_script("local_users"), self.run_script("local_groups"))
+        return self._parse(parse_local_principals, "local_users", "local_groups")
 
     def close(self) -> None:
         """Drop the HTTP session pywinrm keeps."""

@@ -69,30 +69,48 @@ def redis_answers(port: int) -> bool:
         return False
 
 
+class PrivateRedis:
+    """A redis-server of this test session on a free loopback port, without persistence."""
+
+    def __init__(self, directory: Path) -> None:
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
+            unavailable("redis-server is not installed and no Redis answers on 127.0.0.1:6379")
+        self.directory = directory
+        self.pidfile = directory / "redis.pid"
+        self.port = free_port()
+
+    def start(self) -> "PrivateRedis":
+        """Start it daemonized and wait until it answers."""
+        subprocess.run(
+            [self.binary, "--port", str(self.port), "--bind", HOST, "--daemonize", "yes",
+             "--pidfile", str(self.pidfile), "--dir", str(self.directory), "--save", "",
+             "--appendonly", "no", "--logfile", str(self.directory / "redis.log")],
+            check=True,
+        )
+        _wait_for(lambda: redis_answers(self.port) and self.pidfile.exists(), 10,
+                  "private redis-server")
+        return self
+
+    def stop(self) -> None:
+        """Stop it by the pid in its pid file."""
+        if self.pidfile.exists():
+            os.kill(int(self.pidfile.read_text().strip()), signal.SIGTERM)
+            _wait_for(lambda: not redis_answers(self.port), 10, "redis-server shutdown")
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory) -> Iterator[str]:
     """URL of a real Redis: the shared one on 127.0.0.1:6379, else a private one."""
     if redis_answers(SHARED_REDIS_PORT):
         yield f"redis://{HOST}:{SHARED_REDIS_PORT}/0"
         return
-    binary = shutil.which("redis-server")
-    if binary is None:
-        unavailable("redis-server is not installed and no Redis answers on 127.0.0.1:6379")
-    directory = tmp_path_factory.mktemp("redis")
-    port = free_port()
-    pidfile = directory / "redis.pid"
-    subprocess.run(
-        [binary, "--port", str(port), "--bind", HOST, "--daemonize", "yes",
-         "--pidfile", str(pidfile), "--dir", str(directory), "--save", "",
-         "--appendonly", "no", "--logfile", str(directory / "redis.log")],
-        check=True,
-    )
+    server = PrivateRedis(tmp_path_factory.mktemp("redis"))
     try:
-        _wait_for(lambda: redis_answers(port) and pidfile.exists(), 10, "private redis-server")
-        yield f"redis://{HOST}:{port}/0"
+        server.start()
+        yield f"redis://{HOST}:{server.port}/0"
     finally:
-        if pidfile.exists():
-            os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
+        server.stop()
 
 
 # --- PostgreSQL ----------------------------------------------------------------------

@@ -37,7 +37,6 @@ from smbprotocol.tree import TreeConnect
 from tests.lab.samba import MIGRATION_PASSWORD, MIGRATION_USER
 
 # Access rights (MS-DTYP 2.4.3, MS-SMB2 2.2.13.1).
-GENERIC_ALL = 0x10000000
 MAXIMUM_ALLOWED = 0x02000000
 READ_CONTROL = 0x00020000
 WRITE_DAC = 0x00040000
@@ -50,19 +49,14 @@ FILE_WRITE_ATTRIBUTES = 0x0100
 FILE_LIST_DIRECTORY = 0x0001
 SYNCHRONIZE = 0x00100000
 
-# SECURITY_INFORMATION bits for QUERY_INFO / SET_INFO of type SECURITY.
-OWNER_SECURITY_INFORMATION = 0x1
-GROUP_SECURITY_INFORMATION = 0x2
-DACL_SECURITY_INFORMATION = 0x4
+# SECURITY_INFORMATION for QUERY_INFO / SET_INFO of type SECURITY: owner | group | DACL.
 OWNER_GROUP_DACL = 0x7
 
 ATTRIBUTE_DIRECTORY = FileAttributes.FILE_ATTRIBUTE_DIRECTORY
-ATTRIBUTE_NORMAL = FileAttributes.FILE_ATTRIBUTE_NORMAL
 SHARE_ALL = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
 CHUNK = 1 << 16
 
 _BASIC = struct.Struct("<qqqqII")  # FileBasicInformation: 4 times, attributes, reserved
-_STANDARD_EOF = struct.Struct("<qq")  # FileStandardInformation: allocation, end of file
 _DIR_ENTRY = struct.Struct("<IIQQQQqqIIIIQ")  # FileIdFullDirectoryInformation header
 
 
@@ -143,6 +137,12 @@ class LabTree:
                 handle.write(b"\x00", sparse_total - 1)
         finally:
             handle.close()
+
+    def delete(self, path: str) -> None:
+        """Delete a file, an empty directory or a stream (``file:name``)."""
+        handle = self.open(path, DELETE | FILE_READ_ATTRIBUTES | SYNCHRONIZE,
+                           options=CreateOptions.FILE_DELETE_ON_CLOSE)
+        handle.close()
 
     def read_chunks(self, path: str) -> Iterator[bytes]:
         """The bytes of a file or stream, in chunks of at most the server's read size."""

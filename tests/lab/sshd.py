@@ -3,8 +3,9 @@
 ``SshServer`` runs ``/usr/sbin/sshd -f CONF`` with its own host key, its own sshd_config
 (listening on a reserved 127.77.x.y loopback address and a free port), its own
 authorized_keys file and pid file. Root may log in with the fixture's client key only
-(``PermitRootLogin prohibit-password``); a separate unprivileged test user logs in with
-a password the fixture sets with chpasswd. The fixture hands out a known_hosts file
+(``PermitRootLogin prohibit-password``); a separate unprivileged test user of this
+server's own (created with useradd, deleted at stop) logs in with a password the fixture
+sets with chpasswd. The fixture hands out a known_hosts file
 holding the server's host key, so clients check it as they would in production.
 
 It must never touch the machine's own sshd, its host keys or /etc/ssh, and it stops
@@ -34,7 +35,7 @@ SSHD = "/usr/sbin/sshd"
 # StrictModes refuses an authorized_keys file under a world-writable directory such as
 # /tmp, so the key file lives in a root-owned directory of ours under /run.
 KEYS_PARENT = Path("/run/sms-lab-sshd")
-TEST_USER = "smssshtest"
+TEST_USER_PREFIX = "smsssh"
 
 
 @dataclass
@@ -88,16 +89,18 @@ class SshServer:
         self.log_file = self.root / "sshd.log"
         self.endpoint: SshEndpoint | None = None
         self._keys_dir: Path | None = None
+        self.user = f"{TEST_USER_PREFIX}{secrets.token_hex(4)}"
+        self._user_created = False
 
-    def _ensure_test_user(self, password: str) -> None:
-        if subprocess.run(["id", TEST_USER], capture_output=True).returncode != 0:
-            subprocess.run(
-                ["useradd", "--system", "--no-create-home", "--shell", "/bin/sh", TEST_USER],
-                check=True,
-                capture_output=True,
-            )
+    def _create_test_user(self, password: str) -> None:
         subprocess.run(
-            ["chpasswd"], input=f"{TEST_USER}:{password}\n", text=True, check=True, capture_output=True
+            ["useradd", "--system", "--no-create-home", "--shell", "/bin/sh", self.user],
+            check=True,
+            capture_output=True,
+        )
+        self._user_created = True
+        subprocess.run(
+            ["chpasswd"], input=f"{self.user}:{password}\n", text=True, check=True, capture_output=True
         )
 
     def start(self, timeout: float = 10.0) -> SshEndpoint:
@@ -115,7 +118,7 @@ class SshServer:
         known_hosts = self.root / "known_hosts"
         known_hosts.write_text(f"[{self.address}]:{self.port} {host_public}\n")
         password = secrets.token_urlsafe(18)
-        self._ensure_test_user(password)
+        self._create_test_user(password)
         self.conf.write_text(
             "\n".join(
                 [
@@ -128,7 +131,7 @@ class SshServer:
                     "PubkeyAuthentication yes",
                     "PermitRootLogin prohibit-password",
                     "PermitEmptyPasswords no",
-                    f"AllowUsers root {TEST_USER}",
+                    f"AllowUsers root {self.user}",
                     "AuthorizedKeysFile none",
                     "StrictModes yes",
                     "X11Forwarding no",
@@ -159,7 +162,7 @@ class SshServer:
                     client_key=client_key,
                     client_public_key=client_key.with_suffix(".pub"),
                     root_user="root",
-                    user=TEST_USER,
+                    user=self.user,
                     password=password,
                 )
                 return self.endpoint
@@ -187,6 +190,9 @@ class SshServer:
         if self._keys_dir is not None:
             shutil.rmtree(self._keys_dir, ignore_errors=True)
             self._keys_dir = None
+        if self._user_created:
+            subprocess.run(["userdel", self.user], capture_output=True)
+            self._user_created = False
         if self._address_lock is not None:
             subprocess.run(
                 ["ip", "addr", "del", f"{self.address}/8", "dev", "lo"], capture_output=True

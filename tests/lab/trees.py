@@ -35,7 +35,7 @@ from smbprotocol.security_descriptor import (
     SMB2CreateSDBuffer,
 )
 
-from tests.lab.smbio import LabTree
+from tests.lab.smbio import FILE_WRITE_DATA, SYNCHRONIZE, LabTree
 
 # Attributes (MS-FSCC 2.6).
 READONLY, HIDDEN, SYSTEM, DIRECTORY, ARCHIVE, NORMAL = 0x1, 0x2, 0x4, 0x10, 0x20, 0x80
@@ -89,6 +89,14 @@ def security_descriptor(owner: str, group: str, aces: list[tuple[int, int, int, 
     return descriptor.pack()
 
 
+PLAIN_DIRECTORY = security_descriptor(
+    ADMINISTRATORS, USERS,
+    [(ALLOW, OBJECT_INHERIT | CONTAINER_INHERIT, FULL, ADMINISTRATORS),
+     (ALLOW, OBJECT_INHERIT | CONTAINER_INHERIT, READ, EVERYONE)])
+PLAIN_FILE = security_descriptor(
+    ADMINISTRATORS, USERS, [(ALLOW, 0, FULL, ADMINISTRATORS), (ALLOW, 0, READ, EVERYONE)])
+
+
 @dataclass
 class HostileTree:
     """What ``build_hostile_tree`` wrote, share-relative paths with backslashes."""
@@ -110,10 +118,6 @@ class HostileTree:
     def entries(self) -> list[str]:
         """Every directory and file, parents before children."""
         return self.directories + list(self.files)
-
-
-def _payload(rng: random.Random, size: int) -> bytes:
-    return rng.randbytes(size)
 
 
 def build_hostile_tree(lab: LabTree, root: str = "hostile", *, large_size: int = 8 << 20,
@@ -148,10 +152,10 @@ def build_hostile_tree(lab: LabTree, root: str = "hostile", *, large_size: int =
     tree.names["zero_file"] = write(tree.path("zero.bin"), b"")
 
     # A large, mostly-zero file: random head, zeros, random tail.
-    head, tail = _payload(rng, 65536), _payload(rng, 65536)
+    head, tail = rng.randbytes(65536), rng.randbytes(65536)
     large = tree.path("large mostly zero.bin")
     lab.write_file(large, head, sparse_total=large_size - len(tail))
-    handle = lab.open(large, 0x0002 | 0x00100000)  # FILE_WRITE_DATA | SYNCHRONIZE
+    handle = lab.open(large, FILE_WRITE_DATA | SYNCHRONIZE)
     try:
         handle.write(tail, large_size - len(tail))
     finally:
@@ -195,11 +199,11 @@ def build_hostile_tree(lab: LabTree, root: str = "hostile", *, large_size: int =
 
     # Alternate data streams on a file and on a directory (kept small: on ext4 a file's
     # streams, NT ACL and DOS attributes share one 4 KiB xattr block).
-    with_streams = write(tree.path("with streams.txt"), _payload(rng, 3000))
+    with_streams = write(tree.path("with streams.txt"), rng.randbytes(3000))
     dir_streams = mkdir("directory with streams")
-    for owner, streams in ((with_streams, {"alpha": _payload(rng, 200), "b\u00eata \u6d41": b"second\n",
+    for owner, streams in ((with_streams, {"alpha": rng.randbytes(200), "b\u00eata \u6d41": b"second\n",
                                            "empty": b""}),
-                           (dir_streams, {"dirmeta": _payload(rng, 120)})):
+                           (dir_streams, {"dirmeta": rng.randbytes(120)})):
         for name, data in streams.items():
             lab.write_file(f"{owner}:{name}", data)
         tree.streams[owner] = {f":{name}:$DATA": data for name, data in streams.items()}
@@ -234,6 +238,10 @@ def build_hostile_tree(lab: LabTree, root: str = "hostile", *, large_size: int =
         UNKNOWN_DOMAIN_USER, UNKNOWN_DOMAIN_GROUP,
         [(ALLOW, 0, FULL, UNKNOWN_DOMAIN_USER), (ALLOW, 0, FULL, SYSTEM_SID),
          (ALLOW, 0, READ, USERS)], protected=True)
+    # Every other entry gets a plain explicit descriptor too: left to the server, owners
+    # would name each server's own machine SID and two builds would never be identical.
+    for path in tree.entries:
+        tree.descriptors.setdefault(path, PLAIN_DIRECTORY if path in tree.directories else PLAIN_FILE)
     for path, descriptor in tree.descriptors.items():
         lab.set_security_descriptor(path, descriptor)
     tree.names["secured_dir"], tree.names["non_canonical"] = secured, non_canonical
@@ -272,7 +280,7 @@ def make_dataset(directory: Path, files: int, large_files: int = 0, *,
     serves the files. The same arguments produce the same tree.
     """
     rng = random.Random(seed)
-    directories = max(1, round(files / 100))
+    directories = max(1, round(files / 100)) if files else 0
     total = 0
     for number in range(directories):
         (directory / f"dir{number:05d}").mkdir(parents=True, exist_ok=True)
@@ -292,4 +300,4 @@ def make_dataset(directory: Path, files: int, large_files: int = 0, *,
                 handle.write(os.urandom(chunk))
                 remaining -= chunk
         total += large_size
-    return Dataset(files, directories if files else 0, large_files, total)
+    return Dataset(files, directories, large_files, total)

@@ -81,9 +81,9 @@ class WorkerProcess:
         self.process.wait(timeout=10)
 
     def stop(self, grace: float = 5) -> None:
-        """Warm shutdown with SIGTERM; SIGKILL the group if it outlives ``grace`` seconds."""
+        """Warm shutdown (SIGTERM to the main process); SIGKILL the group after ``grace`` s."""
         if self.process.poll() is None:
-            os.killpg(self.pid, signal.SIGTERM)
+            os.kill(self.pid, signal.SIGTERM)
             try:
                 self.process.wait(timeout=grace)
             except subprocess.TimeoutExpired:

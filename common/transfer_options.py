@@ -1,0 +1,85 @@
+"""The options of a transfer run, as both the orchestrator and the proxy workers read them.
+
+A run's options are stored as JSON in ``TransferRun.options`` when the run is created and
+never travel in a broker message: a proxy worker reads them from the job database with
+the batch. ``TransferOptions`` validates them once (an unknown checksum choice is an
+error, not a silent default) and turns them into the copy engine's ``CopyOptions``.
+
+Checksum choices follow SMS's validation setting: ``none`` (data is still hashed as it
+streams, with the fast algorithm, but the destination is not re-read), ``fast``
+(xxh3-128, the measured default of common.smb.checksum, and the destination is re-read
+and compared) or ``sha256`` (the same with SHA-256).
+
+This module must never hold a credential and must never import the orchestrator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from common.smb.checksum import DEFAULT_ALGORITHM
+from common.smb.copy import CopyOptions
+
+CHECKSUM_CHOICES = ("none", "fast", "sha256")
+_ALGORITHMS = {"none": DEFAULT_ALGORITHM, "fast": DEFAULT_ALGORITHM, "sha256": "sha256"}
+
+DEFAULT_RETRIES = 3
+DEFAULT_RETRY_DELAY = 60.0
+
+
+@dataclass(frozen=True)
+class TransferOptions:
+    """What a transfer run was asked to do.
+
+    ``retries`` is how many more times a failed file is tried within its batch, waiting
+    ``retry_delay`` seconds before each round (SMS: 3 retries, 60 s). ``share_map`` maps a
+    source share name to the destination share it goes to (default: the same name).
+    ``copy_sacl`` also copies SACLs (needs the privilege on both sides).
+    """
+
+    checksum: str = "fast"
+    retries: int = DEFAULT_RETRIES
+    retry_delay: float = DEFAULT_RETRY_DELAY
+    copy_sacl: bool = False
+    share_map: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.checksum not in CHECKSUM_CHOICES:
+            raise ValueError(f"checksum must be one of {CHECKSUM_CHOICES}, not {self.checksum!r}")
+        if self.retries < 0:
+            raise ValueError("retries must be 0 or more")
+        if self.retry_delay < 0:
+            raise ValueError("retry_delay must be 0 or more")
+
+    @property
+    def algorithm(self) -> str:
+        """The hash algorithm the copy engine computes while copying."""
+        return _ALGORITHMS[self.checksum]
+
+    @property
+    def verify(self) -> bool:
+        """True when the destination is re-read and its hash compared with the source's."""
+        return self.checksum != "none"
+
+    def destination_share(self, source_share: str) -> str:
+        """The destination share that ``source_share`` is copied into."""
+        return self.share_map.get(source_share, source_share)
+
+    def copy_options(self) -> CopyOptions:
+        """The copy engine's options for these transfer options."""
+        return CopyOptions(checksum=self.algorithm, verify=self.verify,
+                           skip_unchanged=True, copy_security=True, copy_sacl=self.copy_sacl)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON for ``TransferRun.options``."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> "TransferOptions":
+        """Options from ``TransferRun.options`` (unknown keys are an error)."""
+        data = dict(data or {})
+        known = {name: data.pop(name) for name in list(data) if name in cls.__dataclass_fields__}
+        if data:
+            raise ValueError(f"unknown transfer options: {sorted(data)}")
+        return cls(**known)

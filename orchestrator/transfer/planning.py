@@ -1,0 +1,540 @@
+"""Transfer runs: pair servers, plan a run into batches while walking, drive it to the end.
+
+A run of a pairing goes through these stages, all recorded in the job database:
+
+1. **PreExistingData** (first run of a share for this pairing only): whatever the
+   destination share's root holds is moved into ``PreExistingData`` (orchestrator.transfer
+   .destination), never overwritten.
+2. **Walk and dispatch**: the source share is walked with the streaming walker
+   (common.smb.walk). Files are cut into batches bounded by ``settings.batch_max_files``
+   and ``settings.batch_max_bytes``; each batch is written (a ``Batch`` row naming the
+   ``copy_batch`` task and the destination's queue, and one ``FileRecord`` per file, state
+   scanned) and committed, and only then published (common.db.after_commit through
+   orchestrator.leases.dispatch_batch). Copying therefore starts while the walk goes on.
+   Directories are recorded as they are met, without a batch yet. Only the current batch
+   and the walker's stack of directories are ever in memory.
+3. **Wait** for every file batch to finish; meanwhile the lease reaper re-dispatches
+   batches whose worker died or whose message was lost.
+4. **Mirror** (re-runs only): destination entries that the source no longer has are
+   deleted; PreExistingData and anything under a source directory the walk could not list
+   are left alone.
+5. **Directories**: directory records go out in batches, deepest first and one batch at
+   a time, the share root last, so a directory's times are set after everything inside it
+   was written or deleted.
+6. **Finish**: counters from the file records; the run ends ``succeeded`` or, when any
+   file failed, went missing, or a directory could not be walked, ``completed_with_errors``
+   (never hangs on a locked file: the worker records it failed and moves on).
+
+Share creation on the destination is not done here: destination shares must exist.
+
+This module must never put a credential in a message or a log, never publish a batch
+before the transaction that wrote it has committed, and never import proxy_worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import case, func, select, update
+from sqlalchemy.orm import Session
+
+from common.celery_app import create_celery_app
+from common.db import bulk_insert_file_records, session_scope
+from common.endpoints import server_endpoint
+from common.models import (
+    Batch,
+    BatchState,
+    Event,
+    EventLevel,
+    FileRecord,
+    FileState,
+    Pairing,
+    RunState,
+    Server,
+    ServerRole,
+    Share,
+    TransferRun,
+    utcnow,
+)
+from common.settings import get_settings
+from common.smb import metadata as md
+from common.smb.connection import SmbTree, open_tree
+from common.smb.errors import SmbFileError
+from common.smb.walk import DirEntry, ShareWalker
+from common.transfer_options import TransferOptions
+from orchestrator.leases import Publisher, celery_publisher, dispatch_batch, reap_expired_leases
+from orchestrator.transfer import destination as dest_ops
+
+logger = logging.getLogger(__name__)
+
+COPY_TASK = "proxy_worker.copy_tasks.copy_batch"
+DIRECTORY_BATCH_MAX = 2000
+MIRROR_LOOKUP_CHUNK = 500
+REAP_INTERVAL = 10.0
+
+EVENT_PRE_EXISTING = "transfer.pre_existing_data"
+EVENT_WALK_ERROR = "transfer.walk_error"
+EVENT_MIRROR_DELETE = "transfer.mirror_delete"
+EVENT_MIRROR_ERROR = "transfer.mirror_error"
+EVENT_RUN_ERROR = "transfer.run_error"
+
+FINISHED_RUN_STATES = (RunState.SUCCEEDED, RunState.COMPLETED_WITH_ERRORS, RunState.FAILED,
+                       RunState.CANCELLED)
+
+
+class TransferError(Exception):
+    """A transfer run cannot be set up or driven (bad pairing, unknown share ...)."""
+
+
+# --- pairings and runs ----------------------------------------------------------------
+
+def create_pairing(session: Session, source: Server, destination: Server,
+                   shares: Iterable[str] = (), path_mapping: dict[str, Any] | None = None) -> Pairing:
+    """Pair ``source`` with ``destination`` (same job, right roles) for the given shares.
+
+    An empty ``shares`` means every share the inventory found on the source. Pairing the
+    same two servers again updates the chosen shares and mapping.
+    """
+    if source.job_id != destination.job_id:
+        raise TransferError("source and destination belong to different jobs")
+    if source.role != ServerRole.SOURCE or destination.role != ServerRole.DESTINATION:
+        raise TransferError(f"{source.name} must be a source and {destination.name} a destination")
+    pairing = session.scalar(select(Pairing).where(
+        Pairing.source_server_id == source.id, Pairing.destination_server_id == destination.id))
+    if pairing is None:
+        pairing = Pairing(job_id=source.job_id, source_server_id=source.id,
+                          destination_server_id=destination.id)
+        session.add(pairing)
+    pairing.shares = list(shares)
+    pairing.path_mapping = dict(path_mapping or {})
+    session.flush()
+    return pairing
+
+
+def chosen_shares(session: Session, pairing: Pairing) -> list[Share]:
+    """The source shares of ``pairing``: those named in it (rows made if inventory has not
+    run), or every inventoried share of the source when it names none."""
+    if pairing.shares:
+        shares = []
+        for name in pairing.shares:
+            share = session.scalar(select(Share).where(
+                Share.server_id == pairing.source_server_id, Share.name == name))
+            if share is None:
+                share = Share(server_id=pairing.source_server_id, name=name)
+                session.add(share)
+                session.flush()
+            shares.append(share)
+        return shares
+    shares = list(session.scalars(select(Share).where(
+        Share.server_id == pairing.source_server_id).order_by(Share.name)))
+    if not shares:
+        raise TransferError("the pairing names no share and the source has no inventoried share")
+    return shares
+
+
+def create_run(session: Session, pairing: Pairing, options: TransferOptions) -> TransferRun:
+    """A new pending run of ``pairing`` with ``options`` (a previous run is never reused)."""
+    active = session.scalar(select(TransferRun.id).where(
+        TransferRun.pairing_id == pairing.id,
+        TransferRun.state.in_((RunState.PENDING, RunState.RUNNING))))
+    if active is not None:
+        raise TransferError(f"run {active} of this pairing has not finished")
+    run = TransferRun(job_id=pairing.job_id, pairing_id=pairing.id, options=options.to_json(),
+                      state=RunState.PENDING)
+    session.add(run)
+    session.flush()
+    return run
+
+
+def default_publisher() -> Publisher:
+    """Publishes batches through this process's Celery app (settings' broker)."""
+    return celery_publisher(create_celery_app())
+
+
+def _event(session: Session, run: TransferRun, kind: str, message: str, *,
+           level: EventLevel = EventLevel.INFO, server_id: int | None = None, **detail) -> None:
+    session.add(Event(job_id=run.job_id, server_id=server_id, level=level, kind=kind,
+                      message=message, detail={"run_id": run.id, **detail}))
+
+
+# --- the driver ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _ShareTarget:
+    share_id: int
+    name: str
+    destination_share: str
+
+
+@dataclass(frozen=True)
+class _Context:
+    run_id: int
+    job_id: int
+    pairing_id: int
+    source_id: int
+    destination_id: int
+    queue: str
+    options: TransferOptions
+    shares: tuple[_ShareTarget, ...]
+
+
+Progress = Callable[[str], object]
+
+
+def execute_run(run_id: int, publish: Publisher | None = None, *, poll_interval: float = 0.5,
+                progress: Progress | None = None) -> RunState:
+    """Drive run ``run_id`` through every stage to its end; returns its final state.
+
+    ``publish`` sends dispatched batches (default: this process's Celery app);
+    ``progress`` receives one line of text per stage. Proxy workers for the destination
+    must be running (see orchestrator.transfer.workers for the embedded mode). An
+    unexpected error marks the run failed, records it as an event and is re-raised.
+    """
+    publish = publish or default_publisher()
+    say = progress or (lambda line: None)
+    context = _start(run_id)
+    try:
+        with session_scope() as session:
+            source = session.get(Server, context.source_id)
+            destination = session.get(Server, context.destination_id)
+        first_runs = {}
+        for target in context.shares:
+            first_runs[target.share_id] = _plan_share(context, target, source, destination,
+                                                      publish, say)
+        _wait_for_batches(context, publish, poll_interval, say, "files")
+        for target in context.shares:
+            if not first_runs[target.share_id]:
+                _mirror_share(context, target, destination, say)
+            _copy_directories(context, target, publish, poll_interval, say)
+        state = _finish(context)
+    except BaseException as exc:
+        with session_scope() as session:
+            run = session.get(TransferRun, run_id)
+            run.state = RunState.FAILED
+            run.error = f"{type(exc).__name__}: {exc}"
+            run.ended_at = utcnow()
+            _event(session, run, EVENT_RUN_ERROR, run.error, level=EventLevel.ERROR)
+        raise
+    say(f"run {run_id}: {state.value}")
+    return state
+
+
+def _start(run_id: int) -> _Context:
+    with session_scope() as session:
+        run = session.get(TransferRun, run_id)
+        if run is None:
+            raise TransferError(f"no transfer run {run_id}")
+        if run.state in FINISHED_RUN_STATES:
+            raise TransferError(f"run {run_id} has already ended ({run.state.value})")
+        pairing = session.get(Pairing, run.pairing_id)
+        options = TransferOptions.from_json(run.options)
+        destination = session.get(Server, pairing.destination_server_id)
+        shares = tuple(_ShareTarget(share.id, share.name, options.destination_share(share.name))
+                       for share in chosen_shares(session, pairing))
+        run.state = RunState.RUNNING
+        run.started_at = run.started_at or utcnow()
+        return _Context(run.id, run.job_id, pairing.id, pairing.source_server_id, destination.id,
+                        get_settings().destination_queue(destination.name), options, shares)
+
+
+def _is_first_run(session: Session, context: _Context, target: _ShareTarget) -> bool:
+    """True until PreExistingData was handled for this pairing and share by some run."""
+    details = session.scalars(select(Event.detail).where(
+        Event.job_id == context.job_id, Event.kind == EVENT_PRE_EXISTING))
+    return not any(detail.get("pairing_id") == context.pairing_id
+                   and detail.get("share") == target.name for detail in details)
+
+
+def _plan_share(context: _Context, target: _ShareTarget, source: Server, destination: Server,
+                publish: Publisher, say: Progress) -> bool:
+    """PreExistingData (first run), then walk the share and dispatch its file batches.
+
+    Returns True when this was the pairing's first run of the share.
+    """
+    destination_tree = open_tree(server_endpoint(destination, target.destination_share))
+    try:
+        with session_scope() as session:
+            first = _is_first_run(session, context, target)
+        if first:
+            moved = dest_ops.move_into_pre_existing_data(destination_tree)
+            with session_scope() as session:
+                run = session.get(TransferRun, context.run_id)
+                _event(session, run, EVENT_PRE_EXISTING,
+                       f"{len(moved)} entries moved into {dest_ops.PRE_EXISTING_DATA}",
+                       server_id=context.destination_id, pairing_id=context.pairing_id,
+                       share=target.name, moved=moved)
+            if moved:
+                say(f"{target.name}: {len(moved)} pre-existing entries moved into "
+                    f"{dest_ops.PRE_EXISTING_DATA}")
+    finally:
+        destination_tree.close()
+    source_tree = open_tree(server_endpoint(source, target.name))
+    try:
+        _walk_and_dispatch(context, target, source_tree, publish, say)
+    finally:
+        source_tree.close()
+    return first
+
+
+def _record(context: _Context, share_id: int, entry: DirEntry) -> dict[str, Any]:
+    return {
+        "share_id": share_id, "run_id": context.run_id, "relative_path": entry.path,
+        "is_dir": entry.is_dir, "size": 0 if entry.is_dir else entry.size,
+        "creation_time": entry.creation_time, "last_write_time": entry.last_write_time,
+        "last_access_time": entry.last_access_time, "change_time": entry.change_time,
+        "attributes": entry.attributes, "state": FileState.SCANNED,
+    }
+
+
+def _root_record(context: _Context, share_id: int, tree: SmbTree) -> dict[str, Any]:
+    opened = md.stat(tree, "")
+    basic = opened.basic
+    return {
+        "share_id": share_id, "run_id": context.run_id, "relative_path": "", "is_dir": True,
+        "size": 0, "creation_time": basic.creation_time, "last_write_time": basic.last_write_time,
+        "last_access_time": basic.last_access_time, "change_time": basic.change_time,
+        "attributes": basic.attributes, "state": FileState.SCANNED,
+    }
+
+
+def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
+                       publish: Publisher, say: Progress) -> None:
+    settings = get_settings()
+    files: list[dict[str, Any]] = []
+    directories: list[dict[str, Any]] = [_root_record(context, target.share_id, tree)]
+    pending_bytes = 0
+    batches = 0
+
+    def flush_directories(session: Session) -> None:
+        if directories:
+            bulk_insert_file_records(session, directories)
+            directories.clear()
+
+    def flush_batch() -> None:
+        nonlocal pending_bytes, batches
+        with session_scope() as session:
+            flush_directories(session)
+            if files:
+                batch = Batch(run_id=context.run_id, share_id=target.share_id,
+                              file_count=len(files), byte_count=pending_bytes)
+                session.add(batch)
+                session.flush()
+                bulk_insert_file_records(session, ({**row, "batch_id": batch.id} for row in files))
+                session.execute(update(TransferRun).where(TransferRun.id == context.run_id).values(
+                    files_total=TransferRun.files_total + len(files),
+                    bytes_total=TransferRun.bytes_total + pending_bytes))
+                dispatch_batch(session, batch, publish, task_name=COPY_TASK, queue=context.queue)
+                batches += 1
+        files.clear()
+        pending_bytes = 0
+
+    walker = ShareWalker(tree, "")
+    for entry in walker:
+        if entry.is_dir:
+            directories.append(_record(context, target.share_id, entry))
+            if len(directories) >= DIRECTORY_BATCH_MAX:
+                with session_scope() as session:
+                    flush_directories(session)
+            continue
+        files.append(_record(context, target.share_id, entry))
+        pending_bytes += entry.size
+        if len(files) >= settings.batch_max_files or pending_bytes >= settings.batch_max_bytes:
+            flush_batch()
+    flush_batch()
+    with session_scope() as session:
+        run = session.get(TransferRun, context.run_id)
+        for error in walker.errors:
+            _event(session, run, EVENT_WALK_ERROR,
+                   f"{error.status_name}: {error.message}: {target.name}\\{error.path}",
+                   level=EventLevel.ERROR, server_id=context.source_id, share=target.name,
+                   share_id=target.share_id, path=error.path, status=error.status_name)
+    say(f"{target.name}: walked {walker.directories_listed} directories, "
+        f"{batches} file batches dispatched, {len(walker.errors)} walk errors")
+
+
+def batch_state_counts(session: Session, run_id: int) -> dict[BatchState, int]:
+    """How many of the run's batches are in each state."""
+    rows = session.execute(select(Batch.state, func.count()).where(Batch.run_id == run_id)
+                           .group_by(Batch.state)).all()
+    return {state: count for state, count in rows}
+
+
+def _wait_for_batches(context: _Context, publish: Publisher, poll_interval: float,
+                      say: Progress, what: str) -> None:
+    """Block until no batch of the run is queued or running, reaping lost leases."""
+    last_reap = time.monotonic()
+    last_report = ""
+    while True:
+        with session_scope() as session:
+            counts = batch_state_counts(session, context.run_id)
+        open_batches = counts.get(BatchState.QUEUED, 0) + counts.get(BatchState.RUNNING, 0)
+        report = (f"{what}: {counts.get(BatchState.DONE, 0)} batches done, "
+                  f"{counts.get(BatchState.RUNNING, 0)} running, {counts.get(BatchState.QUEUED, 0)} "
+                  f"queued, {counts.get(BatchState.FAILED, 0)} failed")
+        if report != last_report:
+            say(report)
+            last_report = report
+        if not open_batches:
+            return
+        if time.monotonic() - last_reap >= REAP_INTERVAL:
+            with session_scope() as session:
+                reaped = reap_expired_leases(session, publish)
+            if reaped:
+                say(f"re-dispatched batches whose lease expired: {reaped}")
+            last_reap = time.monotonic()
+        time.sleep(poll_interval)
+
+
+# --- mirror ----------------------------------------------------------------------------
+
+def run_events(session: Session, run_id: int, job_id: int, kinds: Iterable[str]) -> list[Event]:
+    """The events of the given kinds that run ``run_id`` recorded, oldest first."""
+    events = session.scalars(select(Event).where(Event.job_id == job_id, Event.kind.in_(tuple(kinds)))
+                             .order_by(Event.id))
+    return [event for event in events if (event.detail or {}).get("run_id") == run_id]
+
+
+def _walk_error_paths(session: Session, context: _Context, target: _ShareTarget) -> list[str]:
+    return [event.detail["path"] for event in
+            run_events(session, context.run_id, context.job_id, (EVENT_WALK_ERROR,))
+            if event.detail.get("share_id") == target.share_id]
+
+
+def _under(path: str, roots: list[str]) -> bool:
+    return any(root == "" or path == root or path.startswith(root + "\\") for root in roots)
+
+
+def _mirror_share(context: _Context, target: _ShareTarget, destination: Server,
+                  say: Progress) -> None:
+    """Delete destination entries the source no longer has (PreExistingData untouched)."""
+    with session_scope() as session:
+        unlisted = _walk_error_paths(session, context, target)
+    tree = open_tree(server_endpoint(destination, target.destination_share))
+    extras: list[DirEntry] = []
+    pruned: set[str] = set()
+    pending: list[DirEntry] = []
+
+    def resolve() -> None:
+        if not pending:
+            return
+        with session_scope() as session:
+            known = dict(session.execute(select(FileRecord.relative_path, FileRecord.is_dir).where(
+                FileRecord.run_id == context.run_id, FileRecord.share_id == target.share_id,
+                FileRecord.relative_path.in_([entry.path for entry in pending]))).all())
+        for entry in pending:
+            is_dir = entry.is_dir and not entry.is_reparse_point
+            if known.get(entry.path) is None or known[entry.path] != is_dir:
+                extras.append(entry)
+                if is_dir:
+                    pruned.add(entry.path)
+        pending.clear()
+
+    try:
+        walker = ShareWalker(tree, "")
+        last_parent = None
+        for entry in walker:
+            parent = entry.path.rpartition("\\")[0]
+            if parent != last_parent or len(pending) >= MIRROR_LOOKUP_CHUNK:
+                resolve()
+                last_parent = parent
+            if parent in pruned or dest_ops.is_protected(entry.path) or _under(entry.path, unlisted):
+                if entry.is_dir:
+                    pruned.add(entry.path)
+                continue
+            pending.append(entry)
+        resolve()
+        deleted, failures = 0, []
+        for entry in extras:
+            try:
+                deleted += dest_ops.delete_entry(tree, entry)
+            except SmbFileError as exc:
+                failures.append((entry.path, exc))
+    finally:
+        tree.close()
+    with session_scope() as session:
+        run = session.get(TransferRun, context.run_id)
+        if extras:
+            _event(session, run, EVENT_MIRROR_DELETE,
+                   f"{target.destination_share}: {deleted} entries deleted that the source no longer has",
+                   server_id=context.destination_id, share=target.name, share_id=target.share_id,
+                   paths=[entry.path for entry in extras[:1000]], deleted=deleted)
+        for path, exc in failures:
+            _event(session, run, EVENT_MIRROR_ERROR, f"{exc.status_name}: cannot delete {path}",
+                   level=EventLevel.ERROR, server_id=context.destination_id, share=target.name,
+                   share_id=target.share_id, path=path, status=exc.status_name)
+    say(f"{target.name}: mirror deleted {deleted} destination entries, {len(failures)} failures")
+
+
+# --- directories -----------------------------------------------------------------------
+
+def _directory_order():
+    path = FileRecord.relative_path
+    depth = func.length(path) - func.length(func.replace(path, "\\", ""))
+    return case((path == "", -1), else_=depth).desc()
+
+
+def _copy_directories(context: _Context, target: _ShareTarget, publish: Publisher,
+                      poll_interval: float, say: Progress) -> None:
+    """Dispatch the share's directory records deepest first, one batch at a time."""
+    count = 0
+    while True:
+        with session_scope() as session:
+            ids = list(session.scalars(
+                select(FileRecord.id).where(
+                    FileRecord.run_id == context.run_id, FileRecord.share_id == target.share_id,
+                    FileRecord.is_dir.is_(True), FileRecord.batch_id.is_(None))
+                .order_by(_directory_order(), FileRecord.id).limit(DIRECTORY_BATCH_MAX)))
+            if not ids:
+                break
+            batch = Batch(run_id=context.run_id, share_id=target.share_id, file_count=len(ids))
+            session.add(batch)
+            session.flush()
+            session.execute(update(FileRecord).where(FileRecord.id.in_(ids))
+                            .values(batch_id=batch.id).execution_options(synchronize_session=False))
+            dispatch_batch(session, batch, publish, task_name=COPY_TASK, queue=context.queue)
+        count += len(ids)
+        _wait_for_batches(context, publish, poll_interval, lambda line: None, "directories")
+    say(f"{target.name}: metadata of {count} directories applied")
+
+
+# --- the end ---------------------------------------------------------------------------
+
+def _finish(context: _Context) -> RunState:
+    with session_scope() as session:
+        rows = session.execute(
+            select(FileRecord.state, FileRecord.is_dir, func.count(), func.coalesce(func.sum(FileRecord.size), 0))
+            .where(FileRecord.run_id == context.run_id)
+            .group_by(FileRecord.state, FileRecord.is_dir)).all()
+        files: dict[FileState, int] = {}
+        bytes_by_state: dict[FileState, int] = {}
+        problems = 0
+        for state, is_dir, count, size in rows:
+            if state in (FileState.FAILED, FileState.MISMATCH, FileState.SCANNED):
+                problems += count
+            if not is_dir:
+                files[state] = files.get(state, 0) + count
+                bytes_by_state[state] = bytes_by_state.get(state, 0) + int(size)
+        run_errors = len(run_events(session, context.run_id, context.job_id,
+                                    (EVENT_WALK_ERROR, EVENT_MIRROR_ERROR)))
+        run = session.get(TransferRun, context.run_id)
+        run.files_total = sum(files.values())
+        run.files_copied = files.get(FileState.COPIED, 0) + files.get(FileState.VERIFIED, 0)
+        run.files_skipped = files.get(FileState.SKIPPED, 0)
+        run.files_failed = (files.get(FileState.FAILED, 0) + files.get(FileState.MISMATCH, 0)
+                            + files.get(FileState.SCANNED, 0))
+        run.bytes_total = sum(bytes_by_state.values())
+        run.bytes_copied = (bytes_by_state.get(FileState.COPIED, 0)
+                            + bytes_by_state.get(FileState.VERIFIED, 0))
+        run.ended_at = utcnow()
+        if problems or run_errors:
+            run.state = RunState.COMPLETED_WITH_ERRORS
+            run.error = (f"completed with errors: {problems} entries not transferred, "
+                         f"{run_errors} walk or mirror errors")
+        else:
+            run.state = RunState.SUCCEEDED
+            run.error = ""
+        return run.state

@@ -1,0 +1,108 @@
+"""The orchestrator's own Celery worker: it serves ``settings.orchestrator_queue``.
+
+The file scan of the inventory fans out there, one task per directory
+(``orchestrator.inventory.tasks``). Start it with ``sms orchestrator-worker`` or
+``python -m orchestrator.worker [--concurrency N]``; scale out by starting more, on any
+machine that reaches the job database, the broker and the file servers. On the embedded
+defaults, ``sms inventory run --wait`` starts one itself (``start_local_worker``) and
+stops it by pid at the end.
+
+Broker, database and everything else come from settings (``SMS_*`` variables), never
+from the command line, so no credential ever shows in a process list. This module must
+never stop a process it did not start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from common.celery_app import create_celery_app
+from common.settings import get_settings
+
+
+def worker_argv(concurrency: int, loglevel: str) -> list[str]:
+    """The Celery worker arguments for the orchestrator queue."""
+    settings = get_settings()
+    argv = [
+        "worker",
+        "--queues", settings.orchestrator_queue,
+        "--concurrency", str(concurrency),
+        "--pool", "prefork",
+        "--hostname", f"sms-orchestrator-{os.getpid()}@%h",
+        "--loglevel", loglevel,
+    ]
+    if settings.broker_is_embedded:
+        # kombu's SQLAlchemy transport has no fan-out exchanges.
+        argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    return argv
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the command line and run the orchestrator worker until it is stopped."""
+    parser = argparse.ArgumentParser(
+        prog="sms orchestrator-worker", description="Worker serving the orchestrator's queue.")
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="prefork processes (default: settings.worker_concurrency)")
+    parser.add_argument("--loglevel", default="INFO")
+    options = parser.parse_args(argv)
+    concurrency = options.concurrency or get_settings().worker_concurrency
+    app = create_celery_app()
+    app.worker_main(worker_argv(concurrency, options.loglevel))
+
+
+class LocalWorker:
+    """An orchestrator worker subprocess this process started (its own process group)."""
+
+    def __init__(self, process: subprocess.Popen, log_path: Path):
+        self.process = process
+        self.log_path = log_path
+
+    @property
+    def pid(self) -> int:
+        """Pid of the worker's main process, which leads its process group."""
+        return self.process.pid
+
+    def alive(self) -> bool:
+        """True while the worker's main process runs."""
+        return self.process.poll() is None
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Warm shutdown (SIGTERM to its group), SIGKILL after ``grace`` seconds."""
+        if self.process.poll() is None:
+            os.killpg(self.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.process.wait(timeout=10)
+
+
+def start_local_worker(concurrency: int | None = None) -> LocalWorker:
+    """Start an orchestrator worker subprocess with this process's settings (environment).
+
+    Its output goes to ``STATE_DIR/logs/orchestrator-worker-PID.log``.
+    """
+    settings = get_settings()
+    logs = settings.ensure_state_dir() / "logs"
+    logs.mkdir(exist_ok=True)
+    log_path = logs / f"orchestrator-worker-{os.getpid()}.log"
+    argv = [sys.executable, "-m", "orchestrator.worker"]
+    if concurrency:
+        argv += ["--concurrency", str(concurrency)]
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True, cwd=str(Path(__file__).resolve().parents[1]))
+    return LocalWorker(process, log_path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,389 @@
+"""The copy engine (common.smb.copy) against two real lab smbd instances.
+
+Trees are built and judged through plain smbprotocol (tests.lab.trees, tests.lab.compare,
+tests.lab.smbio) and through the shares' directories on disk, never through the code
+under test: a copy must come out identical field by field - bytes, streams on files and
+directories, attributes, the three times to 100 ns, owner, group, DACL bytes and the
+protected flag - and a re-run must copy only what changed.
+"""
+
+from __future__ import annotations
+
+import common  # noqa: F401  (import before smbclient; impacket's bin/smbclient.py shadows it)
+
+import hashlib
+import multiprocessing
+import os
+from pathlib import Path
+
+import pytest
+import xxhash
+
+from common.settings import reset_settings_cache
+from common.smb import (
+    CopyOptions,
+    FileEntry,
+    Outcome,
+    SmbEndpoint,
+    close_pool,
+    copy_batch,
+    get_tree,
+    is_temp_name,
+    temp_name,
+)
+from tests.lab.compare import compare_trees, split_security_descriptor
+from tests.lab.samba import MIGRATION_PASSWORD, MIGRATION_USER
+from tests.lab.smbio import LabTree
+from tests.lab.trees import (
+    ADMINISTRATORS,
+    ALLOW,
+    ARCHIVE,
+    DENY,
+    EVERYONE,
+    FULL,
+    GUESTS,
+    HIDDEN,
+    READ,
+    READONLY,
+    SYSTEM,
+    TIME_BASE,
+    USERS,
+    WRITE,
+    build_hostile_tree,
+    security_descriptor,
+)
+
+SE_DACL_PROTECTED = 0x1000
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pool():
+    """Each test talks to its own servers: drop pooled sessions afterwards."""
+    yield
+    close_pool()
+
+
+def endpoint(server, share: str = "data", **kwargs) -> SmbEndpoint:
+    """The migration account's endpoint on a lab server's share."""
+    return SmbEndpoint(server.address, share, MIGRATION_USER, MIGRATION_PASSWORD, **kwargs)
+
+
+def on_disk(server, path: str, share: str = "data") -> Path:
+    """Where a share-relative path lives on the lab server's disk."""
+    return Path(server.shares[share].path, *path.replace("/", "\\").split("\\"))
+
+
+def temp_leftovers(root: Path) -> list[str]:
+    """Names of in-progress files anywhere under ``root``."""
+    return [name for _dir, _dirs, files in os.walk(root) for name in files if is_temp_name(name)]
+
+
+def test_hostile_tree_is_copied_field_by_field(samba_pair):
+    src, dst = samba_pair
+    with LabTree(src.address, "data") as source_lab:
+        tree = build_hostile_tree(source_lab, "hostile")
+
+    results = copy_batch(endpoint(src), endpoint(dst), tree.entries, CopyOptions(verify=True))
+
+    assert [r.path for r in results] == tree.entries
+    failed = [(r.path, r.status_name, r.message) for r in results if r.outcome is not Outcome.COPIED]
+    assert failed == []
+    # Compare first: reading a file (even on disk) moves its last-access time.
+    with LabTree(src.address, "data") as source_lab, LabTree(dst.address, "data") as dest_lab:
+        differences = compare_trees(source_lab, "hostile", dest_lab, "hostile")
+    # Reading a source file moves its last-access time (relatime, times in the past);
+    # the destination must then hold the time the source had before the copy read it.
+    unexplained = []
+    for difference in differences:
+        path = "hostile\\" + difference.path if difference.path else "hostile"
+        if difference.field == "last_access_time" and path in tree.files \
+                and difference.destination == tree.times[path][1]:
+            continue
+        unexplained.append(difference)
+    assert unexplained == []
+    for result in results:
+        creation, access, write = tree.times[result.path]
+        # The times the engine read and wrote are the ones the builder set, to the 100 ns.
+        assert (result.creation_time, result.last_access_time, result.last_write_time) == (creation, access, write)
+        if result.is_directory:
+            continue
+        data = on_disk(src, result.path).read_bytes()
+        assert result.size == len(data) == tree.files[result.path]
+        assert result.source_hash == result.destination_hash == xxhash.xxh3_128(data).hexdigest()
+        assert on_disk(dst, result.path).read_bytes() == data
+
+    assert temp_leftovers(on_disk(dst, "hostile")) == []
+
+    # The cases the issue names, checked by hand on top of the comparison.
+    names = tree.names
+    assert on_disk(dst, names["zero_file"]).stat().st_size == 0
+    large = on_disk(dst, names["large_file"]).read_bytes()
+    assert len(large) == 8 << 20 and large == on_disk(src, names["large_file"]).read_bytes()
+    assert len(names["long_path"]) > 260 and on_disk(dst, names["long_path"]).read_bytes() == b"long\n"
+    assert on_disk(dst, names["nfc"]).read_bytes() != on_disk(dst, names["nfd"]).read_bytes()
+    assert on_disk(dst, names["angstrom_letter"]).read_bytes() == b"U+00C5\n"
+    assert on_disk(dst, names["angstrom_sign"]).read_bytes() == b"U+212B\n"
+    with LabTree(dst.address, "data") as dest_lab:
+        for owner, streams in tree.streams.items():
+            assert dest_lab.streams(owner) == {name: len(data) for name, data in streams.items()}
+            for name, data in streams.items():
+                assert b"".join(dest_lab.read_chunks(owner + name[: -len(":$DATA")])) == data
+        for path, descriptor in tree.descriptors.items():
+            copied = dest_lab.security_descriptor(path)
+            with LabTree(src.address, "data") as source_lab:
+                assert copied == source_lab.security_descriptor(path)
+            control, owner_sid, group_sid, dacl = split_security_descriptor(copied)
+            expected = split_security_descriptor(descriptor)
+            assert (owner_sid, group_sid, dacl) == expected[1:]
+            assert control & SE_DACL_PROTECTED == expected[0] & SE_DACL_PROTECTED
+
+
+def _small_tree(lab: LabTree, server) -> dict[str, bytes]:
+    """A few files with streams, odd times and a chosen SD; returns path -> bytes."""
+    files = {
+        "small\\a.txt": b"alpha\n",
+        "small\\b.bin": os.urandom(200_000),
+        "small\\sub\\c.txt": b"charlie\n",
+        "small\\sub\\big.bin": os.urandom(3 << 20),
+    }
+    lab.mkdir("small")
+    lab.mkdir("small\\sub")
+    for path, data in files.items():
+        lab.write_file(path, data)
+    lab.write_file("small\\a.txt:note", b"a stream on a file")
+    lab.write_file("small\\sub:dirnote", b"a stream on a directory")
+    lab.set_security_descriptor("small\\a.txt", security_descriptor(
+        USERS, ADMINISTRATORS,
+        [(ALLOW, 0, READ, EVERYONE), (DENY, 0, WRITE, GUESTS), (ALLOW, 0, FULL, ADMINISTRATORS)],
+        protected=True))
+    for index, path in enumerate(list(files) + ["small\\sub", "small"]):
+        creation = TIME_BASE + 2 * index
+        lab.set_basic_info(path, creation, creation + 40_000_000_000_003, creation + 20_000_000_000_001, 0,
+                           READONLY | ARCHIVE if path.endswith("a.txt") else 0)
+    return files
+
+
+def test_rerun_copies_only_changed_files(samba_pair):
+    src, dst = samba_pair
+    with LabTree(src.address, "data") as lab:
+        files = _small_tree(lab, src)
+    entries = list(files) + ["small\\sub", "small"]
+    first = copy_batch(endpoint(src), endpoint(dst), entries)
+    assert [r.outcome for r in first] == [Outcome.COPIED] * len(entries)
+    before = {path: os.stat(on_disk(dst, path)) for path in files}
+
+    # Change one file's bytes (and its last-write time), another's attributes only.
+    with LabTree(src.address, "data") as lab:
+        lab.write_file("small\\b.bin", b"new contents")
+        lab.set_basic_info("small\\sub\\c.txt", attributes=HIDDEN | SYSTEM)
+    second = copy_batch(endpoint(src), endpoint(dst), entries)
+    outcomes = {r.path: r.outcome for r in second}
+    assert outcomes == {
+        "small\\a.txt": Outcome.SKIPPED,
+        "small\\b.bin": Outcome.COPIED,
+        "small\\sub\\c.txt": Outcome.COPIED,
+        "small\\sub\\big.bin": Outcome.SKIPPED,
+        # A directory whose files were rewritten has a new last-write time to set again.
+        "small\\sub": Outcome.COPIED,
+        "small": Outcome.COPIED,
+    }
+    after = {path: os.stat(on_disk(dst, path)) for path in files}
+    for path in ("small\\a.txt", "small\\sub\\big.bin"):  # untouched: same inode, same ctime
+        assert (after[path].st_ino, after[path].st_ctime_ns) == (before[path].st_ino, before[path].st_ctime_ns)
+    for path in ("small\\b.bin", "small\\sub\\c.txt"):  # replaced through a temp file: new inode
+        assert after[path].st_ino != before[path].st_ino
+    assert on_disk(dst, "small\\b.bin").read_bytes() == b"new contents"
+
+    # A third run finds nothing to do at all.
+    third = copy_batch(endpoint(src), endpoint(dst), entries)
+    assert {r.outcome for r in third} == {Outcome.SKIPPED}
+
+    with LabTree(src.address, "data") as source_lab, LabTree(dst.address, "data") as dest_lab:
+        differences = [d for d in compare_trees(source_lab, "small", dest_lab, "small")
+                       if d.field != "last_access_time"]
+    assert differences == []
+
+
+def test_recorded_hash_catches_silent_destination_corruption(samba_pair):
+    src, dst = samba_pair
+    with LabTree(src.address, "data") as lab:
+        files = _small_tree(lab, src)
+    path = "small\\b.bin"
+    [copied] = copy_batch(endpoint(src), endpoint(dst), [path])
+    assert copied.outcome is Outcome.COPIED
+
+    # Same size, same last-write time, same attributes, different bytes.
+    target = on_disk(dst, path)
+    stat = os.stat(target)
+    target.write_bytes(bytes(len(files[path])))
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+    entry = FileEntry(path, recorded_hash=copied.source_hash)
+    [trusting] = copy_batch(endpoint(src), endpoint(dst), [entry])
+    assert trusting.outcome is Outcome.SKIPPED  # metadata alone cannot see it ...
+    [checking] = copy_batch(endpoint(src), endpoint(dst), [entry], CopyOptions(verify=True))
+    assert checking.outcome is Outcome.COPIED  # ... re-hashing the destination does
+    assert target.read_bytes() == files[path]
+    [again] = copy_batch(endpoint(src), endpoint(dst), [entry], CopyOptions(verify=True))
+    assert again.outcome is Outcome.SKIPPED
+    assert again.destination_hash == copied.source_hash
+
+
+def test_readonly_destination_is_replaced(samba_pair):
+    src, dst = samba_pair
+    with LabTree(src.address, "data") as lab:
+        lab.write_file("report.txt", b"version 2 from the source")
+        lab.set_basic_info("report.txt", TIME_BASE, TIME_BASE + 4, TIME_BASE + 2, 0, ARCHIVE)
+    with LabTree(dst.address, "data") as lab:
+        lab.write_file("report.txt", b"version 1, read-only on the destination")
+        lab.set_basic_info("report.txt", attributes=READONLY | HIDDEN)
+
+    [result] = copy_batch(endpoint(src), endpoint(dst), ["report.txt"])
+
+    assert result.outcome is Outcome.COPIED, result.message
+    with LabTree(dst.address, "data") as lab:  # times before reading: reads move last-access
+        assert lab.basic_info("report.txt")[:3] == (TIME_BASE, TIME_BASE + 4, TIME_BASE + 2)
+        assert lab.basic_info("report.txt")[4] == ARCHIVE
+    assert on_disk(dst, "report.txt").read_bytes() == b"version 2 from the source"
+
+
+def test_server_side_copy_within_one_server(samba_factory):
+    server = samba_factory("single")
+    data = os.urandom(5 << 20) + bytes(3 << 20) + b"end"
+    with LabTree(server.address, "data") as lab:
+        lab.mkdir("from")
+        lab.write_file("from\\video.bin", data)
+        lab.write_file("from\\video.bin:thumb", b"thumbnail")
+        lab.set_basic_info("from\\video.bin", TIME_BASE, TIME_BASE + 6, TIME_BASE + 4, 0, READONLY)
+        source_sd = lab.security_descriptor("from\\video.bin")
+
+    share = endpoint(server)
+    [result] = copy_batch(share, share, ["from\\video.bin"],
+                          CopyOptions(destination_prefix="to", verify=True))
+
+    assert result.outcome is Outcome.COPIED, result.message
+    assert result.server_side is True
+    assert result.source_hash == result.destination_hash == xxhash.xxh3_128(data).hexdigest()
+    with LabTree(server.address, "data") as lab:  # times before reading: reads move last-access
+        assert lab.basic_info("to\\from\\video.bin")[:3] == (TIME_BASE, TIME_BASE + 6, TIME_BASE + 4)
+        assert lab.basic_info("to\\from\\video.bin")[4] == READONLY
+        assert lab.streams("to\\from\\video.bin") == {":thumb:$DATA": 9}
+        assert lab.security_descriptor("to\\from\\video.bin") == source_sd
+    assert on_disk(server, "to\\from\\video.bin").read_bytes() == data
+
+
+def test_checksum_algorithm_is_selectable(samba_pair):
+    src, dst = samba_pair
+    with LabTree(src.address, "data") as lab:
+        lab.write_file("audit.txt", b"hash me with SHA-256")
+    [result] = copy_batch(endpoint(src), endpoint(dst), ["audit.txt"],
+                          CopyOptions(checksum="sha256", verify=True))
+    digest = hashlib.sha256(b"hash me with SHA-256").hexdigest()
+    assert (result.hash_algorithm, result.source_hash, result.destination_hash) == ("sha256", digest, digest)
+    with pytest.raises(ValueError):
+        copy_batch(endpoint(src), endpoint(dst), ["audit.txt"], CopyOptions(checksum="md4"))
+
+
+def test_failure_carries_ntstatus_and_path_but_no_password(samba_pair):
+    src, dst = samba_pair
+    with LabTree(src.address, "data") as lab:
+        lab.write_file("present.txt", b"here")
+    results = copy_batch(endpoint(src), endpoint(dst), ["missing\\gone.txt", "present.txt"])
+    missing, present = results
+    assert missing.outcome is Outcome.FAILED
+    assert missing.status_name == "STATUS_OBJECT_PATH_NOT_FOUND"
+    assert missing.status_code == "0xC000003A"
+    assert "missing\\\\gone.txt" in missing.message or "missing\\gone.txt" in missing.message
+    assert MIGRATION_PASSWORD not in missing.message
+    assert MIGRATION_PASSWORD not in repr(endpoint(src))
+    assert present.outcome is Outcome.COPIED  # one failure does not stop the batch
+    assert on_disk(dst, "present.txt").read_bytes() == b"here"
+
+
+def test_copy_over_an_encrypted_session(samba_pair):
+    src, dst = samba_pair
+    with LabTree(src.address, "data") as lab:
+        lab.write_file("secret.bin", os.urandom(2 << 20))
+    [result] = copy_batch(endpoint(src, encrypt=True), endpoint(dst, encrypt=True), ["secret.bin"],
+                          CopyOptions(verify=True))
+    assert result.outcome is Outcome.COPIED, result.message
+    assert on_disk(dst, "secret.bin").read_bytes() == on_disk(src, "secret.bin").read_bytes()
+
+
+def test_leftover_temporary_file_is_replaced(samba_pair):
+    src, dst = samba_pair
+    with LabTree(src.address, "data") as lab:
+        lab.mkdir("docs")
+        lab.write_file("docs\\note.txt", b"the real contents")
+    leftover = temp_name("docs\\note.txt")
+    with LabTree(dst.address, "data") as lab:  # what a killed run leaves: read-only, even
+        lab.mkdir("docs")
+        lab.write_file(leftover, b"half")
+        lab.set_basic_info(leftover, attributes=READONLY)
+
+    [result] = copy_batch(endpoint(src), endpoint(dst), ["docs\\note.txt"])
+
+    assert result.outcome is Outcome.COPIED, result.message
+    assert sorted(os.listdir(on_disk(dst, "docs"))) == ["note.txt"]
+    assert on_disk(dst, "docs\\note.txt").read_bytes() == b"the real contents"
+
+
+def test_directory_streams_follow_the_source_on_rerun(samba_pair):
+    src, dst = samba_pair
+    with LabTree(src.address, "data") as lab:
+        lab.mkdir("folder")
+        lab.write_file("folder:keep", b"kept")
+        lab.write_file("folder:drop", b"dropped later")
+    [first] = copy_batch(endpoint(src), endpoint(dst), [FileEntry("folder", is_directory=True)])
+    assert first.outcome is Outcome.COPIED and first.streams == 2
+    [unchanged] = copy_batch(endpoint(src), endpoint(dst), [FileEntry("folder", is_directory=True)])
+    assert unchanged.outcome is Outcome.SKIPPED
+
+    with LabTree(src.address, "data") as lab:
+        lab.delete("folder:drop")
+        lab.write_file("folder:keep", b"kept, changed")
+    [second] = copy_batch(endpoint(src), endpoint(dst), [FileEntry("folder", is_directory=True)])
+    assert second.outcome is Outcome.COPIED
+    with LabTree(dst.address, "data") as lab:
+        assert lab.streams("folder") == {":keep:$DATA": len(b"kept, changed")}
+        assert b"".join(lab.read_chunks("folder:keep")) == b"kept, changed"
+
+
+def _copy_in_child(source: SmbEndpoint, destination: SmbEndpoint, queue) -> None:
+    results = copy_batch(source, destination, ["forked.txt"])
+    queue.put([(r.outcome.value, r.status_name) for r in results])
+
+
+def test_forked_worker_opens_its_own_connection(samba_pair):
+    src, dst = samba_pair
+    with LabTree(src.address, "data") as lab:
+        lab.write_file("forked.txt", b"copied by a forked worker")
+    source, destination = endpoint(src), endpoint(dst)
+    parent_tree = get_tree(source)  # the parent holds a pooled session (and its thread)
+
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_copy_in_child, args=(source, destination, queue))
+    child.start()
+    try:
+        outcome = queue.get(timeout=60)
+    finally:
+        child.join(timeout=30)
+        if child.is_alive():
+            child.kill()
+    assert outcome == [("copied", None)]
+    assert child.exitcode == 0
+    assert on_disk(dst, "forked.txt").read_bytes() == b"copied by a forked worker"
+    assert get_tree(source) is parent_tree and parent_tree.alive  # the parent's is untouched
+
+
+def test_endpoint_takes_signing_and_encryption_from_settings(monkeypatch):
+    monkeypatch.setenv("SMS_SMB_ENCRYPT", "true")
+    monkeypatch.setenv("SMS_SMB_REQUIRE_SIGNING", "true")
+    reset_settings_cache()
+    try:
+        configured = SmbEndpoint.configured("127.0.0.1", "data", "user", "pw")
+    finally:
+        reset_settings_cache()
+    assert (configured.encrypt, configured.require_signing) == (True, True)
+    assert SmbEndpoint("h", "s", "u", "p").require_signing is True  # signing by default

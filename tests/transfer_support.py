@@ -1,0 +1,85 @@
+"""Helpers shared by the transfer end-to-end tests: settings, server rows, the CLI, comparison.
+
+Servers are registered straight through the models (the job/server service is another
+engineer's); the migration account's password is stored only encrypted. The ``sms`` CLI
+runs as a real subprocess with settings in its environment, never on its command line.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from cryptography.fernet import Fernet
+from sqlalchemy import select
+
+from common.crypto import encrypt_secret
+from common.db import dispose_engines, session_scope
+from common.models import FileRecord, Job, Server, ServerKind, ServerRole
+from common.settings import reset_settings_cache
+from tests.lab.compare import compare_trees
+from tests.lab.samba import MIGRATION_PASSWORD, MIGRATION_USER
+from tests.lab.smbio import LabTree
+
+SMS = Path(sys.executable).with_name("sms")
+
+
+def use_settings(monkeypatch, **values: str) -> dict[str, str]:
+    """Make exactly these SMS_* settings (plus a fresh credential key) this process's and
+    return them as an environment for subprocesses."""
+    for name in list(os.environ):
+        if name.startswith("SMS_"):
+            monkeypatch.delenv(name)
+    env = {"SMS_SECRET_KEY": Fernet.generate_key().decode(), **values}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    reset_settings_cache()
+    dispose_engines()
+    return env
+
+
+def register_servers(job_name: str, servers: dict[str, tuple[object, ServerRole]]) -> None:
+    """A job with one Samba server row per lab smbd: {name: (SambaServer, role)}."""
+    with session_scope() as session:
+        job = Job(name=job_name)
+        session.add(job)
+        session.flush()
+        for name, (samba, role) in servers.items():
+            session.add(Server(job_id=job.id, name=name, role=role, kind=ServerKind.SAMBA,
+                               address=samba.address, port=445, username=MIGRATION_USER,
+                               credential=encrypt_secret(MIGRATION_PASSWORD)))
+
+
+def sms(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the ``sms`` CLI in a subprocess with this process's environment."""
+    return subprocess.run([str(SMS), *args], capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ))
+
+
+def record_states(run_id: int) -> dict[str, tuple[str, str | None]]:
+    """{relative path: (state, error code)} of every record of a run."""
+    with session_scope() as session:
+        return {path: (state.value, code) for path, state, code in session.execute(
+            select(FileRecord.relative_path, FileRecord.state, FileRecord.error_code)
+            .where(FileRecord.run_id == run_id))}
+
+
+def unexplained_differences(source, destination, share: str = "data", *,
+                            ignore_access_times_of: set[str] | None = None,
+                            ignore_all_access_times: bool = False) -> list:
+    """compare_trees of the two shares' roots, minus what is expected after a transfer:
+
+    - PreExistingData exists on the destination only;
+    - a source file's last-access time moves when the copy reads it (relatime), so for the
+      files in ``ignore_access_times_of`` the destination keeps the time from before;
+    - ``ignore_all_access_times``: a second comparison of the same trees reads every file
+      again and moves last-access times on both sides (tests.lab.compare says so).
+    """
+    ignored = ignore_access_times_of or set()
+    with LabTree(source.address, share) as src, LabTree(destination.address, share) as dst:
+        differences = compare_trees(src, "", dst, "")
+    return [d for d in differences
+            if not (d.path == "PreExistingData" and d.field == "extra")
+            and not (d.field == "last_access_time" and (ignore_all_access_times or d.path in ignored))]
