@@ -16,7 +16,9 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import select
 
 from common.db import session_scope
@@ -40,15 +42,20 @@ FAILURE = 2  # orchestrator.cli.ExitCode.FAILURE (not imported: that module impo
 job_app = typer.Typer(help="Migration jobs: create, list, show.", no_args_is_help=True)
 server_app = typer.Typer(help="Source and destination servers of a job.", no_args_is_help=True)
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 JSON_OPTION = typer.Option(False, "--json", help="Machine-readable output.")
 
 
 def fail(message: str) -> None:
     """Print an error for the administrator and exit with the failure code."""
-    err_console.print(f"[red]error:[/red] {message}", highlight=False)
+    err_console.print(f"[red]error:[/red] {escape(message)}", highlight=False)
     raise typer.Exit(FAILURE)
+
+
+def plain(*values: Any) -> list[Text]:
+    """Table cells shown as they are: a server's text is never read as Rich markup."""
+    return [Text("" if value is None else str(value)) for value in values]
 
 
 def emit_json(data: Any) -> None:
@@ -100,7 +107,7 @@ def job_create(name: str = typer.Argument(..., help="Job name (unique)."),
     if as_json:
         emit_json(data)
     else:
-        console.print(f"job [bold]{data['name']}[/bold] created (id {data['id']})", highlight=False)
+        console.print(f"job [bold]{escape(data['name'])}[/bold] created (id {data['id']})", highlight=False)
 
 
 @job_app.command("list")
@@ -113,8 +120,8 @@ def job_list(as_json: bool = JSON_OPTION):
         return
     table = Table("id", "name", "state", "servers", "description")
     for job in data:
-        table.add_row(str(job["id"]), job["name"], job["state"], str(len(job["servers"])),
-                      job["description"])
+        table.add_row(*plain(str(job["id"]), job["name"], job["state"], str(len(job["servers"])),
+                      job["description"]))
     console.print(table)
 
 
@@ -131,14 +138,14 @@ def job_show(job: str = typer.Argument(..., help="Job name or id."), as_json: bo
     if as_json:
         emit_json(data)
         return
-    console.print(f"[bold]{data['name']}[/bold] (id {data['id']}), state {data['state']}",
+    console.print(f"[bold]{escape(data['name'])}[/bold] (id {data['id']}), state {data['state']}",
                   highlight=False)
     if data["description"]:
         console.print(data["description"], highlight=False)
     print_servers(data["servers"])
     table = Table("at", "level", "kind", "message", title="latest events")
     for event in data["events"]:
-        table.add_row(event["at"] or "", event["level"], event["kind"], event["message"])
+        table.add_row(*plain(event["at"] or "", event["level"], event["kind"], event["message"]))
     console.print(table)
 
 
@@ -156,8 +163,8 @@ def print_servers(servers: list[dict[str, Any]]) -> None:
             how = f"winrm {management.get('winrm_transport')} {'https' if management.get('winrm_https') else 'http+encryption'}"
         else:
             how = "none (SMB only)"
-        table.add_row(str(server["id"]), server["name"], server["role"], server["kind"],
-                      f"{server['address']}:{server['port']}", server["username"], how)
+        table.add_row(*plain(str(server["id"]), server["name"], server["role"], server["kind"],
+                      f"{server['address']}:{server['port']}", server["username"], how))
     console.print(table)
 
 
@@ -222,7 +229,7 @@ def server_add(
     if as_json:
         emit_json(data)
     else:
-        console.print(f"{data['role']} server [bold]{data['name']}[/bold] ({data['kind']}) added "
+        console.print(f"{data['role']} server [bold]{escape(data['name'])}[/bold] ({data['kind']}) added "
                       f"to job {job} (id {data['id']}); password stored encrypted", highlight=False)
 
 
@@ -256,7 +263,7 @@ def server_show(job: str = typer.Argument(..., help="Job name or id."),
     table = Table("field", "value", show_header=False)
     for key, value in data.items():
         if key != "management":
-            table.add_row(key, str(value))
+            table.add_row(*plain(key, str(value)))
     for key, value in data["management"].items():
-        table.add_row(f"management.{key}", str(value))
+        table.add_row(*plain(f"management.{key}", str(value)))
     console.print(table)

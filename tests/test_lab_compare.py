@@ -6,17 +6,20 @@ from __future__ import annotations
 import os
 import unicodedata
 
-from tests.lab.compare import compare_trees, split_security_descriptor
+from tests.lab.compare import compare_trees, snapshot_times, split_security_descriptor
 from tests.lab.smbio import FILE_WRITE_DATA, SYNCHRONIZE, LabTree
 from tests.lab.trees import (
     ADMINISTRATORS,
     ALLOW,
+    ARCHIVE,
     DENY,
     EVERYONE,
     FULL,
     GUESTS,
     HIDDEN,
+    PLAIN_FILE,
     READ,
+    TIME_BASE,
     USERS,
     WRITE,
     build_hostile_tree,
@@ -167,3 +170,27 @@ def test_compare_detects_a_file_replaced_by_a_directory(samba_pair):
         right.mkdir("root\\thing")
         differences = compare_trees(left, "root", right, "root", include_root=False)
         assert [(d.path, d.field) for d in differences] == [("thing", "type")]
+
+
+def test_source_times_from_before_a_copy_read_the_source(samba_pair):
+    """A copier reads the source, which moves its last-access times (relatime); judged
+    against a snapshot taken before, an exact destination compares equal, and a
+    destination one tick off still does not."""
+    source, destination = samba_pair
+    files = {f"file {n}.bin": bytes([n]) * (1000 * n) for n in range(1, 6)}
+    with LabTree(source.address, "data") as left, LabTree(destination.address, "data") as right:
+        for lab in (left, right):
+            lab.mkdir("flat")
+            for number, (name, data) in enumerate(files.items()):
+                lab.write_file("flat\\" + name, data, security_descriptor=PLAIN_FILE)
+                lab.set_basic_info("flat\\" + name, TIME_BASE + 2 * number, TIME_BASE + 4 * number,
+                                   TIME_BASE + 6 * number, 0, ARCHIVE)
+        before = snapshot_times(left, "flat")
+        assert before["file 2.bin"] == (TIME_BASE + 2, TIME_BASE + 4, TIME_BASE + 6)
+        for name in files:  # what a copier does to the source: read every file
+            b"".join(left.read_chunks("flat\\" + name))
+        assert all(left.basic_info("flat\\" + name)[1] != before[name][1] for name in files)
+        right.set_basic_info("flat\\file 3.bin", last_access=TIME_BASE + 4 * 2 + 1)
+        # One comparison only: it reads the destination's data, which moves its times too.
+        found = compare_trees(left, "flat", right, "flat", include_root=False, source_times=before)
+        assert [(d.path, d.field) for d in found] == [("file 3.bin", "last_access_time")]

@@ -25,6 +25,7 @@ from common.smb import (
     FileEntry,
     Outcome,
     SmbEndpoint,
+    SmbError,
     close_pool,
     copy_batch,
     get_tree,
@@ -78,12 +79,13 @@ def temp_leftovers(root: Path) -> list[str]:
     return [name for _dir, _dirs, files in os.walk(root) for name in files if is_temp_name(name)]
 
 
-def test_hostile_tree_is_copied_field_by_field(samba_pair):
+@pytest.mark.parametrize("verify", [False, True], ids=["one-compound", "verified"])
+def test_hostile_tree_is_copied_field_by_field(samba_pair, verify):
     src, dst = samba_pair
     with LabTree(src.address, "data") as source_lab:
         tree = build_hostile_tree(source_lab, "hostile")
 
-    results = copy_batch(endpoint(src), endpoint(dst), tree.entries, CopyOptions(verify=True))
+    results = copy_batch(endpoint(src), endpoint(dst), tree.entries, CopyOptions(verify=verify))
 
     assert [r.path for r in results] == tree.entries
     failed = [(r.path, r.status_name, r.message) for r in results if r.outcome is not Outcome.COPIED]
@@ -109,7 +111,8 @@ def test_hostile_tree_is_copied_field_by_field(samba_pair):
             continue
         data = on_disk(src, result.path).read_bytes()
         assert result.size == len(data) == tree.files[result.path]
-        assert result.source_hash == result.destination_hash == xxhash.xxh3_128(data).hexdigest()
+        assert result.source_hash == xxhash.xxh3_128(data).hexdigest()
+        assert result.destination_hash == (result.source_hash if verify else None)
         assert on_disk(dst, result.path).read_bytes() == data
 
     assert temp_leftovers(on_disk(dst, "hostile")) == []
@@ -387,3 +390,12 @@ def test_endpoint_takes_signing_and_encryption_from_settings(monkeypatch):
         reset_settings_cache()
     assert (configured.encrypt, configured.require_signing) == (True, True)
     assert SmbEndpoint("h", "s", "u", "p").require_signing is True  # signing by default
+
+
+def test_wrong_password_fails_the_batch_without_showing_it(samba_pair):
+    src, dst = samba_pair
+    wrong = SmbEndpoint(src.address, "data", MIGRATION_USER, "Not-The-Passw0rd!")
+    with pytest.raises(SmbError) as caught:
+        copy_batch(wrong, endpoint(dst), ["anything.txt"])
+    assert caught.value.status_name == "STATUS_LOGON_FAILURE"
+    assert "Not-The-Passw0rd!" not in str(caught.value) + repr(caught.value)

@@ -3,8 +3,8 @@ bytes survive a copy; per-file NTSTATUS errors leave the channel usable; the mes
 and credit accounting stays in sync over a burst and when handed back to smbprotocol.
 
 Source metadata is set, and destination state checked, through smbprotocol's own
-messages on separate connections (and through the share's directory on disk), never
-through the code under test.
+messages (on other connections, or on the same one after ``release()``) and through the
+share's directory on disk, never through the code under test.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import subprocess
 import uuid
 
 import pytest
-from smbprotocol.connection import Connection, SigningAlgorithms
+from smbprotocol.connection import Connection, Dialects, SigningAlgorithms
 from smbprotocol.open import (
     CreateDisposition,
     CreateOptions,
@@ -53,9 +53,9 @@ class Tree:
     """An smbprotocol connection + session + tree connect, closed by ``close()``."""
 
     def __init__(self, server, share="data", user=MIGRATION_USER, password=MIGRATION_PASSWORD, encrypt=False,
-                 signing=None):
+                 signing=None, dialect=None):
         self.connection = Connection(uuid.uuid4(), server.address, 445)
-        self.connection.connect(preferred_signing_algos=signing)
+        self.connection.connect(dialect=dialect, preferred_signing_algos=signing)
         self.session = Session(self.connection, user, password, require_encryption=encrypt)
         self.session.connect()
         self.tree = TreeConnect(self.session, rf"\\{server.address}\{share}")
@@ -323,19 +323,21 @@ def test_burst_of_2000_files_stays_in_sync_and_hands_back_to_smbprotocol(samba_p
 
 
 @pytest.mark.parametrize(
-    ("encrypt", "signing", "expected"),
+    ("encrypt", "signing", "dialect", "expected"),
     [
-        (False, None, "AES-GMAC"),
-        (False, [SigningAlgorithms.AES_CMAC], "AES-CMAC"),
-        (True, None, ""),
+        (False, None, None, "AES-GMAC"),
+        (False, [SigningAlgorithms.AES_CMAC], None, "AES-CMAC"),
+        (False, None, Dialects.SMB_2_1_0, "HMAC-SHA256"),
+        (True, None, None, ""),
     ],
-    ids=["gmac", "cmac", "encrypted"],
+    ids=["gmac", "cmac", "smb2.1-hmac", "encrypted"],
 )
-def test_large_file_pipelined_ranges(samba_pair, encrypt, signing, expected):
+def test_large_file_pipelined_ranges(samba_pair, encrypt, signing, dialect, expected):
     src, dst = samba_pair
     data = os.urandom(5 * (1 << 20) + 123)
     (src.shares["data"].path / "big.bin").write_bytes(data)
-    source, dest = Tree(src, encrypt=encrypt, signing=signing), Tree(dst, encrypt=encrypt, signing=signing)
+    source = Tree(src, encrypt=encrypt, signing=signing, dialect=dialect)
+    dest = Tree(dst, encrypt=encrypt, signing=signing, dialect=dialect)
     reader, writer = attach(source), attach(dest)
     assert (reader.encrypted, reader.signing_algorithm) == (encrypt, expected)
     handle = reader.open("big.bin")
@@ -404,8 +406,12 @@ def test_streams_and_directory_times_through_handles(samba_pair):
     setup = Tree(src)
     stream = setup.create("doc.txt:meta", b"stream bytes")
     stream.close()
+    setup_sd = setup.metadata("doc.txt")[1]
     source, dest = Tree(src), Tree(dst)
     reader, writer = attach(source), attach(dest)
+    (main,) = reader.read_small_files(["doc.txt"], streams=True)
+    assert main.complete and main.data == b"main" and main.streams == [(":meta:$DATA", 12)]
+    assert main.security == setup_sd
     (item,) = reader.read_small_files(["doc.txt:meta"], security=False)
     assert item.complete and item.data == b"stream bytes" and item.security is None
 
@@ -423,3 +429,24 @@ def test_streams_and_directory_times_through_handles(samba_pair):
     assert (ctime, atime, mtime, attributes) == (130000000000000011, 130000000000000012, 130000000000000013, 0x12)
     for tree in (setup, source, dest):
         tree.close()
+
+
+def test_pipelining_waits_for_credits_when_few_are_granted(samba_factory):
+    server = samba_factory("credits")
+    root = server.shares["data"].path
+    payloads = {f"c{number:03d}.bin": os.urandom(100 + number) for number in range(300)}
+    for name, data in payloads.items():
+        (root / name).write_bytes(data)
+    tree = Tree(server)
+    channel = FastChannel.attach(tree.connection, tree.session, tree.tree, credits=8)
+    channel.target_credits = 8  # keep the window small: the pipeline must wait for grants
+    assert channel.credits < 4 * 64  # fewer than 64 files in flight would need
+    got = {r.path: r.data for r in channel.read_small_files(payloads, depth=64)}
+    assert got == payloads
+    written = list(channel.write_small_files(
+        (DestFile("copy-" + name, data) for name, data in payloads.items()), depth=64
+    ))
+    assert all(r.status == 0 for r in written)
+    channel.release()
+    assert all((root / ("copy-" + name)).read_bytes() == data for name, data in payloads.items())
+    tree.close()

@@ -8,7 +8,8 @@ job database:
 
 1. first run: the destination's own data moves into PreExistingData untouched, every
    entry arrives identical, reconciliation is clean, cutover is allowed;
-2. re-run with nothing changed: nothing is copied, everything is unchanged;
+2. re-run with nothing changed, started in the background (``run`` without ``--wait``)
+   and followed with ``status``: nothing is copied, everything is unchanged;
 3. a changed file is copied again, a new one copied, a deleted file and a deleted folder
    are removed from the destination (PreExistingData untouched), while a file held open
    exclusively on the source fails with STATUS_SHARING_VIOLATION: the run ends
@@ -24,6 +25,7 @@ import common  # noqa: F401  (keeps impacket's bin/smbclient.py off the import p
 import csv
 import json
 import shutil
+import time
 
 import pytest
 from smbprotocol.open import CreateDisposition, CreateOptions, ImpersonationLevel, Open
@@ -103,9 +105,17 @@ def test_transfer_on_embedded_defaults(samba_factory, tmp_path, monkeypatch):
         assert b"".join(lab.read_chunks("PreExistingData\\old report.txt")) == b"the destination's own data\n"
         assert b"".join(lab.read_chunks("PreExistingData\\old folder\\inner.txt")) == b"inner\n"
 
-    # 2. Re-run, nothing changed: nothing copied.
-    code, run2, output = run_transfer()
-    assert code == 0, output
+    # 2. Re-run, nothing changed, started in the background: nothing copied.
+    started = sms("transfer", "run", "--job", "lab", "--json")
+    assert started.returncode == 0, started.stdout + started.stderr
+    [run2] = json.loads(started.stdout)["run_ids"]
+    deadline = time.monotonic() + 180
+    while True:
+        status = json.loads(sms("transfer", "status", str(run2), "--json").stdout)
+        if status["state"] not in ("pending", "running") or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert status["state"] == "succeeded", status
     with session_scope() as session:
         [share] = reconcile(session, run2).shares
     assert share.copied == 0 and share.unchanged == share.inventoried, share
@@ -114,6 +124,7 @@ def test_transfer_on_embedded_defaults(samba_factory, tmp_path, monkeypatch):
     with LabTree(src.address, "data") as lab:
         lab.write_file("bulk0\\file03.txt", b"changed on the source\n")
         lab.write_file("bulk1\\new file.txt", b"new on the source\n")
+        lab.write_file("bulk0\\file05.txt", b"changed, then locked by a user\n")
     source_root = src.shares["data"].path
     (source_root / "bulk1" / "file07.txt").unlink()
     shutil.rmtree(source_root / "bulk2")

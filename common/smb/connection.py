@@ -177,7 +177,7 @@ def get_tree(endpoint: SmbEndpoint) -> SmbTree:
     """
     global _pool_pid
     with _pool_lock:
-        if False:
+        if _pool_pid != os.getpid():
             _pool.clear()
             _pool_pid = os.getpid()
         tree = _pool.get(endpoint.pool_key)

@@ -14,7 +14,7 @@ encrypts/decrypts with the session's keys when the session or share requires enc
 templates; responses are parsed at fixed offsets; several files are in flight at once,
 bounded by the credits the server granted.
 
-Per small file it sends two pipelined requests' worth of messages:
+Per small file (``read_small_files`` / ``write_small_files``), many files in flight:
 
 * source: one related compound CREATE + QUERY_INFO(security: owner|group|dacl) + READ +
   CLOSE. Times (100 ns FILETIME integers), size and attributes come from the CREATE
@@ -25,8 +25,16 @@ Per small file it sends two pipelined requests' worth of messages:
   handle SET_INFO(FileRenameInformation, ReplaceIfExists) + SET_INFO(FileBasicInformation,
   raw FILETIMEs and attributes; after the rename, which makes Samba set ARCHIVE) + CLOSE.
   A failed write therefore never appears under the real name: the temporary file is
-  deleted instead. The SD given at create time does not limit the creating handle, so a
-  DACL that denies the copying account cannot lock it out of the later steps.
+  deleted instead. (Samba 4.17 carries on with the rest of a related compound after a
+  failed WRITE: measured on a full disk, CREATE + WRITE(STATUS_DISK_FULL) + rename +
+  CLOSE left a truncated file under its real name. So the rename waits for the WRITE's
+  response.) Access is granted when the handle is opened, so a DACL given at create
+  time that denies the copying account cannot lock it out of the later steps.
+
+Large files and anything else go through ``Handle`` calls: ``open``, ``read_range`` /
+``write_range`` (pipelined READs / WRITEs of up to 1 MiB, several in flight),
+``query_security`` / ``set_security``, ``set_basic_info``, ``rename``,
+``delete_on_close``, ``close``.
 
 It must never: implement authentication, negotiate or tree connect itself (those stay
 smbprotocol's); send an unsigned request or accept an unsigned or wrongly signed
@@ -72,6 +80,7 @@ INFO_FILE, INFO_SECURITY = 1, 3
 FILE_BASIC_INFORMATION = 4
 FILE_RENAME_INFORMATION = 10
 FILE_DISPOSITION_INFORMATION = 13
+FILE_STREAM_INFORMATION = 22
 SECINFO_OWNER_GROUP_DACL = 0x7
 
 # access masks
@@ -118,6 +127,7 @@ _WRITE = struct.Struct("<HHIQ16sIIHHI")  # 48 bytes, then data
 _WRITE_RESP = struct.Struct("<4xI")
 _QUERY = struct.Struct("<HBBIHHIII16sB")  # 41 bytes
 _QUERY_RESP = struct.Struct("<2xHI")
+_STREAM_ENTRY = struct.Struct("<IIq8x")  # NextEntryOffset, StreamNameLength, StreamSize
 _SET = struct.Struct("<HBBIHHI16s")  # 32 bytes, then buffer
 _BASIC = struct.Struct("<QQQQI4x")
 _RENAME = struct.Struct("<B7xQI")
@@ -162,6 +172,8 @@ class SourceFile:
     ``status`` is 0 on success; otherwise ``status_name`` names the NTSTATUS and
     ``command`` the failing request. ``data`` holds at most ``max_bytes``; compare
     ``len(data)`` with ``info.end_of_file`` to see whether the file was read whole.
+    ``streams`` (when asked for) lists the alternate data streams as (``":name:$DATA"``,
+    size), the unnamed data stream left out.
     """
 
     path: str
@@ -170,6 +182,7 @@ class SourceFile:
     info: FileInfo | None
     security: bytes | None
     data: bytes
+    streams: list[tuple[str, int]] | None = None
 
     @property
     def status_name(self) -> str:
@@ -655,6 +668,25 @@ class FastChannel:
         return _QUERY.pack(41, INFO_SECURITY, 0, max_length, 0, 0, 0, SECINFO_OWNER_GROUP_DACL, 0, file_id, 0)
 
     @staticmethod
+    def _query_streams_body(file_id: bytes, max_length: int = 65535) -> bytes:
+        return _QUERY.pack(41, INFO_FILE, FILE_STREAM_INFORMATION, max_length, 0, 0, 0, 0, 0, file_id, 0)
+
+    @staticmethod
+    def _streams(buffer: bytes) -> list[tuple[str, int]]:
+        """Named streams in a FILE_STREAM_INFORMATION buffer, as (":name:$DATA", size)."""
+        streams = []
+        offset = 0
+        while len(buffer) - offset >= 24:
+            next_entry, name_length, size = _STREAM_ENTRY.unpack_from(buffer, offset)
+            name = buffer[offset + 24 : offset + 24 + name_length].decode("utf-16-le")
+            if name != "::$DATA":
+                streams.append((name, size))
+            if not next_entry:
+                break
+            offset += next_entry
+        return streams
+
+    @staticmethod
     def _set_body(file_id: bytes, info_type: int, info_class: int, buffer: bytes, additional: int = 0) -> bytes:
         return _SET.pack(33, info_type, info_class, len(buffer), 96, 0, additional, file_id) + buffer
 
@@ -699,24 +731,27 @@ class FastChannel:
         *,
         max_bytes: int = 65536,
         security: bool = True,
+        streams: bool = False,
         backup_intent: bool = False,
         depth: int = 32,
     ) -> Iterator[SourceFile]:
         """Read each path's metadata, security descriptor and first ``max_bytes`` bytes.
 
-        One compound per file (CREATE + QUERY_INFO security + READ + CLOSE), up to
-        ``depth`` files in flight. Yields a ``SourceFile`` per path in completion order
-        (normally the order given); an NTSTATUS failure is that file's ``status``, never
-        an exception. ``security=False`` skips the SD (for alternate data streams).
+        One compound per file (CREATE + QUERY_INFO security [+ QUERY_INFO streams] + READ
+        + CLOSE), up to ``depth`` files in flight. Yields a ``SourceFile`` per path in
+        completion order (normally the order given); an NTSTATUS failure is that file's
+        ``status``, never an exception. ``security=False`` skips the SD (for alternate
+        data streams); ``streams=True`` also lists the file's alternate data streams.
         Paths are relative to the share; ``"dir\\file:stream"`` opens a stream.
         """
         max_bytes = max(0, min(max_bytes, self._max_read))
         read_charge = _credit_charge(max_bytes)
-        per_file = 2 + read_charge + (1 if security else 0)
+        per_file = 2 + read_charge + (1 if security else 0) + (1 if streams else 0)
         options = FILE_NON_DIRECTORY_FILE | (FILE_OPEN_FOR_BACKUP_INTENT if backup_intent else 0)
         read_body = self._read_body(RELATED_FILE_ID, max_bytes, 0)
         close_body = self._close_body(RELATED_FILE_ID)
         query_body = self._query_security_body(RELATED_FILE_ID)
+        streams_body = self._query_streams_body(RELATED_FILE_ID)
         inflight: deque[_Op] = deque()
         source = iter(paths)
         exhausted = False
@@ -731,6 +766,8 @@ class FastChannel:
                 messages = [(CMD_CREATE, create, 1)]
                 if security:
                     messages.append((CMD_QUERY_INFO, query_body, 1))
+                if streams:
+                    messages.append((CMD_QUERY_INFO, streams_body, 1))
                 messages.append((CMD_READ, read_body, read_charge))
                 messages.append((CMD_CLOSE, close_body, 1))
                 inflight.append(self._send_chain(messages, path))
@@ -740,9 +777,9 @@ class FastChannel:
             while op.left:
                 self._pump()
             inflight.popleft()
-            yield self._source_result(op, security)
+            yield self._source_result(op, security, streams)
 
-    def _source_result(self, op: _Op, security: bool) -> SourceFile:
+    def _source_result(self, op: _Op, security: bool, streams: bool) -> SourceFile:
         responses = op.responses
         path = op.context
         create = responses[0]
@@ -750,26 +787,32 @@ class FastChannel:
         if status:
             return SourceFile(path, status, "CREATE", None, None, b"")
         info, _ = self._create_info(create)
-        sd = None
+        sd = stream_list = None
         index = 1
         if security:
-            status = self._status(responses[1])
+            status = self._status(responses[index])
             if status:
-                return SourceFile(path, status, "QUERY_INFO", info, None, b"")
-            sd = self._query_output(responses[1])
-            index = 2
+                return SourceFile(path, status, "QUERY_INFO security", info, None, b"")
+            sd = self._query_output(responses[index])
+            index += 1
+        if streams:
+            status = self._status(responses[index])
+            if status:
+                return SourceFile(path, status, "QUERY_INFO streams", info, sd, b"")
+            stream_list = self._streams(self._query_output(responses[index]))
+            index += 1
         read = responses[index]
         status = self._status(read)
         if status == STATUS_END_OF_FILE:
             data = b""
         elif status:
-            return SourceFile(path, status, "READ", info, sd, b"")
+            return SourceFile(path, status, "READ", info, sd, b"", stream_list)
         else:
             data = self._read_data(read)
         status = self._status(responses[index + 1])
         if status:
-            return SourceFile(path, status, "CLOSE", info, sd, data)
-        return SourceFile(path, 0, "", info, sd, data)
+            return SourceFile(path, status, "CLOSE", info, sd, data, stream_list)
+        return SourceFile(path, 0, "", info, sd, data, stream_list)
 
     # --- small files: destination side --------------------------------------------------
     def write_small_files(

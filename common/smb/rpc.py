@@ -40,15 +40,16 @@ STYPE_TEMPORARY = 0x40000000
 STYPE_SPECIAL = 0x80000000
 _KINDS = {STYPE_DISKTREE: "disk", STYPE_PRINTQ: "printer", STYPE_DEVICE: "device", STYPE_IPC: "ipc"}
 
-_LOGON_STATUSES = {
-    0xC000006D: "STATUS_LOGON_FAILURE",
-    0xC000006A: "STATUS_WRONG_PASSWORD",
-    0xC0000064: "STATUS_NO_SUCH_USER",
-    0xC0000072: "STATUS_ACCOUNT_DISABLED",
-    0xC0000234: "STATUS_ACCOUNT_LOCKED_OUT",
-    0xC0000071: "STATUS_PASSWORD_EXPIRED",
-    0xC000006E: "STATUS_ACCOUNT_RESTRICTION",
-}
+# NTSTATUS codes of a session setup that reached the server but was refused.
+_LOGON_FAILURES = frozenset({
+    0xC000006D,  # STATUS_LOGON_FAILURE
+    0xC000006A,  # STATUS_WRONG_PASSWORD
+    0xC0000064,  # STATUS_NO_SUCH_USER
+    0xC0000072,  # STATUS_ACCOUNT_DISABLED
+    0xC0000234,  # STATUS_ACCOUNT_LOCKED_OUT
+    0xC0000071,  # STATUS_PASSWORD_EXPIRED
+    0xC000006E,  # STATUS_ACCOUNT_RESTRICTION
+})
 ERROR_ACCESS_DENIED = 5
 ERROR_INVALID_NAME = 123  # what Samba answers for an unknown share name
 NERR_NET_NAME_NOT_FOUND = 2310  # what Windows answers
@@ -162,7 +163,7 @@ class SrvsvcClient:
             self._close_smb()
             code = exc.getErrorCode()
             name = NT_ERROR_MESSAGES.get(code, (f"0x{code:08X}",))[0]
-            if code in _LOGON_STATUSES:
+            if code in _LOGON_FAILURES:
                 raise LogonFailed(host, f"logon as {domain + chr(92) if domain else ''}"
                                         f"{username} refused", code, name) from None
             raise RpcError(host, "session setup failed", code, name) from None
@@ -214,7 +215,7 @@ class SrvsvcClient:
         try:
             response = srvs.hNetrShareGetInfo(self._dce, name + "\x00", 502)
         except (DCERPCException, SessionError, OSError) as exc:
-            raise self._translate(exc, f"NetrShareGetInfo 502 for share {name!r}") from None
+            raise self._translate(exc, f"NetrShareGetInfo 502 for share {name!r}", share=name) from None
         info = response["InfoStruct"]["ShareInfo502"]
         raw = info["shi502_security_descriptor"]
         descriptor = b"" if raw in (None, 0) else b"".join(
@@ -273,7 +274,8 @@ class SrvsvcClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _translate(self, exc: BaseException, action: str) -> RpcError:
+    def _translate(self, exc: BaseException, action: str, share: str | None = None) -> RpcError:
+        """The typed error for an impacket failure during ``action`` (about ``share``)."""
         if isinstance(exc, (socket.timeout, ConnectionError, nmb.NetBIOSError, nmb.NetBIOSTimeout)):
             return ServerUnreachable(self.host, f"{action}: connection lost ({type(exc).__name__})")
         if isinstance(exc, SessionError):
@@ -287,7 +289,7 @@ class SrvsvcClient:
             name = WIN32_ERROR_MESSAGES.get(code, (str(exc),))[0] if code else str(exc)
             if code == ERROR_ACCESS_DENIED or "access_denied" in str(exc).lower():
                 return RpcAccessDenied(self.host, f"{action} denied", code, name or "ERROR_ACCESS_DENIED")
-            if code in (NERR_NET_NAME_NOT_FOUND, ERROR_INVALID_NAME) and "ShareGetInfo" in action:
+            if share is not None and code in (NERR_NET_NAME_NOT_FOUND, ERROR_INVALID_NAME):
                 return ShareNotFound(self.host, f"{action}: no such share", code, name)
             return RpcError(self.host, f"{action} failed", code, name)
         return ServerUnreachable(self.host, f"{action}: {type(exc).__name__}")

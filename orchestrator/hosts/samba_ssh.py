@@ -16,13 +16,19 @@ keys are never learnt automatically). It then runs read-only commands:
 For a Samba instance with its own smb.conf, pass ``smb_conf``: every Samba tool then
 gets ``-s CONF``. The account must be allowed to read Samba's passdb and share ACLs
 (root, typically with a key). Every command argument is quoted with shlex; a password is
-never put on a command line, in a log or in an exception. This adapter never changes the
-host.
+never put on a command line, in a log or in an exception.
+
+It changes the host only when asked to: ``ensure_directory`` (``mkdir -p``) and
+``create_share`` (share permissions with ``sharesec``, the share in Samba's registry with
+``net conf import`` or in smb.conf through a locked, testparm-checked swap, then
+``smbcontrol smbd reload-config``; see orchestrator/hosts/samba_shares.py and
+docs/share-recreation.md). Reading facts never changes it.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import shlex
 import socket
@@ -31,6 +37,7 @@ from pathlib import Path
 
 import paramiko
 
+from orchestrator.hosts import samba_shares
 from orchestrator.hosts.base import (
     AuthenticationFailed,
     CommandFailed,
@@ -38,6 +45,8 @@ from orchestrator.hosts.base import (
     HostKeyMismatch,
     HostKeyUnknown,
     HostUnreachable,
+    ShareExists,
+    ShareRejected,
     UnexpectedOutput,
 )
 from orchestrator.hosts.facts import (
@@ -49,6 +58,7 @@ from orchestrator.hosts.facts import (
     LocalUser,
     NetworkAdapter,
     ShareAccessEntry,
+    ShareCreation,
     ShareFacts,
     Volume,
 )
@@ -56,6 +66,7 @@ from orchestrator.hosts.facts import (
 # Access masks behind what sharesec prints (Samba's source3/lib/util_sd.c): a standard
 # name for an exact match, else letters when they cover every bit, else the hex mask.
 SHARESEC_RIGHTS = {"READ": 0x001200A9, "CHANGE": 0x001301FF, "FULL": 0x001F01FF}
+SHARESEC_ACE_FLAGS = {"OI": 0x01, "CI": 0x02, "NP": 0x04, "IO": 0x08, "I": 0x10, "SA": 0x40, "FA": 0x80}
 SHARESEC_LETTERS = {"R": 0x00120089, "W": 0x00120116, "X": 0x001200A0, "D": 0x00010000, "P": 0x00040000, "O": 0x00080000}
 # Filesystems findmnt --df still lists that hold no data worth migrating.
 NON_DATA_FILESYSTEMS = {"devtmpfs", "squashfs", "overlay", "nsfs", "proc", "sysfs"}
@@ -142,8 +153,22 @@ def _parse_sharesec_ace(text: str) -> ShareAccessEntry:
     access_type = {"ALLOWED": "Allow", "DENIED": "Deny"}.get(kind.upper(), kind)
     sid = trustee if trustee.startswith("S-1-") else None
     return ShareAccessEntry(
-        trustee=trustee, access_type=access_type, right=right, mask=mask, sid=sid, flags=int(flags, 16)
+        trustee=trustee, access_type=access_type, right=right, mask=mask, sid=sid, flags=_parse_ace_flags(flags)
     )
+
+
+def _parse_ace_flags(text: str) -> int:
+    """ACE flags as sharesec prints them: hex (``0x0``) or names joined by ``|`` (``OI|CI``)."""
+    try:
+        return int(text, 16)
+    except ValueError:
+        pass
+    flags = 0
+    for name in filter(None, text.split("|")):
+        if name not in SHARESEC_ACE_FLAGS:
+            raise ValueError(f"sharesec printed an unknown ACE flag {name!r}")
+        flags |= SHARESEC_ACE_FLAGS[name]
+    return flags
 
 
 def parse_os_release(text: str) -> dict[str, str]:
@@ -315,6 +340,7 @@ class SambaSshHost(HostAdapter):
         self.timeout = timeout
         self.command_timeout = command_timeout
         self._client: paramiko.SSHClient | None = None
+        self._share_parameters: set[str] | None = None  # share-level parameter names, read once
 
     # --- connection --------------------------------------------------------------
     @property
@@ -563,6 +589,87 @@ class SambaSshHost(HostAdapter):
                 )
             )
         return LocalPrincipals(users=users, groups=groups)
+
+    # --- share creation (transfer) -------------------------------------------------
+    def ensure_directory(self, path: str) -> bool:
+        """Create folder ``path`` with its parents (``mkdir -p``) unless it exists; True if created."""
+        if self.run(["test", "-d", path], check=False)[0] == 0:
+            return False
+        self.run(["mkdir", "-p", "--", path])
+        return True
+
+    def config_file(self) -> str:
+        """The smb.conf Samba reads: ``smb_conf`` if given, else the CONFIGFILE ``smbd -b`` names."""
+        if self.smb_conf:
+            return self.smb_conf
+        for line in self._output(["smbd", "-b"]).splitlines():
+            if line.strip().startswith("CONFIGFILE:"):
+                return line.split(":", 1)[1].strip()
+        raise UnexpectedOutput(self._where, "smbd -b did not name the configuration file (CONFIGFILE)")
+
+    def create_share(self, share: ShareFacts, path: str, *, replace: bool = False) -> ShareCreation:
+        """Create (or with ``replace`` update) share ``share.name`` on folder ``path``.
+
+        Parameters: see ``samba_shares.carried_parameters``. The share permissions are
+        stored first (``sharesec --force``, before the share exists), so the share never
+        appears with Samba's default Everyone: Full. Then the share's section is written:
+        to Samba's registry with ``net conf import`` (one transaction) when Samba reads
+        shares from the registry and the share is not already a section of smb.conf; else
+        into smb.conf itself (``samba_shares.EDIT_CONF_SCRIPT``: locked, checked with
+        testparm, previous file kept as ``smb.conf.sms-previous``, swapped in with a
+        rename). Finally ``smbcontrol smbd reload-config``.
+        """
+        if share.share_type not in (None, "disk") or share.name.lower() in SPECIAL_SECTIONS:
+            raise ShareRejected(
+                self._where, f"share {share.name!r} is a {share.share_type or 'special'} share; only disk shares are recreated"
+            )
+        try:
+            samba_shares.check_share_name(share.name)
+        except ValueError as exc:
+            raise ShareRejected(self._where, str(exc)) from None
+        conf_path = self.config_file()
+        conf_text = self._output(["cat", "--", conf_path])
+        if "\ufffd" in conf_text:
+            raise ShareRejected(self._where, f"{conf_path} is not UTF-8 text; add the share by hand")
+        sections = parse_testparm(self._output(self._samba("testparm", "-s", "-v")))
+        global_parameters = sections.pop("global", {})
+        if self._share_parameters is None:
+            self._share_parameters = parse_parameter_scopes(self._output(["testparm", "--show-all-parameters"]))
+        inherited = {k: v for k, v in global_parameters.items() if k in self._share_parameters}
+        existing = next((sections[n] for n in sections if n.lower() == share.name.lower()), None)
+        if existing is not None and not replace:
+            raise ShareExists(self._where, share.name, existing.get("path"))
+        try:
+            params, notes = samba_shares.carried_parameters(share, known=self._share_parameters, inherited=inherited)
+            section = samba_shares.section_text(share.name, path, params)
+            acl_arguments, acl_notes = samba_shares.sharesec_arguments(share)
+        except ValueError as exc:
+            raise ShareRejected(self._where, f"share {share.name!r}: {exc}") from None
+        in_file = samba_shares.section_span(conf_text, share.name) is not None
+        registry = not in_file and samba_shares.uses_registry_shares(conf_text, global_parameters)
+        if existing is not None and not in_file:
+            in_registry = registry and self.run(self._samba("net", "conf", "showshare", share.name), check=False)[0] == 0
+            if not in_registry:
+                raise ShareRejected(
+                    self._where,
+                    f"share {share.name!r} is defined outside {conf_path} (an included file); update it there",
+                )
+        if acl_arguments is not None:
+            self.run(self._samba("sharesec", share.name, "--force", *acl_arguments))
+        if registry:
+            self.run(["sh", "-c", samba_shares.IMPORT_REGISTRY_SCRIPT, "sh", share.name, *self._samba("net")],
+                     input=section.encode("utf-8"))
+            notes.append("written to Samba's registry (net conf)")
+        else:
+            new_text = samba_shares.splice_section(conf_text, share.name, section)
+            expected = hashlib.sha256(conf_text.encode("utf-8")).hexdigest()
+            self.run(["sh", "-c", samba_shares.EDIT_CONF_SCRIPT, "sh", conf_path, expected, "testparm"],
+                     input=new_text.encode("utf-8"))
+            notes.append(f"written to {conf_path} (previous version kept as {conf_path}.sms-previous)")
+        self.run(self._samba("smbcontrol", "smbd", "reload-config"))
+        return ShareCreation(
+            name=share.name, path=path, action="updated" if existing is not None else "created", notes=notes + acl_notes
+        )
 
 
 def _drain_stderr(channel: paramiko.Channel, chunks: list[bytes]) -> None:

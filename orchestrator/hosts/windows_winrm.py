@@ -8,6 +8,9 @@ Win32_OperatingSystem, Win32_ComputerSystem, Get-NetIPConfiguration, Get-NetIPAd
 Get-Volume, Get-SmbShare, Get-SmbShareAccess, Get-LocalUser, Get-LocalGroup and
 Get-LocalGroupMember.
 
+As a destination it creates folders and shares (``ensure_directory``, ``create_share``)
+with the scripts of ``windows_shares``; nothing else changes the host.
+
 Transport: NTLM, Kerberos or CredSSP only, over HTTPS with the server certificate
 validated by default, or over HTTP with WinRM message encryption forced on. Basic or
 plaintext authentication, and unencrypted HTTP, are refused with ``InsecureTransport``
@@ -38,6 +41,8 @@ from orchestrator.hosts.base import (
     HostKeyUnknown,
     HostUnreachable,
     InsecureTransport,
+    ShareExists,
+    ShareRejected,
     UnexpectedOutput,
 )
 from orchestrator.hosts.facts import (
@@ -49,6 +54,7 @@ from orchestrator.hosts.facts import (
     LocalUser,
     NetworkAdapter,
     ShareAccessEntry,
+    ShareCreation,
     ShareFacts,
     Volume,
 )
@@ -337,6 +343,8 @@ class WindowsWinRmHost(HostAdapter):
     certificate checked against ``ca_bundle`` (or the system's CAs) is the default;
     ``verify_certificate=False`` must be asked for explicitly. ``use_https=False``
     talks HTTP on port 5985 with WinRM message encryption always on.
+    ``path_acl_from_share`` makes ``create_share`` also run Set-SmbPathAcl (off by
+    default: the transfer gives the share's folder the source root's own security).
     """
 
     def __init__(
@@ -352,6 +360,7 @@ class WindowsWinRmHost(HostAdapter):
         ca_bundle: str | None = None,
         encrypt_messages: bool = True,
         operation_timeout: int = 60,
+        path_acl_from_share: bool = False,
     ):
         try:
             message_encryption = check_transport(transport, use_https, encrypt_messages)
@@ -364,6 +373,7 @@ class WindowsWinRmHost(HostAdapter):
                 f"installed (pip install 'pywinrm[{transport}]')"
             )
         self.host = host
+        self.path_acl_from_share = path_acl_from_share
         self.transport = transport
         scheme = "https" if use_https else "http"
         self.endpoint = f"{scheme}://{host}:{port or (5986 if use_https else 5985)}/wsman"
@@ -378,9 +388,10 @@ class WindowsWinRmHost(HostAdapter):
             read_timeout_sec=operation_timeout + 10,
         )
 
-    def run_script(self, name: str) -> str:
-        """Run one of ``SCRIPTS`` and return its standard output (UTF-8 JSON text)."""
-        script = PREAMBLE + SCRIPTS[name]
+    def run_script(self, name: str, body: str | None = None) -> str:
+        """Run one of ``SCRIPTS`` (or ``body``, named ``name`` in errors) after the preamble
+        and return its standard output (UTF-8 JSON text)."""
+        script = PREAMBLE + (SCRIPTS[name] if body is None else body)
         try:
             response = self._session.run_ps(script)
         except requests.exceptions.SSLError as exc:
@@ -430,6 +441,41 @@ class WindowsWinRmHost(HostAdapter):
     def local_principals(self) -> LocalPrincipals:
         """Get-LocalUser, Get-LocalGroup and each group's Get-LocalGroupMember."""
         return self._parse(parse_local_principals, "local_users", "local_groups")
+
+    def ensure_directory(self, path: str) -> bool:
+        """Create folder ``path`` and its parents unless it exists; True if created."""
+        from orchestrator.hosts import windows_shares  # it builds on this module
+
+        try:
+            body = windows_shares.ensure_directory_script(path)
+        except ValueError as exc:
+            raise ShareRejected(self.host, str(exc)) from None
+        output = self.run_script("ensure_directory", body)
+        try:
+            return windows_shares.parse_ensure_directory_output(output)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UnexpectedOutput(self.host, f"ensure_directory: unexpected output: {exc!r}") from None
+
+    def create_share(self, share: ShareFacts, path: str, *, replace: bool = False) -> ShareCreation:
+        """Create (or with ``replace`` update) the share with New-SmbShare / Set-SmbShare and
+        its permissions with Grant-/Block-SmbShareAccess (orchestrator/hosts/windows_shares.py).
+        Unverified against a real Windows server."""
+        from orchestrator.hosts import windows_shares  # it builds on this module
+
+        try:
+            body, notes = windows_shares.create_share_script(
+                share, path, replace=replace, path_acl_from_share=self.path_acl_from_share
+            )
+        except ValueError as exc:
+            raise ShareRejected(self.host, f"share {share.name!r}: {exc}") from None
+        output = self.run_script("create_share", body)
+        try:
+            action, existing_path, created = windows_shares.parse_create_share_output(output)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UnexpectedOutput(self.host, f"create_share: unexpected output: {exc!r}") from None
+        if action == "exists":
+            raise ShareExists(self.host, share.name, existing_path)
+        return ShareCreation(name=share.name, path=path, action=action, notes=notes, share=created)
 
     def close(self) -> None:
         """Drop the HTTP session pywinrm keeps."""

@@ -15,13 +15,15 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from common.db import session_scope
 from common.settings import get_settings
 from orchestrator.inventory.service import InventoryOptions, inventory_view, run_inventory, wait_for_scans
+from orchestrator.inventory.tasks import run_scans_inline
 from orchestrator.jobs import JobError
-from orchestrator.jobs_cli import JSON_OPTION, emit_json, fail
+from orchestrator.jobs_cli import JSON_OPTION, emit_json, fail, plain
 from orchestrator.worker import main as worker_main
 from orchestrator.worker import start_local_worker
 
@@ -58,6 +60,8 @@ def inventory_run(
         help="Start an orchestrator worker for the scans and stop it at the end "
              "(default: with --wait on the embedded broker)."),
     concurrency: int = typer.Option(0, help="Processes of a worker started here (default: settings)."),
+    inline: bool = typer.Option(False, "--inline",
+                                help="Scan the files in this process, one folder after another (no worker)."),
     as_json: bool = JSON_OPTION,
 ):
     """Inventory a job's source servers and scan their shares' files."""
@@ -65,11 +69,11 @@ def inventory_run(
                                skip_excluded_folders=not scan_excluded_folders,
                                scan_files=not no_files, restart_running_scans=restart)
     if start_worker is None:
-        start_worker = wait and get_settings().broker_is_embedded and options.scan_files
+        start_worker = wait and get_settings().broker_is_embedded and options.scan_files and not inline
     worker = start_local_worker(concurrency or None) if start_worker else None
     try:
         try:
-            report = run_inventory(job, options)
+            report = run_inventory(job, options, publish=run_scans_inline if inline else None)
         except JobError as exc:
             fail(str(exc))
         finished = True
@@ -88,12 +92,12 @@ def inventory_run(
     else:
         for server in report.servers:
             state = "[green]ok[/green]" if not server.errors else f"[yellow]{len(server.errors)} errors[/yellow]"
-            console.print(f"[bold]{server.name}[/bold]: {state}; shares: {', '.join(server.shares) or 'none'}; "
+            console.print(f"[bold]{escape(server.name)}[/bold]: {state}; shares: {escape(', '.join(server.shares)) or 'none'}; "
                           f"{server.principals} local users and groups", highlight=False)
             for message in server.errors.values():
-                console.print(f"  [red]error:[/red] {message}", highlight=False)
+                console.print(f"  [red]error:[/red] {escape(message)}", highlight=False)
             for name in server.scans_not_restarted:
-                console.print(f"  share {name!r}: a scan is still running (use --restart)", highlight=False)
+                console.print(f"  share {escape(repr(name))}: a scan is still running (use --restart)", highlight=False)
         if wait:
             print_share_table(view)
             if not finished:
@@ -113,8 +117,8 @@ def print_share_table(view: dict[str, Any]) -> None:
     for server in view["servers"]:
         for share in server["shares"]:
             scan = share["scan"]
-            table.add_row(server["name"], share["name"], share["path"], scan["state"], str(scan["files"]),
-                          str(scan["directories"]), str(scan["bytes"]), str(scan["errors"]))
+            table.add_row(*plain(server["name"], share["name"], share["path"], scan["state"], str(scan["files"]),
+                          str(scan["directories"]), str(scan["bytes"]), str(scan["errors"])))
     console.print(table)
 
 
@@ -129,44 +133,44 @@ def inventory_show(job: str = typer.Argument(..., help="Job name or id."), as_js
     if as_json:
         emit_json(view)
         return
-    console.print(f"job [bold]{view['job']}[/bold] (id {view['job_id']}), state {view['state']}", highlight=False)
+    console.print(f"job [bold]{escape(view['job'])}[/bold] (id {view['job_id']}), state {view['state']}", highlight=False)
     for server in view["servers"]:
         facts = server["facts"] or {}
-        console.rule(f"{server['name']} ({server['kind']}, {server['address']})")
+        console.rule(escape(f"{server['name']} ({server['kind']}, {server['address']})"))
         if facts:
-            console.print(f"host {facts['hostname']}  domain {facts['domain'] or '-'}  "
-                          f"OS {facts['os_name']} {facts['os_version']}  machine SID {facts['machine_sid'] or '-'}",
-                          highlight=False)
+            console.print(escape(f"host {facts['hostname']}  domain {facts['domain'] or '-'}  "
+                                 f"OS {facts['os_name']} {facts['os_version']}  "
+                                 f"machine SID {facts['machine_sid'] or '-'}"), highlight=False)
             addresses = Table("adapter", "MAC", "addresses", "gateway", "DNS", title="network")
             for adapter in facts["network_adapters"]:
                 ips = [f"{a['address']}/{a['prefix']}" for a in adapter["ipv4"] + adapter["ipv6"]]
-                addresses.add_row(adapter["name"], adapter["mac"] or "", ", ".join(ips),
-                                  adapter["gateway"] or "", ", ".join(adapter["dns"]))
+                addresses.add_row(*plain(adapter["name"], adapter["mac"] or "", ", ".join(ips),
+                                  adapter["gateway"] or "", ", ".join(adapter["dns"])))
             console.print(addresses)
             volumes = Table("mount point", "filesystem", "size", "free", "device", title="volumes")
             for volume in facts["volumes"]:
-                volumes.add_row(volume["mount_point"], volume["filesystem"] or "", str(volume["size"]),
-                                str(volume["free"]), volume["device"] or "")
+                volumes.add_row(*plain(volume["mount_point"], volume["filesystem"] or "", str(volume["size"]),
+                                str(volume["free"]), volume["device"] or ""))
             console.print(volumes)
         shares = Table("share", "path", "remark", "ABE", "caching", "encrypt", "user limit", "permissions",
                        "scan", "files", "folders", "bytes", "errors", title="shares")
         for share in server["shares"]:
             scan, props = share["scan"], share["properties"] or {}
             permissions = "; ".join(f"{a['access_type']} {a['trustee']} {a['right']}" for a in props.get("access", []))
-            shares.add_row(share["name"], share["path"], share["remark"], str(share["access_based_enumeration"]),
+            shares.add_row(*plain(share["name"], share["path"], share["remark"], str(share["access_based_enumeration"]),
                            str(share["caching_mode"]), str(share["encrypt_data"]), str(share["max_uses"]),
                            permissions, scan["state"], str(scan["files"]), str(scan["directories"]),
-                           str(scan["bytes"]), str(scan["errors"]))
+                           str(scan["bytes"]), str(scan["errors"])))
         console.print(shares)
         principals = Table("kind", "name", "SID", "enabled", "members", title="local users and groups")
         for user in server["users"]:
-            principals.add_row("user", user["name"], user["sid"], str(user["enabled"]), "")
+            principals.add_row(*plain("user", user["name"], user["sid"], str(user["enabled"]), ""))
         for group in server["groups"]:
-            principals.add_row("group", group["name"], group["sid"], "",
-                               ", ".join(m["name"] for m in group["members"]))
+            principals.add_row(*plain("group", group["name"], group["sid"], "",
+                               ", ".join(m["name"] for m in group["members"])))
         console.print(principals)
         for error in server["errors"]:
-            console.print(f"[red]error:[/red] {error['message']}", highlight=False)
+            console.print(f"[red]error:[/red] {escape(error['message'])}", highlight=False)
         for share in server["shares"]:
             for failure in share["scan"]["failed"]:
-                console.print(f"[red]scan error[/red] {share['name']}: {failure['message']}", highlight=False)
+                console.print(f"[red]scan error[/red] {escape(share['name'])}: {escape(failure['message'])}", highlight=False)

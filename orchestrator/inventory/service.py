@@ -44,6 +44,7 @@ from common.models import (
     ServerRole,
     Share,
 )
+from common.smb.rpc import LogonFailed, RpcError, SrvsvcClient
 from orchestrator.hosts.base import (
     AuthenticationFailed,
     HostAdapter,
@@ -110,6 +111,7 @@ class Collected:
     shares: list[ShareFacts] | None = None
     principals: LocalPrincipals | None = None
     share_descriptors: dict[str, bytes] = field(default_factory=dict)
+    share_descriptor_errors: dict[str, str] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)
     unavailable: list[str] = field(default_factory=list)
 
@@ -230,7 +232,15 @@ def collect(server: Server, *, management_factory=management_adapter, smb_factor
     elif server.kind is ServerKind.SMB_ONLY:
         collected.unavailable += ["network", "volumes", "principals"]
 
-    # Over SMB: the shares' own security descriptors, and what management could not give.
+    if collected.shares is not None:
+        # Over SMB: each share's own security descriptor, by name (srvsvc level 502;
+        # enumeration would miss shares that are not browseable).
+        names = [share.name for share in collected.shares
+                 if share.security_descriptor is None and (share.share_type or "disk") == "disk"]
+        if names:
+            read_share_descriptors(server, names, collected)
+        return collected
+    # The management channel could not list the shares: srvsvc still can.
     try:
         smb = smb_factory(server)
     except (ValueError, JobError) as exc:
@@ -240,18 +250,39 @@ def collect(server: Server, *, management_factory=management_adapter, smb_factor
         over_smb = Collected()
         if _call(over_smb, "shares", smb, "shares") and collected.identity is None:
             _call(over_smb, "identity", smb, "identity")
-        if over_smb.shares is not None:
-            collected.share_descriptors = {
-                share.name: share.security_descriptor for share in over_smb.shares
-                if share.security_descriptor
-            }
-            if collected.shares is None:
-                collected.shares = over_smb.shares
+        collected.shares = over_smb.shares
         if over_smb.identity is not None:
             collected.identity = over_smb.identity
         for part, message in over_smb.errors.items():
             collected.errors["smb" if part == "shares" else f"smb {part}"] = message
     return collected
+
+
+def read_share_descriptors(server: Server, names: list[str], collected: Collected) -> None:
+    """Read the named shares' own security descriptors over srvsvc into ``collected``;
+    a failed logon or connection becomes the ``smb`` error, a share that may not be read
+    is noted in ``share_descriptor_errors``."""
+    try:
+        client = SrvsvcClient(server.address, server.username, server_password(server), port=server.port)
+    except LogonFailed as exc:
+        collected.errors["smb"] = (f"{server.address}:{server.port}: SMB logon as {server.username!r} "
+                                   f"refused ({exc.code_name}): check the account and password stored for the server")
+        return
+    except RpcError as exc:
+        collected.errors["smb"] = f"{server.address}:{server.port}: SMB: {exc}"
+        return
+    except JobError as exc:
+        collected.errors["smb"] = str(exc)
+        return
+    with client:
+        for name in names:
+            try:
+                descriptor = client.share_security(name).security_descriptor
+            except RpcError as exc:
+                collected.share_descriptor_errors[name] = str(exc)
+                continue
+            if descriptor:
+                collected.share_descriptors[name] = descriptor
 
 
 # --- storing -----------------------------------------------------------------------------
@@ -388,6 +419,7 @@ def store_shares(session: Session, server: Server, collected: Collected,
         if is_admin_share(facts.name) and not options.include_admin_shares:
             continue
         values = share_columns(facts, collected.share_descriptors.get(facts.name))
+        values["properties"]["security_descriptor_error"] = collected.share_descriptor_errors.get(facts.name)
         share = existing.pop(facts.name, None)
         if share is None:
             share = Share(server_id=server.id, name=facts.name)

@@ -17,13 +17,16 @@ line or an error.
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable
+
 from celery import shared_task
 from celery.utils.log import get_task_logger
 
 from common.db import after_commit, session_scope
 from common.models import Server, Share
 from common.settings import get_settings
-from common.smb.connection import SmbEndpoint, get_tree
+from common.smb.connection import SmbEndpoint, close_pool, get_tree
 from common.smb.errors import SmbFileError
 from common.smb.walk import ShareWalker
 from orchestrator.inventory.scan import (
@@ -90,15 +93,14 @@ def publish_directories(app, tasks: list[DirectoryTask], options: ScanOptions) -
         app.send_task(SCAN_TASK, kwargs=task.kwargs(options), queue=queue)
 
 
-@shared_task(bind=True, name=SCAN_TASK)
-def scan_directory(self, share_id: int, path: str = "", fresh: bool = False,
-                   options: dict | None = None) -> str:
-    """List directory ``path`` of share ``share_id``, store it, publish its subdirectories.
+def scan_one(share_id: int, path: str, fresh: bool, options: ScanOptions,
+             publish: Callable[[list[DirectoryTask]], object]) -> str:
+    """List directory ``path`` of share ``share_id``, store it, and hand its subdirectories
+    to ``publish`` once the transaction has committed.
 
     Returns what happened: "listed N", "failed STATUS_...", or "nothing to do" (a
     duplicate message, or a directory no scan is waiting for).
     """
-    scan_options = ScanOptions.from_dict(options)
     settings = get_settings()
     with session_scope() as session:
         share = session.get(Share, share_id)
@@ -120,11 +122,9 @@ def scan_directory(self, share_id: int, path: str = "", fresh: bool = False,
     else:
         entries, error = list_directory(endpoint, path)
     with session_scope() as session:
-        follow = apply_listing(session, share_id, path, entries, error,
-                               fresh=fresh, options=scan_options)
+        follow = apply_listing(session, share_id, path, entries, error, fresh=fresh, options=options)
         if follow:
-            app = self.app
-            after_commit(session, lambda: publish_directories(app, follow, scan_options))
+            after_commit(session, lambda: publish(follow))
     if follow is None:
         logger.info("share %s %r: nothing to do (already listed or no scan waiting)", share_id, path)
         return "nothing to do"
@@ -132,3 +132,25 @@ def scan_directory(self, share_id: int, path: str = "", fresh: bool = False,
         logger.warning("%s", error.message)
         return f"failed {error.status_name}"
     return f"listed {len(entries)}"
+
+
+@shared_task(bind=True, name=SCAN_TASK)
+def scan_directory(self, share_id: int, path: str = "", fresh: bool = False,
+                   options: dict | None = None) -> str:
+    """The Celery task: ``scan_one`` with subdirectories published to the orchestrator queue."""
+    scan_options = ScanOptions.from_dict(options)
+    app = self.app
+    return scan_one(share_id, path, fresh, scan_options,
+                    lambda tasks: publish_directories(app, tasks, scan_options))
+
+
+def run_scans_inline(tasks: list[DirectoryTask], options: ScanOptions) -> None:
+    """Run scans to the end in this process, one directory after another (no broker, no
+    worker): for small shares and for ``sms inventory run --inline``."""
+    queue = deque(tasks)
+    try:
+        while queue:
+            task = queue.popleft()
+            scan_one(task.share_id, task.path, task.fresh, options, queue.extend)
+    finally:
+        close_pool()

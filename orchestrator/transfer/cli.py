@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -139,7 +140,7 @@ def drive_runs(run_ids: list[int], *, start_workers: bool | None = None,
     def drive(run_id: int) -> None:
         def say(line: str) -> None:
             if not quiet:
-                console.print(f"[dim]run {run_id}:[/dim] {line}")
+                console.print(f"[dim]{time.strftime('%H:%M:%S')} run {run_id}:[/dim] {line}")
         try:
             states[run_id] = planning.execute_run(run_id, progress=say)
         except BaseException as exc:  # noqa: BLE001 - recorded on the run by execute_run

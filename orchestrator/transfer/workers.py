@@ -75,10 +75,8 @@ class LocalWorkers:
         """Warm shutdown of every started worker group; SIGKILL what outlives ``grace``."""
         for process in self.processes.values():
             if process.poll() is None:
-                try:
-                    os.killpg(process.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+                # The main process alone: it shuts its pool down itself (warm shutdown).
+                process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + grace
         for process in self.processes.values():
             try:

@@ -61,7 +61,7 @@ _CLIENT_SNIPPET = r"""
 import base64, json, sys
 import common  # keeps impacket's scripts off sys.path
 import smbclient
-from smbprotocol.exceptions import SMBResponseException
+from smbprotocol.exceptions import SMBOSError, SMBResponseException
 req = json.load(sys.stdin)
 unc = "\\\\" + req["address"] + "\\" + req["share"] + ("\\" + req["path"] if req["path"] else "")
 try:
@@ -78,6 +78,8 @@ try:
         out = {"ok": True, "names": sorted(smbclient.listdir(unc))}
 except SMBResponseException as exc:
     out = {"ok": False, "status": exc.status, "error": str(exc)}
+except SMBOSError as exc:
+    out = {"ok": False, "status": exc.ntstatus, "error": str(exc)}
 except Exception as exc:
     out = {"ok": False, "status": None, "error": f"{type(exc).__name__}: {exc}"}
 finally:
@@ -390,9 +392,18 @@ class NetnsLab:
         raise LabUnavailable(f"sshd of {host.name} did not listen on {host.management_address}:22")
 
     def stop_sshd(self, host: NetnsHost) -> None:
-        """Stop the host's sshd (its sessions end with it), by the pid in its pid file."""
-        if host.sshd_pid_file is not None and (pid := _pid_from(host.sshd_pid_file)):
-            _stop_pids([pid])
+        """Stop the host's sshd and every SSH session in the host's namespace, by pid.
+
+        The listener's pid is in its pid file; its sessions are the other sshd processes
+        the kernel lists in this (our own) namespace.
+        """
+        pids = [pid] if host.sshd_pid_file is not None and (pid := _pid_from(host.sshd_pid_file)) else []
+        for text in _ip("netns", "pids", host.namespace, check=False).stdout.split():
+            with contextlib.suppress(OSError):
+                if text.isdigit() and os.readlink(f"/proc/{text}/exe") == SSHD:
+                    pids.append(int(text))
+        _stop_pids(sorted(set(pids)))
+        if host.sshd_pid_file is not None:
             with contextlib.suppress(FileNotFoundError):
                 host.sshd_pid_file.unlink()
 

@@ -8,7 +8,10 @@ emoji names, spaces and symbols, a path over 260 characters, a tree deeper than 
 levels, alternate data streams on files and directories, READONLY/HIDDEN/SYSTEM/ARCHIVE
 combinations, times set to odd 100 ns values, and security descriptors with chosen
 owner and group SIDs, a protected DACL, non-canonical ACE order and inheritance flags.
-It returns a ``HostileTree`` manifest of what it wrote.
+It returns a ``HostileTree`` manifest of what it wrote. Left out on purpose: names
+ending in "." or " " (Samba shows them as mangled 8.3 names), attributes Samba does not
+keep (not-content-indexed, offline, temporary, sparse read back as NORMAL) and SACLs
+(the lab account may not read them).
 
 ``make_dataset`` writes benchmark data (many small files in about N/100 directories, a
 few large files) straight into a share's directory on disk, which is much faster than

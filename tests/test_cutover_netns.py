@@ -1,0 +1,411 @@
+"""Cutover in network namespaces: real smbd and sshd per host, a bridge, a users' namespace.
+
+Each test builds its own lab (tests/lab/netns.py): a source ``FS1`` and a destination
+``FS2`` in their own namespaces, each with smbd (shares ``data`` and ``docs``) and sshd on
+a management address that never moves, the source also serving users at a service
+address; a client namespace reads and writes as the users do. The orchestrator (this
+process, in the root namespace) manages both over SSH with host keys checked.
+
+The final delta transfer is done here by ``LabDeltaTransfer``: a plain smbprotocol copier
+that first asserts a user can no longer write to the source (its shares are read-only at
+that moment). The transfer engine's implementation of ``DeltaTransfer`` replaces it later.
+"""
+
+from __future__ import annotations
+
+import os
+
+import common  # noqa: F401  (keeps impacket's bin/smbclient.py off the import path)
+import pytest
+import smbclient
+from smbprotocol.exceptions import SMBOSError
+from sqlalchemy import select
+
+from common.db import session_scope
+from common.models import (
+    CutoverRun,
+    CutoverStage,
+    Event,
+    FileRecord,
+    FileState,
+    Pairing,
+    RunState,
+    Server,
+    Share,
+    TransferRun,
+)
+from common.settings import reset_settings_cache
+from common.smb.rpc import SrvsvcClient
+from orchestrator.cutover.plan import AddressMove, CutoverPlan
+from orchestrator.cutover.stages import (
+    CutoverPairing,
+    DeltaReconciliation,
+    create_cutover,
+    rollback,
+    run_cutover,
+)
+from orchestrator.database import upgrade_to_head
+from orchestrator.jobs import SambaManagement, add_server, create_job
+from orchestrator.transfer.planning import create_pairing
+from tests.lab.fixtures import unavailable
+from tests.lab.netns import ClientError, NetnsLab
+from tests.lab.samba import MIGRATION_PASSWORD, MIGRATION_USER, LabUnavailable
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(240)]
+
+SHARES = ("data", "docs")
+FILES = {
+    ("data", "report.txt"): b"quarterly report\r\n" * 50,
+    ("data", "sub/deep.bin"): os.urandom(300_000),
+    ("data", "sub/empty.txt"): b"",
+    ("docs", "readme.md"): "# Übersicht\nnames in UTF-8\n".encode(),
+}
+STATUS_ACCESS_DENIED = 0xC0000022
+
+
+# --- a copier of our own, independent of the transfer engine ---------------------------
+
+def _unc(address: str, share: str, path: str = "") -> str:
+    return f"\\\\{address}\\{share}" + (f"\\{path.replace('/', chr(92))}" if path else "")
+
+
+def smb_tree(address: str, share: str) -> dict[str, bytes | None]:
+    """Every entry of a share: {relative path: bytes, or None for a folder}."""
+    cache: dict = {}
+    found: dict[str, bytes | None] = {}
+    try:
+        smbclient.register_session(address, username=MIGRATION_USER, password=MIGRATION_PASSWORD,
+                                   require_signing=True, connection_cache=cache)
+        pending = [""]
+        while pending:
+            folder = pending.pop()
+            for entry in smbclient.scandir(_unc(address, share, folder), connection_cache=cache):
+                relative = f"{folder}/{entry.name}" if folder else entry.name
+                if entry.is_dir():
+                    found[relative] = None
+                    pending.append(relative)
+                else:
+                    with smbclient.open_file(entry.path, mode="rb", connection_cache=cache) as handle:
+                        found[relative] = handle.read()
+    finally:
+        smbclient.reset_connection_cache(connection_cache=cache)
+    return found
+
+
+def smb_write(address: str, share: str, path: str, data: bytes) -> None:
+    """Write one file over SMB from this process (the orchestrator's place in the lab)."""
+    cache: dict = {}
+    try:
+        smbclient.register_session(address, username=MIGRATION_USER, password=MIGRATION_PASSWORD,
+                                   require_signing=True, connection_cache=cache)
+        with smbclient.open_file(_unc(address, share, path), mode="wb", connection_cache=cache) as handle:
+            handle.write(data)
+    finally:
+        smbclient.reset_connection_cache(connection_cache=cache)
+
+
+def copy_share(source: str, destination: str, share: str) -> int:
+    """Copy what differs from ``\\\\source\\share`` to ``\\\\destination\\share``; files written."""
+    wanted, present = smb_tree(source, share), smb_tree(destination, share)
+    cache: dict = {}
+    written = 0
+    try:
+        smbclient.register_session(destination, username=MIGRATION_USER, password=MIGRATION_PASSWORD,
+                                   require_signing=True, connection_cache=cache)
+        for relative in sorted(wanted, key=lambda p: p.count("/")):
+            data = wanted[relative]
+            if present.get(relative, b"\0missing") == data:
+                continue
+            if data is None:
+                smbclient.mkdir(_unc(destination, share, relative), connection_cache=cache)
+            else:
+                with smbclient.open_file(_unc(destination, share, relative), mode="wb",
+                                         connection_cache=cache) as handle:
+                    handle.write(data)
+                written += 1
+    finally:
+        smbclient.reset_connection_cache(connection_cache=cache)
+    return written
+
+
+class LabDeltaTransfer:
+    """The final delta, done by ``copy_share``; asserts the source is read-only first.
+
+    ``on_reconcile`` runs once, inside the first ``reconcile`` (to inject a failure).
+    """
+
+    def __init__(self, lab: NetnsLab, source: str, destination: str, on_reconcile=None):
+        self.lab, self.source, self.destination = lab, source, destination
+        self.on_reconcile = on_reconcile
+        self.calls: list[str] = []
+
+    def run(self, pairing: CutoverPairing) -> dict:
+        self.calls.append("run")
+        refused = {}
+        for share in pairing.shares:
+            with pytest.raises(ClientError) as caught:
+                self.lab.client_write(self.source, share, "written-during-cutover.txt", b"lost?")
+            refused[share] = caught.value.status
+        copied = sum(copy_share(self.source, self.destination, share) for share in pairing.shares)
+        return {"copied": copied, "user_write_refused": refused}
+
+    def reconcile(self, pairing: CutoverPairing, record: dict) -> DeltaReconciliation:
+        self.calls.append("reconcile")
+        differing = [share for share in pairing.shares
+                     if smb_tree(self.source, share) != smb_tree(self.destination, share)]
+        if self.on_reconcile is not None:
+            hook, self.on_reconcile = self.on_reconcile, None
+            hook()
+        return DeltaReconciliation(not differing, f"{record['copied']} file(s) copied; "
+                                                  f"differing shares: {differing or 'none'}")
+
+
+# --- the lab -------------------------------------------------------------------------------
+
+class CutoverLab:
+    """Two Samba hosts, a job database, a pairing with a clean first transfer, a plan."""
+
+    def __init__(self, lab: NetnsLab, tmp_path):
+        self.lab = lab
+        self.src = lab.add_host("src", hostname="fs1")
+        self.dst = lab.add_host("dst", hostname="fs2")
+        for host, name in ((self.src, "FS1"), (self.dst, "FS2")):
+            lab.start_samba(host, name, shares=SHARES)
+            lab.start_sshd(host)
+        self.old_address = lab.address(21)
+        self.new_address = lab.address(31)
+        lab.add_address(self.src, self.old_address)
+        for (share, relative), data in FILES.items():
+            path = self.src.shares[share] / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        self.url = f"sqlite:///{tmp_path / 'sms.sqlite'}"
+        upgrade_to_head(self.url)
+        with session_scope(self.url) as session:
+            job = create_job(session, "cutover-lab")
+            servers = []
+            for host, role, address in ((self.src, "source", self.old_address),
+                                        (self.dst, "destination", self.dst.management_address)):
+                servers.append(add_server(
+                    session, job, name=host.hostname, role=role, kind="samba", address=address,
+                    username=MIGRATION_USER, password=MIGRATION_PASSWORD,
+                    samba=SambaManagement(ssh_user="root", known_hosts=str(lab.known_hosts),
+                                          ssh_host=host.management_address, key_file=str(lab.client_key),
+                                          smb_conf=str(host.smb_conf))))
+            self.pairing_id = create_pairing(session, servers[0], servers[1], shares=SHARES).id
+            self.source_id = servers[0].id
+        self.first_transfer()
+
+    def first_transfer(self) -> None:
+        """Copy everything once and record it as a finished, verified transfer run."""
+        for share in SHARES:
+            copy_share(self.old_address, self.dst.management_address, share)
+        with session_scope(self.url) as session:
+            pairing = session.get(Pairing, self.pairing_id)
+            run = TransferRun(job_id=pairing.job_id, pairing_id=pairing.id, state=RunState.SUCCEEDED)
+            session.add(run)
+            session.flush()
+            for share in SHARES:
+                row = Share(server_id=pairing.source_server_id, name=share)
+                session.add(row)
+                session.flush()
+                for relative, data in smb_tree(self.dst.management_address, share).items():
+                    session.add(FileRecord(share_id=row.id, run_id=run.id, relative_path=relative,
+                                           is_dir=data is None, size=len(data or b""), state=FileState.VERIFIED))
+
+    def plan(self, **overrides) -> CutoverPlan:
+        values = dict(
+            addresses=[AddressMove(self.old_address, 24, "eth0", "eth0")],
+            source_new_name="FS1-OLD",
+            source_new_address=self.new_address,
+            source_new_prefix_length=24,
+            source_new_interface="eth0",
+            maintenance_hosts=[self.lab.bridge_address],
+            timeout_seconds=180,
+        )
+        values.update(overrides)
+        return CutoverPlan(**values)
+
+    def create(self, plan: CutoverPlan) -> int:
+        with session_scope(self.url) as session:
+            return create_cutover(session, session.get(Pairing, self.pairing_id), plan).id
+
+    def delta(self, **kwargs) -> LabDeltaTransfer:
+        return LabDeltaTransfer(self.lab, self.old_address, self.dst.management_address, **kwargs)
+
+    def stages(self, run_id: int) -> dict[str, CutoverStage]:
+        with session_scope(self.url) as session:
+            stages = session.scalars(select(CutoverStage).where(CutoverStage.cutover_run_id == run_id)).all()
+            return {stage.name: stage for stage in stages}
+
+    def run_row(self, run_id: int) -> CutoverRun:
+        with session_scope(self.url) as session:
+            return session.get(CutoverRun, run_id)
+
+    def server_name(self, address: str) -> str:
+        with SrvsvcClient(address, MIGRATION_USER, MIGRATION_PASSWORD) as client:
+            return client.server_info(101).name
+
+    def share_path(self, address: str, share: str) -> str:
+        """The local path behind a share, as the server at ``address`` reports it (srvsvc)."""
+        with SrvsvcClient(address, MIGRATION_USER, MIGRATION_PASSWORD) as client:
+            path = {info.name: info.path for info in client.list_shares(2)}[share]
+        return path.removeprefix("C:").replace("\\", "/")  # Samba shows C:\dir\... for /dir/...
+
+    def machine_sid(self, host) -> str:
+        return host.run(["net", "-s", str(host.smb_conf), "getlocalsid"]).stdout.split()[-1]
+
+
+@pytest.fixture
+def cutover_lab(tmp_path, monkeypatch):
+    """A fresh ``CutoverLab``; everything it started is stopped and removed afterwards."""
+    monkeypatch.setenv("SMS_STATE_DIR", str(tmp_path / "state"))
+    reset_settings_cache()
+    try:
+        lab = NetnsLab(tmp_path / "netns")
+    except LabUnavailable as exc:
+        unavailable(str(exc))
+    try:
+        yield CutoverLab(lab, tmp_path)
+    finally:
+        lab.destroy()
+        reset_settings_cache()
+
+
+def _conf_markers(host) -> list[str]:
+    return [line for line in host.smb_conf.read_text().splitlines() if "sms-cutover" in line]
+
+
+# --- the tests ------------------------------------------------------------------------------
+
+def test_cutover_moves_identity_resumes_after_failure_and_users_see_the_same_data(cutover_lab):
+    lab = cutover_lab
+    client = lab.lab
+    old, new = lab.old_address, lab.new_address
+    before = {key: client.client_read(old, *key) for key in FILES}
+    assert before == FILES
+    # A user writes after the first transfer: only the final delta can bring it over.
+    client.client_write(old, "data", "late.txt", b"written just before cutover")
+    sids = {"src": lab.machine_sid(lab.src), "dst": lab.machine_sid(lab.dst)}
+
+    # The destination's management (sshd) goes away while the delta is being reconciled:
+    # stages 1-4 complete, stage 5 cannot reach the destination.
+    delta = lab.delta(on_reconcile=lambda: client.stop_sshd(lab.dst))
+    run_id = lab.create(lab.plan())
+    assert run_cutover(run_id, delta, url=lab.url) == RunState.FAILED
+    stages = lab.stages(run_id)
+    assert [stages[n].state for n in ("preflight", "final_delta_transfer", "delta_reconciliation",
+                                      "source_identity")] == [RunState.SUCCEEDED] * 4
+    failed = stages["destination_identity"]
+    assert failed.state == RunState.FAILED
+    assert "HostUnreachable" in failed.message and lab.dst.management_address in failed.message
+    assert stages["verification"].state == RunState.PENDING
+    run = lab.run_row(run_id)
+    assert run.state == RunState.FAILED and run.error.startswith("stage destination_identity failed")
+    assert old not in lab.src.addresses() and new in lab.src.addresses()
+
+    # Management comes back; resume continues at stage 5 and completes.
+    client.start_sshd(lab.dst)
+    assert run_cutover(run_id, delta, url=lab.url) == RunState.SUCCEEDED, lab.run_row(run_id).error
+    assert delta.calls == ["run", "reconcile"]  # stages 2-3 were not repeated
+    stages = lab.stages(run_id)
+    assert all(stage.state == RunState.SUCCEEDED and stage.progress == 1.0 for stage in stages.values())
+    assert "read back" in stages["verification"].message
+
+    # Users: the same bytes at the same address and share path, now from the destination.
+    after = {key: client.client_read(old, *key) for key in FILES}
+    assert after == FILES
+    assert client.client_read(old, "data", "late.txt") == b"written just before cutover"
+    assert old in lab.dst.addresses() and old not in lab.src.addresses()
+    assert lab.server_name(old) == "FS1"
+    assert lab.share_path(old, "data") == str(lab.dst.shares["data"])
+    # Nothing a user tried to write while the source was read-only got lost: it was refused.
+    assert set(delta_record(lab, run_id)["user_write_refused"]) == set(SHARES)
+    assert not any((lab.src.shares[s] / "written-during-cutover.txt").exists() for s in SHARES)
+
+    # The source: new name and address, every file intact, shares in maintenance.
+    assert lab.server_name(new) == "FS1-OLD"
+    for share in SHARES:
+        tree = smb_tree(new, share)  # the orchestrator is a maintenance host
+        assert {k: v for k, v in tree.items() if v is not None} == {
+            rel: data for (s, rel), data in {**FILES, ("data", "late.txt"): b"written just before cutover"}.items()
+            if s == share}
+        with pytest.raises(ClientError) as refused:
+            client.client_list(new, share)  # users are kept out
+        assert refused.value.status == STATUS_ACCESS_DENIED
+    with pytest.raises(SMBOSError) as refused_write:
+        smb_write(new, "data", "x.txt", b"even a maintenance host cannot write")
+    assert refused_write.value.ntstatus == STATUS_ACCESS_DENIED
+    # Both kept their machine SID through the renames; the inventory knows the new address.
+    assert {"src": lab.machine_sid(lab.src), "dst": lab.machine_sid(lab.dst)} == sids
+    with session_scope(lab.url) as session:
+        assert session.get(Server, lab.source_id).address == new
+        kinds = [e.kind for e in session.scalars(select(Event).order_by(Event.id))]
+    assert "cutover.stage_failed" in kinds and "cutover.resumed" in kinds and "cutover.succeeded" in kinds
+
+
+def delta_record(lab: CutoverLab, run_id: int) -> dict:
+    return lab.run_row(run_id).options["state"]["delta"]
+
+
+def test_rollback_restores_the_source_name_address_and_share_access(cutover_lab):
+    lab = cutover_lab
+    client = lab.lab
+    old, new = lab.old_address, lab.new_address
+    sids = {"src": lab.machine_sid(lab.src), "dst": lab.machine_sid(lab.dst)}
+    run_id = lab.create(lab.plan())
+    assert run_cutover(run_id, lab.delta(), url=lab.url) == RunState.SUCCEEDED
+    assert lab.server_name(old) == "FS1" and old in lab.dst.addresses()
+
+    assert rollback(run_id, url=lab.url) == []
+    run = lab.run_row(run_id)
+    assert run.state == RunState.CANCELLED and "rolled back" in run.error
+    # The source is FS1 at its address again, serving its own shares, writable by users.
+    assert old in lab.src.addresses() and new not in lab.src.addresses()
+    assert old not in lab.dst.addresses()
+    assert lab.server_name(old) == "FS1"
+    assert lab.share_path(old, "data") == str(lab.src.shares["data"])
+    client.client_write(old, "data", "after-rollback.txt", b"users write again")
+    assert (lab.src.shares["data"] / "after-rollback.txt").read_bytes() == b"users write again"
+    assert {key: client.client_read(old, *key) for key in FILES} == FILES
+    # The destination has its own name back; no marked line is left in either smb.conf.
+    assert lab.server_name(lab.dst.management_address) == "FS2"
+    assert _conf_markers(lab.src) == [] and _conf_markers(lab.dst) == []
+    assert {"src": lab.machine_sid(lab.src), "dst": lab.machine_sid(lab.dst)} == sids
+    with session_scope(lab.url) as session:
+        assert session.get(Server, lab.source_id).address == old
+    with pytest.raises(Exception, match="cancelled"):
+        run_cutover(run_id, lab.delta(), url=lab.url)
+
+
+def test_failing_preflight_stops_and_rolls_back_leaving_the_source_untouched(cutover_lab):
+    lab = cutover_lab
+    client = lab.lab
+    old = lab.old_address
+    # The address planned for the source is taken (by the users' namespace): pre-flight must see it.
+    run_id = lab.create(lab.plan(source_new_address=client.client.management_address))
+    delta = lab.delta()
+    assert run_cutover(run_id, delta, url=lab.url) == RunState.FAILED
+    stages = lab.stages(run_id)
+    assert stages["preflight"].state == RunState.FAILED
+    assert "answers on the source's network" in stages["preflight"].message
+    assert all(stages[name].state == RunState.PENDING for name in stages if name != "preflight")
+    run = lab.run_row(run_id)
+    assert "rolled back (pre-flight failed)" in run.error
+    assert delta.calls == []
+    assert old in lab.src.addresses() and lab.server_name(old) == "FS1"
+    client.client_write(old, "docs", "still-writable.txt", b"ok")
+    assert _conf_markers(lab.src) == []
+
+
+def test_preflight_refuses_a_transfer_that_does_not_reconcile(cutover_lab):
+    lab = cutover_lab
+    with session_scope(lab.url) as session:
+        record = session.scalars(select(FileRecord).where(FileRecord.relative_path == "report.txt")).one()
+        record.state = FileState.FAILED
+    run_id = lab.create(lab.plan())
+    assert run_cutover(run_id, lab.delta(), url=lab.url) == RunState.FAILED
+    message = lab.stages(run_id)["preflight"].message
+    assert "does not reconcile clean" in message and "1 failed" in message
+    assert lab.old_address in lab.src.addresses()
+    lab.lab.client_write(lab.old_address, "data", "still-writable.txt", b"ok")

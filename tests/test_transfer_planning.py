@@ -1,0 +1,86 @@
+"""Planning streams: batches are committed, then published, while the walk is still going.
+
+The run is driven in this process against two real lab smbd instances and a real SQLite
+job database; the publisher handed to the planner is a plain callback that, for every
+batch it is given, looks at the database from a fresh session (is the batch and its file
+list already committed? how many file records exist so far?) and then runs the real
+``copy_batch`` task body on it, as a worker would. A second delivery of the same batch
+is refused by the lease claim and changes nothing.
+"""
+
+from __future__ import annotations
+
+import common  # noqa: F401  (keeps impacket's bin/smbclient.py off the import path)
+
+from sqlalchemy import func, select
+
+from common.db import session_scope
+from common.models import Batch, BatchState, FileRecord, Server, ServerRole
+from common.settings import get_settings
+from common.smb.connection import close_pool
+from common.transfer_options import TransferOptions
+from orchestrator.database import upgrade_to_head
+from orchestrator.leases import BatchDispatch
+from orchestrator.transfer import planning
+from orchestrator.transfer.reconcile import reconcile
+from proxy_worker.copy_tasks import copy_batch
+from tests.lab.smbio import LabTree
+from tests.transfer_support import record_states, register_servers, unexplained_differences, use_settings
+
+FILES = 60
+BATCH_FILES = 5
+
+
+def test_batches_are_published_after_commit_while_the_walk_goes_on(samba_factory, tmp_path, monkeypatch):
+    use_settings(monkeypatch, SMS_STATE_DIR=str(tmp_path / "state"),
+                 SMS_BATCH_MAX_FILES=str(BATCH_FILES))
+    upgrade_to_head(get_settings().database_url)
+    src, dst = samba_factory("src"), samba_factory("dst")
+    with LabTree(src.address, "data") as lab:
+        for folder in range(6):
+            lab.mkdir(f"f{folder}")
+            for number in range(FILES // 6):
+                lab.write_file(f"f{folder}\\n{number}.txt", f"{folder}/{number}\n".encode())
+    register_servers("plan", {"src": (src, ServerRole.SOURCE), "dst": (dst, ServerRole.DESTINATION)})
+    with session_scope() as session:
+        servers = {s.name: s for s in session.scalars(select(Server))}
+        pairing = planning.create_pairing(session, servers["src"], servers["dst"], ["data"])
+        run_id = planning.create_run(session, pairing, TransferOptions(checksum="fast", retries=0)).id
+
+    seen: list[tuple[int, bool, int, int]] = []
+    outcomes: list[str] = []
+
+    def publish(dispatch: BatchDispatch) -> None:
+        assert dispatch.task_name == planning.COPY_TASK
+        assert dispatch.queue == get_settings().destination_queue("dst")
+        with session_scope() as session:
+            batch = session.get(Batch, dispatch.batch_id)
+            records_of_batch = session.scalar(select(func.count()).select_from(FileRecord)
+                                              .where(FileRecord.batch_id == dispatch.batch_id))
+            files_so_far = session.scalar(select(func.count()).select_from(FileRecord).where(
+                FileRecord.run_id == run_id, FileRecord.is_dir.is_(False)))
+            seen.append((dispatch.batch_id, batch is not None and batch.state == BatchState.QUEUED,
+                         records_of_batch, files_so_far))
+        outcomes.append(copy_batch.run(dispatch.batch_id))
+
+    try:
+        state = planning.execute_run(run_id, publish, poll_interval=0.1)
+    finally:
+        close_pool()
+    assert state.value == "succeeded"
+    assert all(outcome == "done" for outcome in outcomes)
+    file_batches = [entry for entry in seen if entry[3] and entry[2] == BATCH_FILES]
+    assert len(file_batches) == FILES // BATCH_FILES
+    # Every batch was committed, with its whole file list, before it was published ...
+    assert all(committed for _id, committed, _count, _total in seen)
+    # ... and the first was published (and copied) when the walk had recorded only it.
+    assert file_batches[0][3] == BATCH_FILES < FILES
+    with session_scope() as session:
+        assert reconcile(session, run_id).clean
+
+    # A second delivery of a finished batch is refused and changes nothing.
+    before = record_states(run_id)
+    assert copy_batch.run(seen[0][0]) == "not claimed"
+    assert record_states(run_id) == before
+    files = {f"f{folder}\\n{number}.txt" for folder in range(6) for number in range(FILES // 6)}
+    assert unexplained_differences(src, dst, ignore_access_times_of=files) == []
