@@ -160,7 +160,8 @@ def print_servers(servers: list[dict[str, Any]]) -> None:
             how = (f"ssh {management.get('ssh_user')}@{management.get('ssh_host') or server['address']}"
                    f":{management.get('ssh_port')}")
         elif server["kind"] == "windows":
-            how = f"winrm {management.get('winrm_transport')} {'https' if management.get('winrm_https') else 'http+encryption'}"
+            scheme = "https" if management.get("winrm_https") else "http+encryption"
+            how = f"winrm {management.get('winrm_transport')} {scheme}"
         else:
             how = "none (SMB only)"
         table.add_row(*plain(str(server["id"]), server["name"], server["role"], server["kind"],
@@ -177,24 +178,36 @@ def server_add(
     address: str = typer.Option(..., help="SMB address (name or IP)."),
     port: int = typer.Option(445, help="SMB port."),
     user: str = typer.Option(..., "--user", help="SMB account (DOMAIN\\user or user)."),
-    password_stdin: bool = typer.Option(False, "--password-stdin", help="Read the SMB password from standard input."),
-    password_env: str | None = typer.Option(None, "--password-env", metavar="VAR", help="Read the SMB password from this environment variable."),
+    password_stdin: bool = typer.Option(False, "--password-stdin",
+        help="Read the SMB password from standard input."),
+    password_env: str | None = typer.Option(None, "--password-env", metavar="VAR",
+        help="Read the SMB password from this environment variable."),
     ssh_host: str | None = typer.Option(None, help="Samba: SSH host (default: the SMB address)."),
     ssh_port: int = typer.Option(22, help="Samba: SSH port."),
     ssh_user: str | None = typer.Option(None, help="Samba: SSH account."),
     ssh_key: str | None = typer.Option(None, help="Samba: private key file for SSH."),
-    ssh_password_stdin: bool = typer.Option(False, "--ssh-password-stdin", help="Samba: read the SSH password from standard input."),
-    ssh_password_env: str | None = typer.Option(None, "--ssh-password-env", metavar="VAR", help="Samba: read the SSH password from this environment variable."),
-    known_hosts: str | None = typer.Option(None, help="Samba: known_hosts file holding the server's SSH host key."),
-    smb_conf: str | None = typer.Option(None, help="Samba: smb.conf to read (default: the distribution's)."),
+    ssh_password_stdin: bool = typer.Option(False, "--ssh-password-stdin",
+        help="Samba: read the SSH password from standard input."),
+    ssh_password_env: str | None = typer.Option(None, "--ssh-password-env", metavar="VAR",
+        help="Samba: read the SSH password from this environment variable."),
+    known_hosts: str | None = typer.Option(None,
+        help="Samba: known_hosts file holding the server's SSH host key."),
+    smb_conf: str | None = typer.Option(None,
+        help="Samba: smb.conf to read (default: the distribution's)."),
     winrm_transport: str = typer.Option("ntlm", help="Windows: ntlm, kerberos or credssp."),
-    winrm_http: bool = typer.Option(False, "--winrm-http", help="Windows: HTTP with WinRM message encryption instead of HTTPS."),
-    winrm_port: int | None = typer.Option(None, help="Windows: WinRM port (default 5986, or 5985 with --winrm-http)."),
-    winrm_no_verify: bool = typer.Option(False, "--winrm-no-verify", help="Windows: do not check the HTTPS certificate."),
-    winrm_ca_bundle: str | None = typer.Option(None, help="Windows: CA bundle to check the certificate against."),
+    winrm_http: bool = typer.Option(False, "--winrm-http",
+        help="Windows: HTTP with WinRM message encryption instead of HTTPS."),
+    winrm_port: int | None = typer.Option(None,
+        help="Windows: WinRM port (default 5986, or 5985 with --winrm-http)."),
+    winrm_no_verify: bool = typer.Option(False, "--winrm-no-verify",
+        help="Windows: do not check the HTTPS certificate."),
+    winrm_ca_bundle: str | None = typer.Option(None,
+        help="Windows: CA bundle to check the certificate against."),
     winrm_host: str | None = typer.Option(None, help="Windows: WinRM host (default: the SMB address)."),
-    winrm_user: str | None = typer.Option(None, help="Windows: WinRM account (default: the SMB account)."),
-    winrm_password_env: str | None = typer.Option(None, "--winrm-password-env", metavar="VAR", help="Windows: WinRM password from this variable (default: the SMB password)."),
+    winrm_user: str | None = typer.Option(None,
+        help="Windows: WinRM account (default: the SMB account)."),
+    winrm_password_env: str | None = typer.Option(None, "--winrm-password-env", metavar="VAR",
+        help="Windows: WinRM password from this variable (default: the SMB password)."),
     as_json: bool = JSON_OPTION,
 ):
     """Add a source or destination server to a job (passwords are stored encrypted)."""

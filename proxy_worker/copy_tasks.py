@@ -11,7 +11,10 @@ multi-request copy was reading it is recorded failed with that reason. Per-file 
 are written in bulk in the same transaction that completes the batch, so a worker that
 lost its lease changes nothing. A batch delivered twice is copied once: the second claim
 fails. A locked file never blocks the batch: it is recorded failed and the next run
-picks it up.
+picks it up. A batch that cannot be copied at all (the source refuses the logon ...) has
+every file recorded failed with the reason, and a batch claimed more than
+``MAX_ATTEMPTS`` times (its workers keep dying) is given up the same way, so a run
+always ends.
 
 Tasks here receive only a batch id through the broker; they must never receive a
 credential in a message, never log one, and never import the orchestrator.
@@ -30,11 +33,10 @@ from sqlalchemy import func, select, update
 from common.db import session_scope
 from common.endpoints import server_endpoint
 from common.leases import claim_batch, complete_batch, lease_duration, renew_lease
-from common.models import Batch, FileRecord, FileState, Pairing, Server, Share, TransferRun
+from common.models import Batch, FileRecord, FileState, Pairing, RunState, Server, Share, TransferRun
 from common.smb import copy as engine
 from common.smb import metadata as md
 from common.smb.connection import SmbEndpoint, get_tree
-from common.smb.errors import SmbError
 from common.transfer_options import TransferOptions
 from proxy_worker.tasks import LeaseLost, worker_identity
 
@@ -43,6 +45,8 @@ logger = get_task_logger(__name__)
 COPY_TASK_NAME = "proxy_worker.copy_tasks.copy_batch"
 HASH_LOOKUP_CHUNK = 500
 SOURCE_CHANGED = "SOURCE_CHANGED"
+# A batch claimed more often than this (each worker died or lost the lease) is failed.
+MAX_ATTEMPTS = 5
 
 
 class LeaseKeeper:
@@ -83,6 +87,7 @@ class LeaseKeeper:
 @dataclass(frozen=True)
 class _Work:
     run_id: int
+    cancelled: bool
     share_id: int
     attempt: int
     options: TransferOptions
@@ -122,7 +127,8 @@ def _load(batch_id: int) -> _Work:
             select(FileRecord.id, FileRecord.relative_path, FileRecord.is_dir)
             .where(FileRecord.batch_id == batch_id).order_by(FileRecord.id)).all()]
         hashes = _previous_hashes(session, run, share.id, [path for _id, path, _d in records])
-        return _Work(run.id, share.id, batch.attempt, options, source, destination, records, hashes)
+        return _Work(run.id, run.state == RunState.CANCELLED, share.id, batch.attempt, options,
+                     source, destination, records, hashes)
 
 
 def _copy(work: _Work, indexes: list[int]) -> list[engine.FileResult]:
@@ -202,15 +208,15 @@ def _updates(work: _Work, results: list[engine.FileResult]) -> list[dict]:
     return rows
 
 
-def _fail_all(batch_id: int, owner: str, error: SmbError) -> bool:
-    """Record every file of the batch failed with ``error`` and complete the batch failed."""
-    code = getattr(error, "status_name", type(error).__name__)
+def _fail_all(batch_id: int, owner: str, code: str, message: str) -> bool:
+    """Record every file of the batch failed with ``code`` and ``message`` and complete the
+    batch failed; False (nothing written) when the lease is no longer ours."""
     with session_scope() as session:
         session.execute(update(FileRecord).where(FileRecord.batch_id == batch_id).values(
-            state=FileState.FAILED, error_code=code, error_message=str(error))
+            state=FileState.FAILED, error_code=code, error_message=message)
             .execution_options(synchronize_session=False))
         if not complete_batch(session, batch_id, owner, files_done=0, bytes_done=0, failed=True,
-                              error=str(error)):
+                              error=message):
             session.rollback()
             return False
     return True
@@ -233,12 +239,21 @@ def copy_batch(batch_id: int) -> str:
             work = _load(batch_id)
             logger.info("batch %s: %s entries, attempt %s, claimed by %s",
                         batch_id, len(work.records), work.attempt, owner)
+            if work.cancelled:
+                return "failed" if _fail_all(batch_id, owner, "RUN_CANCELLED", "the run was cancelled") \
+                    else "lease lost"
+            if work.attempt > MAX_ATTEMPTS:
+                message = f"gave up after {MAX_ATTEMPTS} attempts: each worker died or lost its lease"
+                return "failed" if _fail_all(batch_id, owner, "BATCH_ABANDONED", message) else "lease lost"
             try:
                 results = _copy_with_retries(work, keeper)
-            except SmbError as exc:
-                logger.warning("batch %s failed as a whole: %s", batch_id, exc)
+            except LeaseLost:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the whole batch failed: record why, go on
+                logger.exception("batch %s failed as a whole", batch_id)
                 keeper.check()
-                return "failed" if _fail_all(batch_id, owner, exc) else "lease lost"
+                code = getattr(exc, "status_name", None) or type(exc).__name__
+                return "failed" if _fail_all(batch_id, owner, code, str(exc)) else "lease lost"
             keeper.check()
             rows = _updates(work, results)
             done = [r for r in results if r.outcome != engine.Outcome.FAILED]

@@ -13,4 +13,5 @@ pytest_plugins = [
     "tests.lab.services",
     "tests.lab.workers",
     "tests.lab.sshd",
+    "tests.lab.netns",
 ]

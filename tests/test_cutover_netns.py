@@ -257,18 +257,17 @@ class CutoverLab:
 
 
 @pytest.fixture
-def cutover_lab(tmp_path, monkeypatch):
-    """A fresh ``CutoverLab``; everything it started is stopped and removed afterwards."""
+def cutover_lab(netns_lab, tmp_path, monkeypatch):
+    """A fresh ``CutoverLab`` in its own namespace lab (which the netns_lab fixture removes)."""
     monkeypatch.setenv("SMS_STATE_DIR", str(tmp_path / "state"))
     reset_settings_cache()
     try:
-        lab = NetnsLab(tmp_path / "netns")
-    except LabUnavailable as exc:
-        unavailable(str(exc))
-    try:
-        yield CutoverLab(lab, tmp_path)
+        try:
+            lab = CutoverLab(netns_lab, tmp_path)
+        except LabUnavailable as exc:
+            unavailable(str(exc))
+        yield lab
     finally:
-        lab.destroy()
         reset_settings_cache()
 
 

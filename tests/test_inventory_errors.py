@@ -30,6 +30,7 @@ from orchestrator.inventory.scan import DirectoryTask, ScanOptions
 from orchestrator.inventory.service import InventoryOptions, inventory_view, run_inventory
 from orchestrator.inventory.tasks import run_scans_inline
 from orchestrator.jobs import SambaManagement, add_server, create_job
+from tests.inventory_lab import sms
 from tests.lab.fixtures import unavailable
 from tests.lab.samba import MIGRATION_PASSWORD, MIGRATION_USER, LabUnavailable, SambaServer
 
@@ -51,6 +52,7 @@ def lab(tmp_path_factory):
     (share.path / "open").mkdir()
     (share.path / "open" / "a.txt").write_bytes(b"a" * 10)
     (share.path / "top.txt").write_bytes(b"t" * 7)
+    (share.path / "open" / "up").symlink_to("..")  # a link loop back to the share root
     secret = share.path / "secret"
     secret.mkdir()
     (secret / "hidden.txt").write_bytes(b"s" * 3)
@@ -128,8 +130,10 @@ def test_every_failure_is_recorded_and_the_rest_goes_on(lab, sshd_server, databa
         for event in events:
             by_server.setdefault(event.server_id, []).append(event)
 
-        def messages(name: str) -> list[str]:
-            return [e.message for e in by_server.get(servers[name].id, [])]
+        def messages(name: str, loops: bool = False) -> list[str]:
+            """Error events of a server (the share's link loop left out unless asked)."""
+            return [e.message for e in by_server.get(servers[name].id, [])
+                    if loops or "a link loop" not in e.message]
 
         def records(name: str) -> dict[str, FileRecord]:
             share = session.scalar(select(Share).where(Share.server_id == servers[name].id, Share.name == "data"))
@@ -138,10 +142,15 @@ def test_every_failure_is_recorded_and_the_rest_goes_on(lab, sshd_server, databa
 
         # Healthy: everything, and the folder only root may read is read (admin account).
         assert errors["healthy"] == {}
-        assert messages("healthy") == []
         healthy = records("healthy")
-        assert set(healthy) == {"", "open", "open\\a.txt", "top.txt", "secret", "secret\\hidden.txt"}
-        assert all(r.state is FileState.SCANNED for r in healthy.values())
+        assert set(healthy) == {"", "open", "open\\a.txt", "open\\up", "top.txt", "secret",
+                                "secret\\hidden.txt"}
+        assert all(r.state is FileState.SCANNED for p, r in healthy.items() if p != "open\\up")
+        # The link back to the root is recorded, not entered (the scan ends).
+        loop = healthy["open\\up"]
+        assert loop.is_dir and loop.state is FileState.FAILED
+        assert loop.error_code == "STATUS_STOPPED_ON_SYMLINK" and "a link loop" in loop.error_message
+        assert messages("healthy", loops=True) == [loop.error_message]
 
         # Wrong SSH password: the management error is recorded; the shares still come over
         # SMB and their files are scanned.
@@ -186,13 +195,14 @@ def test_every_failure_is_recorded_and_the_rest_goes_on(lab, sshd_server, databa
         assert "may not read it" in secret.error_message
         assert "secret\\hidden.txt" not in reader
         assert {p for p, r in reader.items() if r.state is FileState.SCANNED} == {"", "open", "open\\a.txt", "top.txt"}
+        assert reader["open\\up"].error_code == "STATUS_STOPPED_ON_SYMLINK"
         assert [m for m in messages("reader") if "secret" in m] == [secret.error_message]
         view = inventory_view(session, job_id)
     reader_view = next(s for s in view["servers"] if s["name"] == "reader")
     [data] = [s for s in reader_view["shares"] if s["name"] == "data"]
-    assert data["scan"]["state"] == "complete" and data["scan"]["errors"] == 1
-    assert data["scan"]["files"] == 2 and data["scan"]["directories"] == 2
-    assert data["scan"]["failed"][0]["status"] == "STATUS_ACCESS_DENIED"
+    assert data["scan"]["state"] == "complete" and data["scan"]["errors"] == 2
+    assert data["scan"]["files"] == 2 and data["scan"]["directories"] == 3
+    assert [f["status"] for f in data["scan"]["failed"]] == ["STATUS_STOPPED_ON_SYMLINK", "STATUS_ACCESS_DENIED"]
     for server in view["servers"]:
         for text in (str(server), str(errors)):
             assert MIGRATION_PASSWORD not in text and "wrong-smb-password" not in text
@@ -213,4 +223,22 @@ def test_scan_messages_carry_no_secret(database, lab):
 
     run_inventory(job_id, InventoryOptions(), url=database, publish=capture)
     assert published == [{"share_id": published[0]["share_id"], "path": "", "fresh": True,
-                          "options": {"skip_excluded_folders": True}}]
+                          "ancestors": [], "options": {"skip_excluded_folders": True}}]
+
+
+def test_cli_inline_run_reports_scan_errors(lab, tmp_path):
+    """``sms inventory run --inline`` scans in the CLI process, prints the share table, and
+    exits 1 when the run completed with errors (here: the folder the reader may not read)."""
+    env = {"SMS_STATE_DIR": str(tmp_path / "state"), "READER_PW": READER_PASSWORD, "COLUMNS": "250"}
+    sms(env, "db", "upgrade")
+    sms(env, "job", "create", "cli")
+    sms(env, "server", "add", "cli", "reader", "--kind", "smb-only", "--address", lab.address,
+        "--user", READER, "--password-env", "READER_PW")
+    result = sms(env, "inventory", "run", "cli", "--inline")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "reader" in result.stdout and "complete" in result.stdout
+    row = next(line for line in result.stdout.splitlines() if "│ data" in line)
+    assert [cell.strip() for cell in row.split("│")[4:9]] == ["complete", "2", "3", "17", "2"]
+    shown = sms(env, "inventory", "show", "cli").stdout
+    assert "STATUS_ACCESS_DENIED" in shown and "may not read it" in shown
+    assert READER_PASSWORD not in result.stdout + shown

@@ -24,7 +24,7 @@ from common.db import session_scope
 from common.models import Event, FileRecord, FileState, Share
 from common.settings import reset_settings_cache
 from orchestrator.database import upgrade_to_head
-from orchestrator.inventory.service import InventoryOptions, run_inventory, wait_for_scans
+from orchestrator.inventory.service import InventoryOptions, resume_scans, run_inventory, wait_for_scans
 from orchestrator.jobs import add_server, create_job
 from tests.inventory_lab import ARCHIVE, DIRECTORY, HIDDEN, READONLY, SMS, build_tree, list_share
 from tests.lab.samba import MIGRATION_PASSWORD, MIGRATION_USER
@@ -183,3 +183,32 @@ def test_scan_fans_out_over_redis_into_postgresql_and_rerun_updates(production, 
         assert [e.detail["share_id"] for e in completed] == [share_id, share_id]
         assert completed[-1].detail["files"] == len(FILES) - 2 + 2
         assert completed[-1].detail["errors"] == 0
+
+
+def test_a_scan_whose_messages_were_lost_is_resumed(production, samba_factory):
+    """The database, not the broker, knows which folders are still to list."""
+    url, _ = production
+    lab = samba_factory("invresume", shares=("data",))
+    with LabTree(lab.address, "data") as tree:
+        build_tree(tree, {"a\\one.txt": 5, "a\\b\\two.txt": 6, "three.txt": 7}, ["a", "a\\b"])
+    with session_scope(url) as session:
+        job = create_job(session, "resume")
+        add_server(session, job, name="nas", kind="smb-only", role="source", address=lab.address,
+                   username=MIGRATION_USER, password=MIGRATION_PASSWORD)
+        job_id = job.id
+    lost: list = []
+    report = run_inventory(job_id, InventoryOptions(skip_excluded_folders=False),
+                           publish=lambda tasks, options: lost.append((tasks, options)))
+    [share_id] = report.scan_share_ids
+    assert len(lost) == 1  # published, and lost: no worker ever saw it
+    assert not wait_for_scans([share_id], timeout=2, url=url)
+
+    assert resume_scans(job_id) == [share_id]
+    assert wait_for_scans([share_id], timeout=120, url=url)
+    compare(url, share_id, lab.address)
+    with session_scope(url) as session:
+        started = session.scalars(select(Event).where(Event.kind == "inventory.scan.started")).one()
+        assert started.detail["options"] == {"skip_excluded_folders": False}
+        resumed = session.scalars(select(Event).where(Event.kind == "inventory.scan.resumed")).one()
+        assert resumed.detail["folders"] == 1
+    assert resume_scans(job_id) == []  # nothing left to resume

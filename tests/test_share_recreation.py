@@ -14,6 +14,7 @@ smb.conf) are checked against the same servers.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import subprocess
@@ -25,7 +26,8 @@ from orchestrator.hosts import ShareRejected
 from orchestrator.hosts.facts import ShareAccessEntry, ShareFacts
 from orchestrator.hosts.samba_shares import EDIT_CONF_SCRIPT, NOT_CARRIED, carried_parameters, splice_section
 from orchestrator.hosts.samba_ssh import SambaSshHost, parse_sharesec_view_all, parse_testparm
-from orchestrator.transfer.shares import map_path, recreate_shares, translate_share, PathNotMapped
+from orchestrator.hosts.smb_only import SmbOnlyHost
+from orchestrator.transfer.shares import PathNotMapped, map_path, recreate_shares, translate_share
 from tests.lab.fixtures import unavailable
 from tests.lab.samba import LabUnavailable, SambaServer
 from tests.lab.smbio import LabTree
@@ -201,6 +203,22 @@ def test_recreate_into_the_registry_and_report_unmapped_local_sids(lab, hosts):
     _assert_same_share(shares["Team Docs"], destination, "Team Docs", str(target / "deep" / "Team Docs"), {})
     with LabTree(destination.address, "Team Docs"):
         pass
+    # a re-run with replace updates the registry share in place
+    changed = dataclasses.replace(shares["Team Docs"], properties={**shares["Team Docs"].properties, "comment": "v2"})
+    [again] = recreate_shares(hosts["source"], hosts["registry"], [changed], {str(lab["volume"]): str(target)},
+                              replace=True)
+    assert again.status == "updated", again.reason
+    registry = _run("net", "-s", str(destination.conf), "conf", "showshare", "Team Docs")
+    assert "comment = v2" in registry and registry.count("[Team Docs]") == 1
+    assert destination.conf.read_text() == conf_before
+
+
+def test_a_destination_without_management_access(lab, hosts):
+    share = next(s for s in hosts["source"].shares() if s.name == "finance")
+    smb_only = SmbOnlyHost(lab["files"].address, username="smsmig", password="unused-Passw0rd")
+    [outcome] = recreate_shares(hosts["source"], smb_only, [share], {str(lab["volume"]): "/anywhere"})
+    assert outcome.status == "failed"
+    assert "cannot create folders" in outcome.reason
 
 
 def test_existing_share_is_refused_then_updated_with_replace(lab, hosts, tmp_path):
@@ -252,10 +270,13 @@ def test_values_smb_conf_cannot_hold_are_refused(lab, hosts, tmp_path):
     conf_before = lab["files"].conf.read_text()
     trailing = ShareFacts(name="trail", path="/src/trail", description="ends with a backslash\\", sddl="D:(A;;0x001f01ff;;;WD)")
     bracket = ShareFacts(name="bad]name", path="/src/bad")
-    outcomes = recreate_shares(hosts["source"], hosts["files"], [trailing, bracket], {"/src": str(tmp_path / "v")})
-    assert [o.status for o in outcomes] == ["failed", "failed"]
+    global_ = ShareFacts(name="Global", path="/src/global", share_type="disk")
+    outcomes = recreate_shares(hosts["source"], hosts["files"], [trailing, bracket, global_],
+                               {"/src": str(tmp_path / "v")})
+    assert [o.status for o in outcomes] == ["failed", "failed", "failed"]
     assert "backslash" in outcomes[0].reason and "comment" in outcomes[0].reason
     assert "cannot be used on Samba" in outcomes[1].reason
+    assert "names a special section of smb.conf" in outcomes[2].reason
     assert lab["files"].conf.read_text() == conf_before
     with pytest.raises(ShareRejected):
         hosts["files"].create_share(trailing, str(tmp_path / "v" / "trail"))

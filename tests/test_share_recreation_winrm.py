@@ -119,10 +119,10 @@ def test_create_script_keeps_hostile_values_in_literals():
     revoke = code.index("Revoke-SmbShareAccess")
     grants = [line.strip() for line in code.splitlines() if line.strip().startswith(("Grant-", "Block-"))]
     assert all(code.index(line) > revoke for line in grants)
-    assert grants == [
+    assert grants == [  # deny first: stopping half-way never leaves more access than the source gave
+        "Block-SmbShareAccess -Name $name -AccountName (Resolve-Account '') -Force | Out-Null",
         "Grant-SmbShareAccess -AccessRight Full -Name $name -AccountName (Resolve-Account '') -Force | Out-Null",
         "Grant-SmbShareAccess -AccessRight Change -Name $name -AccountName (Resolve-Account '') -Force | Out-Null",
-        "Block-SmbShareAccess -Name $name -AccountName (Resolve-Account '') -Force | Out-Null",
     ]
     assert "S-1-5-32-544" in literals and "CORP\\Contractors" in literals
     assert "Unblock-SmbShareAccess" in code  # existing deny entries are removed too
@@ -161,7 +161,7 @@ def test_access_approximations_are_reported():
         ],
     )
     lines, notes = access_commands(samba_read_only)
-    assert [line.split(" -Name")[0] for line in lines] == ["Grant-SmbShareAccess -AccessRight Read", "Block-SmbShareAccess"]
+    assert [line.split(" -Name")[0] for line in lines] == ["Block-SmbShareAccess", "Grant-SmbShareAccess -AccessRight Read"]
     assert any("reduced to Read" in n for n in notes)
     assert any("widened to Full" in n for n in notes)
     assert any("S-1-5-11" in n and "left out" in n for n in notes)

@@ -14,6 +14,8 @@ import common  # noqa: F401  (import before smbclient; impacket's bin/smbclient.
 import hashlib
 import multiprocessing
 import os
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -32,7 +34,7 @@ from common.smb import (
     is_temp_name,
     temp_name,
 )
-from tests.lab.compare import compare_trees, split_security_descriptor
+from tests.lab.compare import compare_trees, snapshot_times, split_security_descriptor
 from tests.lab.samba import MIGRATION_PASSWORD, MIGRATION_USER
 from tests.lab.smbio import LabTree
 from tests.lab.trees import (
@@ -399,3 +401,79 @@ def test_wrong_password_fails_the_batch_without_showing_it(samba_pair):
         copy_batch(wrong, endpoint(dst), ["anything.txt"])
     assert caught.value.status_name == "STATUS_LOGON_FAILURE"
     assert "Not-The-Passw0rd!" not in str(caught.value) + repr(caught.value)
+
+
+def _filetime(seconds_ago: float) -> int:
+    """A FILETIME ``seconds_ago`` before now (100 ns units since 1601)."""
+    return int((time.time() - seconds_ago + 11644473600) * 10_000_000)
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """``tmpfs(name, size)`` mounts a tmpfs of ``size`` (e.g. "8m") with noatime on a new
+    directory and returns it (noatime: reading must not move the last-access times the
+    comparison checks); every mount is undone at teardown."""
+    mounted: list[Path] = []
+
+    def mount(name: str, size: str) -> Path:
+        mount_point = tmp_path / name
+        mount_point.mkdir()
+        command = ["mount", "-t", "tmpfs", "-o", f"size={size},noatime", "tmpfs", str(mount_point)]
+        if subprocess.run(command).returncode != 0:
+            pytest.skip("cannot mount a tmpfs here")
+        mounted.append(mount_point)
+        return mount_point
+
+    yield mount
+    for mount_point in reversed(mounted):
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_full_destination_disk_leaves_only_complete_files(samba_factory, tmpfs):
+    """On a full disk every failed file says STATUS_DISK_FULL, nothing incomplete shows up
+    under its real name, no temporary file stays behind; a re-run after freeing space
+    finishes the job and the trees match field by field."""
+    src = samba_factory("src", shares=())
+    src.add_share("data", path=tmpfs("source", "64m"))
+    small_tmpfs = tmpfs("destination", "8m")
+    dst = samba_factory("full", shares=())
+    dst.add_share("data", path=small_tmpfs)
+    files = {f"batch\\small{n:02d}.bin": os.urandom(48 << 10) for n in range(24)}
+    files.update({f"batch\\large{n}.bin": os.urandom(2 << 20) for n in range(2)})
+    with LabTree(src.address, "data") as lab:
+        lab.mkdir("batch")
+        for path, data in files.items():
+            lab.write_file(path, data)
+        for path in [*files, "batch"]:
+            lab.set_basic_info(path, _filetime(7200), _filetime(3600), _filetime(5400), 0, ARCHIVE)
+        source_times = snapshot_times(lab, "batch")
+    filler = small_tmpfs / "filler.bin"
+    filler.write_bytes(bytes((8 << 20) - (900 << 10)))  # leaves about 900 KiB free
+    entries = sorted(files, key=lambda p: ("large" in p, p))
+    entries = entries[:8] + entries[-2:] + entries[8:-2] + [FileEntry("batch", is_directory=True)]
+
+    results = copy_batch(endpoint(src), endpoint(dst), entries)
+
+    by_path = {r.path: r for r in results}
+    failed = [r for r in results if r.outcome is Outcome.FAILED]
+    copied = [r for r in results if r.outcome is Outcome.COPIED and not r.is_directory]
+    assert copied and failed, [(r.path, r.outcome, r.status_name) for r in results]
+    assert all(by_path[f"batch\\large{n}.bin"].outcome is Outcome.FAILED for n in range(2))
+    for result in failed:
+        assert (result.status_name, result.status_code) == ("STATUS_DISK_FULL", "0xC000007F"), result
+        assert result.path in result.message or result.path.replace("\\", "\\\\") in result.message
+    on_destination = sorted(os.listdir(small_tmpfs / "batch"))
+    assert temp_leftovers(small_tmpfs) == []
+    for name in on_destination:  # anything under its real name is whole and correct
+        assert (small_tmpfs / "batch" / name).read_bytes() == files[f"batch\\{name}"], name
+    assert sorted(f"batch\\{name}" for name in on_destination) == sorted(r.path for r in copied)
+
+    filler.unlink()
+    again = copy_batch(endpoint(src), endpoint(dst), entries)
+
+    assert [r.path for r in again if r.outcome is Outcome.FAILED] == []
+    assert {r.path for r in again if r.outcome is Outcome.SKIPPED} == {r.path for r in copied}
+    assert temp_leftovers(small_tmpfs) == []
+    with LabTree(src.address, "data") as source_lab, LabTree(dst.address, "data") as dest_lab:
+        differences = compare_trees(source_lab, "batch", dest_lab, "batch", source_times=source_times)
+        assert differences == [], "\n".join(map(str, differences))

@@ -1,20 +1,27 @@
-"""Planning streams: batches are committed, then published, while the walk is still going.
+"""Planning streams batches (committed, then published, while the walk goes on), and the
+driver recovers a batch whose worker died.
 
 The run is driven in this process against two real lab smbd instances and a real SQLite
 job database; the publisher handed to the planner is a plain callback that, for every
 batch it is given, looks at the database from a fresh session (is the batch and its file
 list already committed? how many file records exist so far?) and then runs the real
 ``copy_batch`` task body on it, as a worker would. A second delivery of the same batch
-is refused by the lease claim and changes nothing.
+is refused by the lease claim and changes nothing. In the second test every batch's first
+delivery is claimed by a worker that then vanishes; the driver's reaper publishes it again
+once the lease expires, and the run still ends clean. A run cancelled while it is driven
+stops dispatching, its remaining batches are skipped by workers, and it cannot be driven
+again.
 """
 
 from __future__ import annotations
 
 import common  # noqa: F401  (keeps impacket's bin/smbclient.py off the import path)
 
+import pytest
 from sqlalchemy import func, select
 
 from common.db import session_scope
+from common.leases import claim_batch
 from common.models import Batch, BatchState, FileRecord, Server, ServerRole
 from common.settings import get_settings
 from common.smb.connection import close_pool
@@ -84,3 +91,78 @@ def test_batches_are_published_after_commit_while_the_walk_goes_on(samba_factory
     assert record_states(run_id) == before
     files = {f"f{folder}\\n{number}.txt" for folder in range(6) for number in range(FILES // 6)}
     assert unexplained_differences(src, dst, ignore_access_times_of=files) == []
+
+
+def test_a_batch_whose_worker_died_is_dispatched_again_and_the_run_ends(samba_factory, tmp_path,
+                                                                         monkeypatch):
+    """The first delivery of every batch is claimed by a worker that then vanishes (a real
+    claim under an owner that never renews); once the lease expires the driver's reaper
+    publishes the batch again, and the second delivery copies it."""
+    use_settings(monkeypatch, SMS_STATE_DIR=str(tmp_path / "state"), SMS_BATCH_MAX_FILES="4",
+                 SMS_BATCH_LEASE_SECONDS="5")
+    monkeypatch.setattr(planning, "REAP_INTERVAL", 1.0)
+    upgrade_to_head(get_settings().database_url)
+    src, dst = samba_factory("src"), samba_factory("dst")
+    with LabTree(src.address, "data") as lab:
+        for number in range(6):
+            lab.write_file(f"file{number}.txt", f"{number}\n".encode())
+    register_servers("reap", {"src": (src, ServerRole.SOURCE), "dst": (dst, ServerRole.DESTINATION)})
+    with session_scope() as session:
+        servers = {s.name: s for s in session.scalars(select(Server))}
+        pairing = planning.create_pairing(session, servers["src"], servers["dst"], ["data"])
+        run_id = planning.create_run(session, pairing, TransferOptions(retries=0)).id
+
+    deliveries: dict[int, int] = {}
+    outcomes: list[str] = []
+
+    def publish(dispatch: BatchDispatch) -> None:
+        deliveries[dispatch.batch_id] = deliveries.get(dispatch.batch_id, 0) + 1
+        if deliveries[dispatch.batch_id] == 1:
+            with session_scope() as session:
+                assert claim_batch(session, dispatch.batch_id, "vanished-worker:1")
+            return
+        outcomes.append(copy_batch.run(dispatch.batch_id))
+
+    try:
+        state = planning.execute_run(run_id, publish, poll_interval=0.2)
+    finally:
+        close_pool()
+    assert state.value == "succeeded"
+    assert sorted(deliveries.values()) == [2, 2, 2]  # two file batches and the directories
+    assert outcomes == ["done", "done", "done"]
+    with session_scope() as session:
+        assert {batch.attempt for batch in session.scalars(select(Batch).where(Batch.run_id == run_id))} == {2}
+        assert reconcile(session, run_id).clean
+
+
+def test_a_cancelled_run_stops_and_its_batches_are_skipped(samba_factory, tmp_path, monkeypatch):
+    use_settings(monkeypatch, SMS_STATE_DIR=str(tmp_path / "state"), SMS_BATCH_MAX_FILES="2")
+    upgrade_to_head(get_settings().database_url)
+    src, dst = samba_factory("src"), samba_factory("dst")
+    with LabTree(src.address, "data") as lab:
+        for number in range(6):
+            lab.write_file(f"file{number}.txt", f"{number}\n".encode())
+    register_servers("cancel", {"src": (src, ServerRole.SOURCE), "dst": (dst, ServerRole.DESTINATION)})
+    with session_scope() as session:
+        servers = {s.name: s for s in session.scalars(select(Server))}
+        pairing = planning.create_pairing(session, servers["src"], servers["dst"], ["data"])
+        run_id = planning.create_run(session, pairing, TransferOptions(retries=0)).id
+    outcomes: list[str] = []
+
+    def publish(dispatch: BatchDispatch) -> None:
+        if not outcomes:
+            with session_scope() as session:
+                assert planning.cancel_run(session, run_id)
+        outcomes.append(copy_batch.run(dispatch.batch_id))
+
+    try:
+        assert planning.execute_run(run_id, publish, poll_interval=0.1).value == "cancelled"
+    finally:
+        close_pool()
+    assert outcomes == ["failed"]  # the walk stopped at the next batch
+    assert set(record_states(run_id).values()) >= {("failed", "RUN_CANCELLED")}
+    with session_scope() as session:
+        assert not reconcile(session, run_id).clean
+        assert not planning.cancel_run(session, run_id)  # already ended
+    with pytest.raises(planning.TransferError, match="cancelled"):
+        planning.execute_run(run_id, publish)

@@ -579,9 +579,6 @@ def _small_requests(batch: _Batch, target: str, source: _Source, read_back: bool
         requests.append(m.write(m.RELATED_FILE_ID, 0, data))
     if read_back:
         requests.append(m.read(m.RELATED_FILE_ID, 0, len(data)))
-    else:
-        requests += _metadata_requests(m.RELATED_FILE_ID, target, source, None)
-        requests.append(m.close(m.RELATED_FILE_ID))
     return requests
 
 
@@ -620,7 +617,7 @@ def _complete_small(batch: _Batch, target: str, source: _Source, result: FileRes
         if echoed != data:
             _discard_temp(tree, file_id, temp)
             raise SmbFileError(STATUS_DATA_ERROR, "verify: destination bytes differ from source", target)
-        _finish(batch, file_id, temp, target, source, with_descriptor=False)
+    _finish(batch, file_id, temp, target, source, with_descriptor=False)
 
 
 def _write_small(batch: _Batch, target: str, source: _Source, result: FileResult) -> None:

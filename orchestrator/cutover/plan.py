@@ -15,6 +15,10 @@ import ipaddress
 import re
 from dataclasses import asdict, dataclass, field
 
+# How a source share may be reached during and after cutover (see samba.py, windows.py).
+NORMAL, READ_ONLY, MAINTENANCE = "normal", "read-only", "maintenance"
+SHARE_MODES = (NORMAL, READ_ONLY, MAINTENANCE)
+
 _NETBIOS = re.compile(r"^[A-Za-z0-9-]{1,15}$")
 
 

@@ -34,12 +34,11 @@ import json
 import re
 
 from orchestrator.cutover import smbconf
+from orchestrator.cutover.plan import MAINTENANCE, NORMAL, READ_ONLY, SHARE_MODES
 from orchestrator.hosts.base import CommandFailed, UnexpectedOutput
 from orchestrator.hosts.samba_ssh import SambaSshHost
 
 DEFAULT_SMB_CONF = "/etc/samba/smb.conf"
-NORMAL, READ_ONLY, MAINTENANCE = "normal", "read-only", "maintenance"
-SHARE_MODES = (NORMAL, READ_ONLY, MAINTENANCE)
 _SID = re.compile(r"\bS-1-5-21-\d+-\d+-\d+\b")
 
 # Replace smb.conf with stdin, atomically, only if it still has the expected SHA-256 and
@@ -134,8 +133,10 @@ class SambaCutoverHost:
         return raw, hashlib.sha256(raw.encode("utf-8")).hexdigest()
 
     def _write_conf(self, text: str, expected_sha256: str) -> None:
-        self.host.run(["sh", "-c", _REPLACE_CONF, "sms-cutover", self.conf, expected_sha256],
-                      input=text.encode("utf-8"))
+        status, _, stderr = self.host.run(["sh", "-c", _REPLACE_CONF, "sms-cutover", self.conf, expected_sha256],
+                                          input=text.encode("utf-8"), check=False)
+        if status != 0:
+            raise CommandFailed(self.name, f"replace {self.conf}", status, stderr)
 
     def _edit(self, change) -> None:
         """Apply ``change(text) -> text`` to smb.conf (no write when nothing changes)."""
@@ -182,16 +183,20 @@ class SambaCutoverHost:
         self._set_name(lambda text: smbconf.remove_marked(text, tag, "global", "netbios name"), original)
 
     def _set_name(self, change, expected: str) -> None:
-        if self.netbios_name() == expected.upper():
-            return
-        sid = self.machine_sid()
-        self._edit(change)
-        now = self.netbios_name()
-        if now != expected.upper():
-            raise UnexpectedOutput(
-                self.name, f"after editing {self.conf} Samba's NetBIOS name is {now!r}, not {expected!r} "
-                "(is it set again in an included file?)")
-        self.host.run(self._tool("net", "setlocalsid", sid))
+        """Edit the name unless it is already ``expected``; then reload and restart the workers.
+
+        The machine SID is stored for the new name (``net -n NAME setlocalsid``) before the
+        edit, so a failure between the two never loses it; reloading again is harmless, so
+        a resumed rename always ends with the running daemons using the name.
+        """
+        if self.netbios_name() != expected.upper():
+            self.host.run(self._tool("net", "-n", expected.upper(), "setlocalsid", self.machine_sid()))
+            self._edit(change)
+            now = self.netbios_name()
+            if now != expected.upper():
+                raise UnexpectedOutput(
+                    self.name, f"after editing {self.conf} Samba's NetBIOS name is {now!r}, not {expected!r} "
+                    "(is it set again in an included file?)")
         self.reload()
         self.restart_rpc_workers()
 

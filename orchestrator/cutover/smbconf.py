@@ -98,13 +98,3 @@ def add_marked(text: str, tag: str, section: str, parameter: str, value: str) ->
         addition.append("\n")  # end a continued line before ours
     addition += [_marker(tag, parameter) + "\n", f"\t{parameter} = {value}\n"]
     return "".join(lines[: end + 1] + addition + lines[end + 1:])
-
-
-def marked_tags(text: str) -> set[str]:
-    """Tags that have lines in ``text`` (what a rollback may still have to remove)."""
-    tags = set()
-    for line in text.splitlines():
-        stripped = line.strip()
-        if stripped.startswith(MARKER_PREFIX + " ") and ":" in stripped:
-            tags.add(stripped[len(MARKER_PREFIX) + 1:].split(":", 1)[0])
-    return tags

@@ -55,8 +55,7 @@ from common.models import (
     TransferRun,
     utcnow,
 )
-from orchestrator.cutover.plan import CutoverPlan
-from orchestrator.cutover.samba import MAINTENANCE, NORMAL, READ_ONLY
+from orchestrator.cutover.plan import MAINTENANCE, NORMAL, READ_ONLY, CutoverPlan
 from orchestrator.cutover.verify import verify_share, verify_server_name
 from orchestrator.jobs import record_event, server_password
 from orchestrator.transfer.reconcile import cutover_allowed, reconcile
@@ -270,19 +269,23 @@ class _Context:
 
 
 def run_cutover(run_id: int, delta: DeltaTransfer, *, connect: HostConnector = connect_host,
-                url: str | None = None) -> RunState:
+                url: str | None = None, takeover: bool = False) -> RunState:
     """Run cutover ``run_id`` from its first unfinished stage; returns the run's new state.
 
     A stage that fails is marked failed with the reason and the run stops (FAILED); call
     again to resume there. A failing pre-flight rolls back automatically. A succeeded or
-    rolled-back run is refused.
+    rolled-back run is refused, and so is a running one unless ``takeover`` says the
+    process that ran it is gone (one process drives a cutover at a time).
     """
+    context = _Context(run_id, url, connect)
+    context.delta = delta
     with session_scope(url) as session:
         run = session.get(CutoverRun, run_id)
-        if run is None:
-            raise CutoverError(f"no cutover run {run_id}")
         if run.state in (RunState.SUCCEEDED, RunState.CANCELLED):
             raise CutoverError(f"cutover run {run_id} is {run.state.value}: start a new one")
+        if run.state == RunState.RUNNING and not takeover:
+            raise CutoverError(f"cutover run {run_id} is running; if the process driving it is gone, "
+                               "resume with takeover")
         resumed = run.state == RunState.FAILED
         run.state = RunState.RUNNING
         run.started_at = run.started_at or utcnow()
@@ -292,8 +295,6 @@ def run_cutover(run_id: int, delta: DeltaTransfer, *, connect: HostConnector = c
                      f"cutover run {run_id} {'resumed' if resumed else 'started'}", job_id=run.job_id,
                      detail={"cutover_run_id": run_id})
         todo = [(stage.id, stage.name) for stage in run.stages if stage.state != RunState.SUCCEEDED]
-    context = _Context(run_id, url, connect)
-    context.delta = delta
     context.deadline = time.monotonic() + context.plan.timeout_seconds
     try:
         for stage_id, name in todo:
@@ -305,7 +306,7 @@ def run_cutover(run_id: int, delta: DeltaTransfer, *, connect: HostConnector = c
                 reason = _reason(exc)
                 _mark_stage(context, RunState.FAILED, None, reason)
                 _finish_run(context, RunState.FAILED, f"stage {name} failed: {reason}", EventLevel.ERROR,
-                            "cutover.stage_failed")
+                            "cutover.failed")
                 if name == "preflight":
                     _rollback(context, "pre-flight failed", operator=False)
                 return RunState.FAILED

@@ -84,7 +84,8 @@ class ShareExists(HostError):
     def __init__(self, host: str, share: str, path: str | None = None):
         where = f" (folder {path})" if path else ""
         super().__init__(
-            host, f"a share named {share!r} already exists{where}; nothing was changed (ask to replace it to update it)"
+            host,
+            f"a share named {share!r} already exists{where}; nothing was changed (ask to replace it to update it)",
         )
         self.share = share
         self.path = path

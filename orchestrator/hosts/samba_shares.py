@@ -120,7 +120,9 @@ def typed_parameters(share: ShareFacts) -> tuple[dict[str, str], list[str]]:
     if share.continuously_available:
         notes.append("continuously available: Samba without CTDB has no equivalent; not carried")
     if share.scope_name and share.scope_name != "*":
-        notes.append(f"scope name {share.scope_name!r} not carried: the share is created for every name of the server")
+        notes.append(
+            f"scope name {share.scope_name!r} not carried: the share is created for every name of the server"
+        )
     return params, notes
 
 
@@ -166,6 +168,10 @@ def section_text(name: str, path: str, params: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _blank_or_comment(line: str) -> bool:
+    return not line.strip() or line.lstrip().startswith(("#", ";"))
+
+
 def section_span(conf_text: str, name: str) -> tuple[int, int] | None:
     """Line range [start, end) of section ``name`` (case-insensitive) in an smb.conf text.
 
@@ -180,7 +186,7 @@ def section_span(conf_text: str, name: str) -> tuple[int, int] | None:
             continue
         if start is not None:
             end = index
-            while end > start + 1 and (not lines[end - 1].strip() or lines[end - 1].lstrip().startswith(("#", ";"))):
+            while end > start + 1 and _blank_or_comment(lines[end - 1]):
                 end -= 1
             return start, end
         if match.group(1).strip().lower() == name.lower():

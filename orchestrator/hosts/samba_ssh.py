@@ -619,9 +619,13 @@ class SambaSshHost(HostAdapter):
         testparm, previous file kept as ``smb.conf.sms-previous``, swapped in with a
         rename). Finally ``smbcontrol smbd reload-config``.
         """
-        if share.share_type not in (None, "disk") or share.name.lower() in SPECIAL_SECTIONS:
+        if share.share_type not in (None, "disk"):
             raise ShareRejected(
-                self._where, f"share {share.name!r} is a {share.share_type or 'special'} share; only disk shares are recreated"
+                self._where, f"share {share.name!r} is a {share.share_type} share; only disk shares are recreated"
+            )
+        if share.name.lower() in SPECIAL_SECTIONS | NOT_SHARES:
+            raise ShareRejected(
+                self._where, f"share name {share.name!r} names a special section of smb.conf on Samba; rename it"
             )
         try:
             samba_shares.check_share_name(share.name)
@@ -637,18 +641,21 @@ class SambaSshHost(HostAdapter):
             self._share_parameters = parse_parameter_scopes(self._output(["testparm", "--show-all-parameters"]))
         inherited = {k: v for k, v in global_parameters.items() if k in self._share_parameters}
         existing = next((sections[n] for n in sections if n.lower() == share.name.lower()), None)
-        if existing is not None and not replace:
-            raise ShareExists(self._where, share.name, existing.get("path"))
+        in_file = samba_shares.section_span(conf_text, share.name) is not None
+        if (existing is not None or in_file) and not replace:
+            raise ShareExists(self._where, share.name, (existing or {}).get("path"))
         try:
-            params, notes = samba_shares.carried_parameters(share, known=self._share_parameters, inherited=inherited)
+            params, notes = samba_shares.carried_parameters(
+                share, known=self._share_parameters, inherited=inherited
+            )
             section = samba_shares.section_text(share.name, path, params)
             acl_arguments, acl_notes = samba_shares.sharesec_arguments(share)
         except ValueError as exc:
             raise ShareRejected(self._where, f"share {share.name!r}: {exc}") from None
-        in_file = samba_shares.section_span(conf_text, share.name) is not None
         registry = not in_file and samba_shares.uses_registry_shares(conf_text, global_parameters)
         if existing is not None and not in_file:
-            in_registry = registry and self.run(self._samba("net", "conf", "showshare", share.name), check=False)[0] == 0
+            showshare = self._samba("net", "conf", "showshare", share.name)
+            in_registry = registry and self.run(showshare, check=False)[0] == 0
             if not in_registry:
                 raise ShareRejected(
                     self._where,
@@ -667,9 +674,8 @@ class SambaSshHost(HostAdapter):
                      input=new_text.encode("utf-8"))
             notes.append(f"written to {conf_path} (previous version kept as {conf_path}.sms-previous)")
         self.run(self._samba("smbcontrol", "smbd", "reload-config"))
-        return ShareCreation(
-            name=share.name, path=path, action="updated" if existing is not None else "created", notes=notes + acl_notes
-        )
+        action = "updated" if existing is not None or in_file else "created"
+        return ShareCreation(name=share.name, path=path, action=action, notes=notes + acl_notes)
 
 
 def _drain_stderr(channel: paramiko.Channel, chunks: list[bytes]) -> None:

@@ -114,9 +114,12 @@ def access_commands(share: ShareFacts) -> tuple[list[str], list[str]]:
     Windows share permissions are Full, Change or Read (allow) and Full (deny): a custom
     allow mask becomes the largest of those it fully holds (never more access), a deny
     entry becomes a deny of everything (never less protection). A Samba share with
-    ``read only = Yes`` gets at most Read.
+    ``read only = Yes`` gets at most Read. Deny entries come first: if the script stops
+    on an entry (an account the destination cannot resolve), the share has never more
+    access than the source gave.
     """
     read_only = str(share.properties.get("read only", "")).lower() == "yes"
+    blocks: list[str] = []
     lines: list[str] = []
     notes: list[str] = []
     for entry in share.access:
@@ -124,8 +127,10 @@ def access_commands(share: ShareFacts) -> tuple[list[str], list[str]]:
         target = f"-Name $name -AccountName (Resolve-Account {ps_quote(account)}) -Force | Out-Null"
         if entry.access_type == "Deny":
             if entry.right != "Full" and entry.mask != RIGHT_MASKS["Full"]:
-                notes.append(f"deny entry for {account} widened to Full: Windows share permissions deny everything or nothing")
-            lines.append(f"Block-SmbShareAccess {target}")
+                notes.append(
+                    f"deny entry for {account} widened to Full: Windows share permissions deny everything or nothing"
+                )
+            blocks.append(f"Block-SmbShareAccess {target}")
             continue
         if entry.access_type != "Allow":
             raise ValueError(f"share permission entry for {account!r} has unknown type {entry.access_type!r}")
@@ -141,7 +146,7 @@ def access_commands(share: ShareFacts) -> tuple[list[str], list[str]]:
         lines.append(f"Grant-SmbShareAccess -AccessRight {right} {target}")
     if not share.access:
         notes.append("the source reported no share permission entries: the share gets none (nobody can connect)")
-    return lines, notes
+    return blocks + lines, notes
 
 
 def create_share_script(

@@ -1,12 +1,14 @@
-"""``sms inventory run|show`` and ``sms orchestrator-worker``.
+"""``sms inventory run|resume|show`` and ``sms orchestrator-worker``.
 
 ``sms inventory run JOB`` inventories every source server of the job and starts the file
 scans; with ``--wait`` it waits for the scans to finish. The scans run on orchestrator
 workers (``sms orchestrator-worker``); on the embedded defaults ``--wait`` starts one
 itself and stops it, by pid, at the end. ``sms inventory show JOB`` prints what the
 inventory stored: servers, shares with their properties, volumes, users and groups, file
-counts, bytes and errors. ``--json`` for scripts. Exit codes: 0 success, 1 completed with
-errors, 2 failure (as ``orchestrator.cli.ExitCode``). Nothing here prints a secret.
+counts, bytes and errors. ``sms inventory resume JOB`` publishes again the folders that
+unfinished scans still wait for (after a lost message). ``--json`` for scripts. Exit
+codes: 0 success, 1 completed with errors, 2 failure (as ``orchestrator.cli.ExitCode``).
+Nothing here prints a secret.
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ from rich.table import Table
 
 from common.db import session_scope
 from common.settings import get_settings
-from orchestrator.inventory.service import InventoryOptions, inventory_view, run_inventory, wait_for_scans
+from orchestrator.inventory.service import (
+    InventoryOptions,
+    inventory_view,
+    resume_scans,
+    run_inventory,
+    wait_for_scans,
+)
 from orchestrator.inventory.tasks import run_scans_inline
 from orchestrator.jobs import JobError
 from orchestrator.jobs_cli import JSON_OPTION, emit_json, fail, plain
@@ -68,6 +76,7 @@ def inventory_run(
     options = InventoryOptions(include_admin_shares=include_admin_shares,
                                skip_excluded_folders=not scan_excluded_folders,
                                scan_files=not no_files, restart_running_scans=restart)
+    wait = wait or inline  # an inline scan has finished when run_inventory returns
     if start_worker is None:
         start_worker = wait and get_settings().broker_is_embedded and options.scan_files and not inline
     worker = start_local_worker(concurrency or None) if start_worker else None
@@ -103,12 +112,47 @@ def inventory_run(
             if not finished:
                 console.print("[red]the file scans did not finish in time[/red]")
         elif report.scan_share_ids:
-            console.print(f"file scans of {len(report.scan_share_ids)} shares started; "
-                          f"`sms inventory show {report.job_name}` follows them")
+            console.print(f"file scans of {len(report.scan_share_ids)} shares queued for the orchestrator "
+                          f"workers (`sms orchestrator-worker`); `sms inventory show {escape(report.job_name)}` "
+                          "follows them", highlight=False)
     if not finished:
         raise typer.Exit(FAILURE)
     if report.error_count or scan_errors:
         raise typer.Exit(COMPLETED_WITH_ERRORS)
+
+
+@inventory_app.command("resume")
+def inventory_resume(
+    job: str = typer.Argument(..., help="Job name or id."),
+    wait: bool = typer.Option(False, "--wait", help="Wait until the resumed scans have finished."),
+    timeout: float = typer.Option(3600.0, help="With --wait: give up after this many seconds."),
+    start_worker: bool | None = typer.Option(
+        None, "--start-worker/--no-start-worker",
+        help="Start an orchestrator worker and stop it at the end (default: with --wait on the embedded broker)."),
+    as_json: bool = JSON_OPTION,
+):
+    """Publish again the folders that unfinished file scans still wait for (lost messages)."""
+    if start_worker is None:
+        start_worker = wait and get_settings().broker_is_embedded
+    worker = start_local_worker() if start_worker else None
+    try:
+        try:
+            share_ids = resume_scans(job)
+        except JobError as exc:
+            fail(str(exc))
+        finished = True
+        if wait and share_ids:
+            finished = wait_for_scans(share_ids, timeout=timeout,
+                                      alive=worker.alive if worker is not None else None)
+    finally:
+        if worker is not None:
+            worker.stop()
+    if as_json:
+        emit_json({"resumed_share_ids": share_ids, "waited": wait, "finished": finished})
+    else:
+        console.print(f"{len(share_ids)} share scans resumed" + ("" if finished else "; not finished in time"))
+    if not finished:
+        raise typer.Exit(FAILURE)
 
 
 def print_share_table(view: dict[str, Any]) -> None:

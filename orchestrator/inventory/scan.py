@@ -38,6 +38,7 @@ from common.models import EventLevel, FileRecord, FileState, Server, Share, utcn
 from orchestrator.jobs import record_event
 
 PENDING = "SCAN_PENDING"
+LOOP = "STATUS_STOPPED_ON_SYMLINK"
 PENDING_MESSAGE = "folder found; its contents are not listed yet"
 EXCLUDED_MESSAGE = "not scanned: a folder Storage Migration Service never copies"
 # Folders (and a file) at a share's root that Storage Migration Service never copies.
@@ -80,6 +81,7 @@ class Entry:
     last_write_time: int
     change_time: int
     attributes: int
+    file_id: int = 0
 
     @property
     def is_dir(self) -> bool:
@@ -96,7 +98,7 @@ class Entry:
         """From ``common.smb.walk.DirEntry``."""
         return cls(entry.name, entry.path, entry.size, entry.creation_time,
                    entry.last_access_time, entry.last_write_time, entry.change_time,
-                   entry.attributes)
+                   entry.attributes, entry.file_id)
 
 
 @dataclass(frozen=True)
@@ -109,16 +111,22 @@ class ListingError:
 
 @dataclass(frozen=True)
 class DirectoryTask:
-    """A directory to list: what a scan task message carries (no credential, no data)."""
+    """A directory to list: what a scan task message carries (no credential, no data).
+
+    ``ancestors`` are the server's file ids of the directories from the share root down
+    to this one (inclusive, when known): a subdirectory with one of those ids is a link
+    back to an ancestor and is not entered.
+    """
 
     share_id: int
     path: str
     fresh: bool
+    ancestors: tuple[int, ...] = ()
 
     def kwargs(self, options: ScanOptions) -> dict[str, Any]:
         """Keyword arguments of the scan task for this directory."""
         return {"share_id": self.share_id, "path": self.path, "fresh": self.fresh,
-                "options": options.to_dict()}
+                "ancestors": list(self.ancestors), "options": options.to_dict()}
 
 
 def _scan_rows(share_id: int):
@@ -150,6 +158,17 @@ def scan_errors(session: Session, share_id: int) -> int:
 def scan_is_running(session: Session, share_id: int) -> bool:
     """True while a scan of the share has directories left to list."""
     return pending_directories(session, share_id) > 0
+
+
+def pending_tasks(session: Session, share_id: int) -> list[DirectoryTask]:
+    """A task for every directory of the share's running scan that is still to be listed
+    (to publish again when messages were lost; a duplicate does nothing)."""
+    paths = session.scalars(
+        select(FileRecord.relative_path).where(
+            _scan_rows(share_id), FileRecord.state == FileState.FAILED, FileRecord.error_code == PENDING)
+        .order_by(FileRecord.relative_path)
+    ).all()
+    return [DirectoryTask(share_id, path, False) for path in paths]
 
 
 def start_share_scan(session: Session, share: Share) -> DirectoryTask:
@@ -233,12 +252,14 @@ def apply_listing(
     *,
     fresh: bool,
     options: ScanOptions,
+    ancestors: tuple[int, ...] = (),
 ) -> list[DirectoryTask] | None:
     """Store one directory's listing (or why it failed) and return the subdirectories to
     list next; None when there was nothing to do (already listed, or not part of a scan).
 
     ``fresh`` says the directory had no records before this scan, so nothing under it
-    can have vanished. The caller commits, then publishes the returned tasks.
+    can have vanished; ``ancestors`` are the file ids from the root down to this
+    directory. The caller commits, then publishes the returned tasks.
     """
     # Lock the share's row first: the tasks of one share apply their listings one at a time.
     session.execute(
@@ -270,9 +291,12 @@ def apply_listing(
     else:
         entries = list(entries)
         existing = {} if fresh else _direct_children(session, share_id, path)
+        loops = {entry.path for entry in entries
+                 if entry.is_dir and entry.file_id and entry.file_id in ancestors}
         entered = {
             entry.path for entry in entries
             if entry.is_dir and not entry.is_reparse_point and not is_excluded(path, entry.name, options)
+            and entry.path not in loops
         }
         # Upsert by path: the old records of this directory's entries go, the listing comes
         # in; so do the subtrees of folders that vanished or are no longer entered.
@@ -298,7 +322,16 @@ def apply_listing(
                 directories += 1
                 if entry.path in entered:
                     row.update(state=FileState.FAILED, error_code=PENDING, error_message=PENDING_MESSAGE)
-                    follow.append(DirectoryTask(share_id, entry.path, fresh or entry.path not in existing))
+                    follow.append(DirectoryTask(share_id, entry.path, fresh or entry.path not in existing,
+                                                (*ancestors, entry.file_id)))
+                elif entry.path in loops:
+                    message = (f"share {share.name!r}: folder {entry.path!r} not entered: it is the same "
+                               "folder as one of its ancestors (a link loop)")
+                    row.update(state=FileState.FAILED, error_code=LOOP, error_message=message)
+                    record_event(session, "inventory.scan.error", message, job_id=server.job_id,
+                                 server_id=server.id, level=EventLevel.ERROR,
+                                 detail={"share_id": share_id, "share": share.name, "path": entry.path,
+                                         "status": LOOP})
             else:
                 files += 1
                 total += entry.size

@@ -61,6 +61,7 @@ from orchestrator.inventory.scan import (
     DirectoryTask,
     ScanOptions,
     pending_directories,
+    pending_tasks,
     scan_errors,
     scan_is_running,
     start_share_scan,
@@ -209,6 +210,8 @@ def _call(collected: Collected, part: str, adapter: HostAdapter, method: str) ->
         return False
     except HostError as exc:
         collected.errors[part] = str(exc)
+    except Exception as exc:  # noqa: BLE001 - one server's surprise must not stop the others
+        collected.errors[part] = f"{adapter.host}: reading {part} failed unexpectedly: {type(exc).__name__}: {exc}"
     return True
 
 
@@ -509,7 +512,8 @@ def inventory_server(session: Session, server: Server, collected: Collected,
             scans.append(start_share_scan(session, share))
             record_event(session, "inventory.scan.started", f"share {share.name!r}: file scan started",
                          job_id=server.job_id, server_id=server.id,
-                         detail={"share_id": share.id, "share": share.name})
+                         detail={"share_id": share.id, "share": share.name,
+                                 "options": options.scan_options.to_dict()})
         if scans:
             scan_options = options.scan_options
             after_commit(session, lambda: publish(scans, scan_options))
@@ -565,6 +569,44 @@ def run_inventory(
             server = session.get(Server, server_id)
             reports.append(inventory_server(session, server, collected, options, publish))
     return InventoryReport(job_id, job_name, reports)
+
+
+def resume_scans(job_ref: str | int, *, url: str | None = None,
+                 publish: Publisher | None = None) -> list[int]:
+    """Publish again the directories that running scans of the job still wait for.
+
+    A scan whose messages were lost (a worker killed holding one, a broker without
+    redelivery) resumes where the database says it stands; a directory listed meanwhile
+    ignores the duplicate. Each share keeps the options its scan started with. Returns
+    the ids of the shares resumed.
+    """
+    publish = publish or celery_scan_publisher()
+    resumed: list[int] = []
+    with session_scope(url) as session:
+        job = get_job(session, job_ref)
+        batches: list[tuple[list[DirectoryTask], ScanOptions]] = []
+        for server in list_servers(session, job, ServerRole.SOURCE):
+            started = session.scalars(select(Event).where(
+                Event.server_id == server.id, Event.kind == "inventory.scan.started").order_by(Event.id.desc())).all()
+            for share in session.scalars(select(Share).where(Share.server_id == server.id)):
+                tasks = pending_tasks(session, share.id)
+                if not tasks:
+                    continue
+                options = ScanOptions.from_dict(next(
+                    (e.detail.get("options") for e in started if e.detail.get("share_id") == share.id), None))
+                batches.append((tasks, options))
+                resumed.append(share.id)
+                record_event(session, "inventory.scan.resumed",
+                             f"share {share.name!r}: scan resumed ({len(tasks)} folders still to list)",
+                             job_id=job.id, server_id=server.id,
+                             detail={"share_id": share.id, "share": share.name, "folders": len(tasks)})
+
+        def publish_all() -> None:
+            for tasks, options in batches:
+                publish(tasks, options)
+
+        after_commit(session, publish_all)
+    return resumed
 
 
 def wait_for_scans(share_ids: list[int], *, timeout: float, url: str | None = None,

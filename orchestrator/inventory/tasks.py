@@ -66,24 +66,29 @@ def listing_error(endpoint: SmbEndpoint, path: str, status_name: str, what: str)
     return ListingError(status_name, f"{message}: {hint}" if hint else message)
 
 
-def list_directory(endpoint: SmbEndpoint, path: str) -> tuple[list[Entry], ListingError | None]:
-    """The entries of one directory of a share, or why it could not be listed."""
+def list_directory(endpoint: SmbEndpoint, path: str,
+                   ancestors: tuple[int, ...] = ()) -> tuple[list[Entry], ListingError | None, tuple[int, ...]]:
+    """The entries of one directory of a share, or why it could not be listed; and the
+    ancestor chain of file ids (the share root's own id is added when the chain is empty)."""
     try:
         tree = get_tree(endpoint)
     except SmbFileError as exc:
         what = "reach" if exc.status_name == "STATUS_TRANSPORT_ERROR" else \
             f"log on as {endpoint.username!r} to list"
-        return [], listing_error(endpoint, path, exc.status_name, what)
+        return [], listing_error(endpoint, path, exc.status_name, what), ancestors
     walker = ShareWalker(tree, path)
     try:
+        if not ancestors:
+            chain = walker._root_chain()
+            ancestors = (chain[0][0],) if chain else ()
         # One level only: the walker's single-directory listing; subdirectories become tasks.
         entries = [Entry.from_dir_entry(entry) for entry in walker._list(walker.root)]
     except SmbFileError as exc:
-        return [], listing_error(endpoint, path, exc.status_name, "list")
+        return [], listing_error(endpoint, path, exc.status_name, "list"), ancestors
     if walker.errors:
         failure = walker.errors[0]
-        return [], listing_error(endpoint, path, failure.status_name, "list")
-    return entries, None
+        return [], listing_error(endpoint, path, failure.status_name, "list"), ancestors
+    return entries, None, ancestors
 
 
 def publish_directories(app, tasks: list[DirectoryTask], options: ScanOptions) -> None:
@@ -94,7 +99,7 @@ def publish_directories(app, tasks: list[DirectoryTask], options: ScanOptions) -
 
 
 def scan_one(share_id: int, path: str, fresh: bool, options: ScanOptions,
-             publish: Callable[[list[DirectoryTask]], object]) -> str:
+             publish: Callable[[list[DirectoryTask]], object], ancestors: tuple[int, ...] = ()) -> str:
     """List directory ``path`` of share ``share_id``, store it, and hand its subdirectories
     to ``publish`` once the transaction has committed.
 
@@ -120,9 +125,15 @@ def scan_one(share_id: int, path: str, fresh: bool, options: ScanOptions,
         entries, error = [], ListingError(
             "NO_CREDENTIAL", f"{endpoint.unc}: no SMB password is stored for the server; add one")
     else:
-        entries, error = list_directory(endpoint, path)
+        try:
+            entries, error, ancestors = list_directory(endpoint, path, ancestors)
+        except Exception as exc:  # noqa: BLE001 - one folder's failure must never stall the scan
+            entries, error = [], ListingError(
+                "SCAN_FAILED", f"{endpoint.unc}: cannot list {_describe(path)}: unexpected "
+                               f"{type(exc).__name__}: {exc}")
     with session_scope() as session:
-        follow = apply_listing(session, share_id, path, entries, error, fresh=fresh, options=options)
+        follow = apply_listing(session, share_id, path, entries, error, fresh=fresh, options=options,
+                               ancestors=ancestors)
         if follow:
             after_commit(session, lambda: publish(follow))
     if follow is None:
@@ -136,12 +147,13 @@ def scan_one(share_id: int, path: str, fresh: bool, options: ScanOptions,
 
 @shared_task(bind=True, name=SCAN_TASK)
 def scan_directory(self, share_id: int, path: str = "", fresh: bool = False,
-                   options: dict | None = None) -> str:
+                   options: dict | None = None, ancestors: list[int] | None = None) -> str:
     """The Celery task: ``scan_one`` with subdirectories published to the orchestrator queue."""
     scan_options = ScanOptions.from_dict(options)
     app = self.app
     return scan_one(share_id, path, fresh, scan_options,
-                    lambda tasks: publish_directories(app, tasks, scan_options))
+                    lambda tasks: publish_directories(app, tasks, scan_options),
+                    tuple(ancestors or ()))
 
 
 def run_scans_inline(tasks: list[DirectoryTask], options: ScanOptions) -> None:
@@ -151,6 +163,6 @@ def run_scans_inline(tasks: list[DirectoryTask], options: ScanOptions) -> None:
     try:
         while queue:
             task = queue.popleft()
-            scan_one(task.share_id, task.path, task.fresh, options, queue.extend)
+            scan_one(task.share_id, task.path, task.fresh, options, queue.extend, task.ancestors)
     finally:
         close_pool()

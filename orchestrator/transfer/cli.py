@@ -5,8 +5,9 @@ a run of one pairing or of every pairing of a job at once, with the checksum, re
 retry delay options; ``--wait`` drives it here to the end and prints the
 reconciliation), ``drive`` (drive an already created run in this process: what ``run``
 without ``--wait`` starts in the background), ``status`` (progress and reconciliation),
-``list`` (runs of a job), ``export`` (the run's transfer CSV and error-only CSV) and
-``gate`` (may cutover go ahead?).
+``list`` (runs of a job), ``export`` (the run's transfer CSV and error-only CSV),
+``cancel`` (a run whose driver died, or that should stop) and ``gate`` (may cutover go
+ahead?).
 
 In embedded mode (SQLite broker) the commands that drive runs start one local
 ``sms-worker`` per destination and stop it at the end; with Redis, workers run wherever
@@ -24,7 +25,6 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import typer
@@ -39,7 +39,7 @@ from common.transfer_options import CHECKSUM_CHOICES, DEFAULT_RETRIES, DEFAULT_R
 from orchestrator.transfer import planning
 from orchestrator.transfer.logs import export_run_logs
 from orchestrator.transfer.reconcile import RunReconciliation, cutover_allowed, reconcile
-from orchestrator.transfer.workers import LocalWorkers
+from orchestrator.transfer.workers import LocalWorkers, WorkerStartError
 
 transfer_app = typer.Typer(help="Transfer shares from sources to destinations.", no_args_is_help=True)
 console = Console()
@@ -132,8 +132,15 @@ def drive_runs(run_ids: list[int], *, start_workers: bool | None = None,
     """
     if start_workers is None:
         start_workers = get_settings().broker_is_embedded
-    workers = (LocalWorkers(_destinations(run_ids), concurrency=concurrency)
-               if start_workers else nullcontext())
+    workers = LocalWorkers(_destinations(run_ids), concurrency=concurrency) if start_workers else None
+    if workers is not None:
+        try:
+            workers.start()
+        except WorkerStartError as exc:
+            with session_scope() as session:
+                for run_id in run_ids:
+                    planning.cancel_run(session, run_id, f"not started: {exc}")
+            _fail(str(exc))
     states: dict[int, RunState] = {}
     failures: dict[int, BaseException] = {}
 
@@ -147,13 +154,16 @@ def drive_runs(run_ids: list[int], *, start_workers: bool | None = None,
             failures[run_id] = exc
             states[run_id] = RunState.FAILED
 
-    with workers:
+    try:
         threads = [threading.Thread(target=drive, args=(run_id,), name=f"run-{run_id}")
                    for run_id in run_ids]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
+    finally:
+        if workers is not None:
+            workers.stop()
     for run_id, exc in failures.items():
         console.print(f"[red]run {run_id} failed:[/red] {type(exc).__name__}: {exc}")
     return states
@@ -294,6 +304,18 @@ def export(run_id: int = typer.Argument(..., help="Transfer run id."),
             _fail(f"no transfer run {run_id}")
         full, errors = export_run_logs(session, run_id, directory)
     console.print(f"{full}\n{errors}")
+
+
+@transfer_app.command("cancel")
+def cancel(run_id: int = typer.Argument(..., help="Transfer run id.")):
+    """Cancel a pending or running run: its driver stops, workers skip its remaining batches."""
+    with session_scope() as session:
+        if session.get(TransferRun, run_id) is None:
+            _fail(f"no transfer run {run_id}")
+        cancelled = planning.cancel_run(session, run_id)
+    if not cancelled:
+        _fail(f"run {run_id} has already ended", 1)
+    console.print(f"run {run_id} cancelled")
 
 
 @transfer_app.command("gate")

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +88,15 @@ FINISHED_RUN_STATES = (RunState.SUCCEEDED, RunState.COMPLETED_WITH_ERRORS, RunSt
 
 class TransferError(Exception):
     """A transfer run cannot be set up or driven (bad pairing, unknown share ...)."""
+
+
+class RunCancelled(Exception):
+    """The run was cancelled while it was being driven."""
+
+
+def _check_cancelled(session: Session, run_id: int) -> None:
+    if session.scalar(select(TransferRun.state).where(TransferRun.id == run_id)) == RunState.CANCELLED:
+        raise RunCancelled(f"run {run_id} was cancelled")
 
 
 # --- pairings and runs ----------------------------------------------------------------
@@ -143,11 +152,22 @@ def create_run(session: Session, pairing: Pairing, options: TransferOptions) -> 
         TransferRun.state.in_((RunState.PENDING, RunState.RUNNING))))
     if active is not None:
         raise TransferError(f"run {active} of this pairing has not finished")
+    chosen_shares(session, pairing)  # fails now, not later, when there is nothing to move
     run = TransferRun(job_id=pairing.job_id, pairing_id=pairing.id, options=options.to_json(),
                       state=RunState.PENDING)
     session.add(run)
     session.flush()
     return run
+
+
+def cancel_run(session: Session, run_id: int, reason: str = "cancelled by the operator") -> bool:
+    """Mark a pending or running run cancelled (workers then skip its remaining batches);
+    False when the run had already ended."""
+    result = session.execute(update(TransferRun).where(
+        TransferRun.id == run_id, TransferRun.state.in_((RunState.PENDING, RunState.RUNNING)))
+        .values(state=RunState.CANCELLED, error=reason, ended_at=utcnow())
+        .execution_options(synchronize_session=False))
+    return result.rowcount == 1
 
 
 def default_publisher() -> Publisher:
@@ -190,12 +210,13 @@ def execute_run(run_id: int, publish: Publisher | None = None, *, poll_interval:
     """Drive run ``run_id`` through every stage to its end; returns its final state.
 
     ``publish`` sends dispatched batches (default: this process's Celery app);
-    ``progress`` receives one line of text per stage. Proxy workers for the destination
-    must be running (see orchestrator.transfer.workers for the embedded mode). An
+    ``progress`` receives one line of text per stage (default: this module's logger).
+    Proxy workers for the destination must be running (orchestrator.transfer.workers
+    starts local ones in embedded mode). A cancelled run stops and returns CANCELLED; an
     unexpected error marks the run failed, records it as an event and is re-raised.
     """
     publish = publish or default_publisher()
-    say = progress or (lambda line: None)
+    say = progress or (lambda line: logger.info("run %s: %s", run_id, line))
     context = _start(run_id)
     try:
         with session_scope() as session:
@@ -211,15 +232,19 @@ def execute_run(run_id: int, publish: Publisher | None = None, *, poll_interval:
                 _mirror_share(context, target, destination, say)
             _copy_directories(context, target, publish, poll_interval, say)
         state = _finish(context)
+    except RunCancelled:
+        say("cancelled")
+        return RunState.CANCELLED
     except BaseException as exc:
         with session_scope() as session:
             run = session.get(TransferRun, run_id)
-            run.state = RunState.FAILED
-            run.error = f"{type(exc).__name__}: {exc}"
-            run.ended_at = utcnow()
-            _event(session, run, EVENT_RUN_ERROR, run.error, level=EventLevel.ERROR)
+            if run.state != RunState.CANCELLED:
+                run.state = RunState.FAILED
+                run.error = f"{type(exc).__name__}: {exc}"
+                run.ended_at = utcnow()
+            _event(session, run, EVENT_RUN_ERROR, f"{type(exc).__name__}: {exc}", level=EventLevel.ERROR)
         raise
-    say(f"run {run_id}: {state.value}")
+    say(state.value)
     return state
 
 
@@ -228,15 +253,18 @@ def _start(run_id: int) -> _Context:
         run = session.get(TransferRun, run_id)
         if run is None:
             raise TransferError(f"no transfer run {run_id}")
-        if run.state in FINISHED_RUN_STATES:
-            raise TransferError(f"run {run_id} has already ended ({run.state.value})")
+        # Conditional, so that two drivers can never both take the same run.
+        taken = session.execute(update(TransferRun).where(
+            TransferRun.id == run_id, TransferRun.state == RunState.PENDING).values(
+            state=RunState.RUNNING, started_at=utcnow()).execution_options(synchronize_session=False))
+        if taken.rowcount != 1:
+            raise TransferError(f"run {run_id} is {run.state.value}: only a pending run can be "
+                                "driven (cancel a run whose driver died, then start a new one)")
         pairing = session.get(Pairing, run.pairing_id)
         options = TransferOptions.from_json(run.options)
         destination = session.get(Server, pairing.destination_server_id)
         shares = tuple(_ShareTarget(share.id, share.name, options.destination_share(share.name))
                        for share in chosen_shares(session, pairing))
-        run.state = RunState.RUNNING
-        run.started_at = run.started_at or utcnow()
         return _Context(run.id, run.job_id, pairing.id, pairing.source_server_id, destination.id,
                         get_settings().destination_queue(destination.name), options, shares)
 
@@ -266,7 +294,7 @@ def _plan_share(context: _Context, target: _ShareTarget, source: Server, destina
                 _event(session, run, EVENT_PRE_EXISTING,
                        f"{len(moved)} entries moved into {dest_ops.PRE_EXISTING_DATA}",
                        server_id=context.destination_id, pairing_id=context.pairing_id,
-                       share=target.name, moved=moved)
+                       share=target.name, moved=moved[:1000])
             if moved:
                 say(f"{target.name}: {len(moved)} pre-existing entries moved into "
                     f"{dest_ops.PRE_EXISTING_DATA}")
@@ -280,25 +308,26 @@ def _plan_share(context: _Context, target: _ShareTarget, source: Server, destina
     return first
 
 
-def _record(context: _Context, share_id: int, entry: DirEntry) -> dict[str, Any]:
+def _row(context: _Context, share_id: int, path: str, is_dir: bool, size: int, creation: int,
+         last_write: int, last_access: int, change: int, attributes: int) -> dict[str, Any]:
     return {
-        "share_id": share_id, "run_id": context.run_id, "relative_path": entry.path,
-        "is_dir": entry.is_dir, "size": 0 if entry.is_dir else entry.size,
-        "creation_time": entry.creation_time, "last_write_time": entry.last_write_time,
-        "last_access_time": entry.last_access_time, "change_time": entry.change_time,
-        "attributes": entry.attributes, "state": FileState.SCANNED,
+        "share_id": share_id, "run_id": context.run_id, "relative_path": path, "is_dir": is_dir,
+        "size": 0 if is_dir else size, "creation_time": creation, "last_write_time": last_write,
+        "last_access_time": last_access, "change_time": change, "attributes": attributes,
+        "state": FileState.SCANNED,
     }
+
+
+def _record(context: _Context, share_id: int, entry: DirEntry) -> dict[str, Any]:
+    return _row(context, share_id, entry.path, entry.is_dir, entry.size, entry.creation_time,
+                entry.last_write_time, entry.last_access_time, entry.change_time, entry.attributes)
 
 
 def _root_record(context: _Context, share_id: int, tree: SmbTree) -> dict[str, Any]:
-    opened = md.stat(tree, "")
-    basic = opened.basic
-    return {
-        "share_id": share_id, "run_id": context.run_id, "relative_path": "", "is_dir": True,
-        "size": 0, "creation_time": basic.creation_time, "last_write_time": basic.last_write_time,
-        "last_access_time": basic.last_access_time, "change_time": basic.change_time,
-        "attributes": basic.attributes, "state": FileState.SCANNED,
-    }
+    """The share root's own record (path ''): its metadata is copied last."""
+    basic = md.stat(tree, "").basic
+    return _row(context, share_id, "", True, 0, basic.creation_time, basic.last_write_time,
+                basic.last_access_time, basic.change_time, basic.attributes)
 
 
 def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
@@ -317,6 +346,7 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
     def flush_batch() -> None:
         nonlocal pending_bytes, batches
         with session_scope() as session:
+            _check_cancelled(session, context.run_id)
             flush_directories(session)
             if files:
                 batch = Batch(run_id=context.run_id, share_id=target.share_id,
@@ -370,6 +400,7 @@ def _wait_for_batches(context: _Context, publish: Publisher, poll_interval: floa
     last_report = ""
     while True:
         with session_scope() as session:
+            _check_cancelled(session, context.run_id)
             counts = batch_state_counts(session, context.run_id)
         open_batches = counts.get(BatchState.QUEUED, 0) + counts.get(BatchState.RUNNING, 0)
         report = (f"{what}: {counts.get(BatchState.DONE, 0)} batches done, "
@@ -408,6 +439,18 @@ def _under(path: str, roots: list[str]) -> bool:
     return any(root == "" or path == root or path.startswith(root + "\\") for root in roots)
 
 
+def _destination_entries(tree: SmbTree, errors: list) -> Iterator[DirEntry]:
+    """Every entry of a destination share except PreExistingData, which is not even listed;
+    directories that cannot be listed are appended to ``errors``."""
+    top = [entry for entry in dest_ops.list_root(tree) if not dest_ops.is_protected(entry.path)]
+    for entry in top:
+        yield entry
+        if entry.is_dir and not entry.is_reparse_point:
+            walker = ShareWalker(tree, entry.path)
+            yield from walker
+            errors.extend(walker.errors)
+
+
 def _mirror_share(context: _Context, target: _ShareTarget, destination: Server,
                   say: Progress) -> None:
     """Delete destination entries the source no longer has (PreExistingData untouched)."""
@@ -433,10 +476,10 @@ def _mirror_share(context: _Context, target: _ShareTarget, destination: Server,
                     pruned.add(entry.path)
         pending.clear()
 
+    walk_errors: list = []
     try:
-        walker = ShareWalker(tree, "")
         last_parent = None
-        for entry in walker:
+        for entry in _destination_entries(tree, walk_errors):
             parent = entry.path.rpartition("\\")[0]
             if parent != last_parent or len(pending) >= MIRROR_LOOKUP_CHUNK:
                 resolve()
@@ -466,6 +509,11 @@ def _mirror_share(context: _Context, target: _ShareTarget, destination: Server,
             _event(session, run, EVENT_MIRROR_ERROR, f"{exc.status_name}: cannot delete {path}",
                    level=EventLevel.ERROR, server_id=context.destination_id, share=target.name,
                    share_id=target.share_id, path=path, status=exc.status_name)
+        for error in walk_errors:
+            _event(session, run, EVENT_MIRROR_ERROR,
+                   f"{error.status_name}: cannot list {error.path} to mirror it",
+                   level=EventLevel.ERROR, server_id=context.destination_id, share=target.name,
+                   share_id=target.share_id, path=error.path, status=error.status_name)
     say(f"{target.name}: mirror deleted {deleted} destination entries, {len(failures)} failures")
 
 
@@ -520,6 +568,7 @@ def _finish(context: _Context) -> RunState:
                 bytes_by_state[state] = bytes_by_state.get(state, 0) + int(size)
         run_errors = len(run_events(session, context.run_id, context.job_id,
                                     (EVENT_WALK_ERROR, EVENT_MIRROR_ERROR)))
+        _check_cancelled(session, context.run_id)
         run = session.get(TransferRun, context.run_id)
         run.files_total = sum(files.values())
         run.files_copied = files.get(FileState.COPIED, 0) + files.get(FileState.VERIFIED, 0)

@@ -103,7 +103,8 @@ def map_path(source_path: str, path_mapping: Mapping[str, str]) -> str:
             best = (len(prefix), destination_prefix)
     if best is None:
         raise PathNotMapped(
-            f"no entry of the pairing's path mapping covers {source_path!r}; add one (source prefix -> destination prefix)"
+            f"no entry of the pairing's path mapping covers {source_path!r}; "
+            "add one (source prefix -> destination prefix)"
         )
     return _join(best[1], source[best[0]:])
 
@@ -142,7 +143,8 @@ def _source_local_domains(source: HostAdapter) -> set[str]:
     try:
         principals = source.local_principals()
     except HostError as exc:
-        log.info("local accounts of %s unknown (%s); untranslated SIDs reported without that detail", source.host, exc)
+        log.info("local accounts of %s unknown (%s); untranslated SIDs reported without that detail",
+                 source.host, exc)
         return set()
     sids = [p.sid for p in [*principals.users, *principals.groups] if p.sid]
     return {sid.rsplit("-", 1)[0] for sid in sids if sid.startswith("S-1-5-21-")}
@@ -186,7 +188,9 @@ def recreate_shares(
     ``source_adapter``). ``path_mapping`` maps source folder prefixes to destination
     ones, ``sid_map`` source SIDs to destination SIDs. An existing destination share of
     the same name fails the share unless ``replace`` (then it is updated: re-runs).
-    Special shares (IPC$, ADMIN$, printers, homes ...) are skipped.
+    Special shares (IPC$, ADMIN$, printers, homes ...) are skipped. When names are given
+    and the source's shares cannot be read, that ``HostError`` is raised: no share can be
+    recreated then.
     """
     chosen = list(shares)
     inventory: dict[str, ShareFacts] = {}
@@ -199,7 +203,8 @@ def recreate_shares(
         if isinstance(item, str):
             share = inventory.get(item.lower())
             if share is None:
-                outcomes.append(ShareOutcome(item, "failed", f"the source {source_adapter.host} has no share {item!r}"))
+                reason = f"the source {source_adapter.host} has no share {item!r}"
+                outcomes.append(ShareOutcome(item, "failed", reason))
                 continue
         else:
             share = item
@@ -225,7 +230,9 @@ def recreate_shares(
         try:
             destination_adapter.ensure_directory(outcome.destination_path)
         except HostError as exc:
-            outcome.reason = f"folder {outcome.destination_path} could not be created on {destination}: {_reason(exc)}"
+            outcome.reason = (
+                f"folder {outcome.destination_path} could not be created on {destination}: {_reason(exc)}"
+            )
             log.warning("share %s: %s", share.name, outcome.reason)
             continue
         try:
