@@ -61,6 +61,14 @@ class Settings(BaseSettings):
     smb_require_signing: bool = Field(default=True, description="Refuse unsigned SMB sessions.")
     smb_encrypt: bool = Field(default=False, description="Encrypt SMB traffic (SMB 3).")
     api_token: str = Field(default="", description="Bearer token for the REST API and UI.")
+    api_host: str = Field(default="127.0.0.1", description="Address `sms serve` listens on.")
+    api_port: int = Field(default=8080, ge=1, le=65535, description="Port `sms serve` listens on.")
+    flower_host: str = Field(default="127.0.0.1", description="Address `sms flower` listens on.")
+    flower_port: int = Field(default=5555, ge=1, le=65535, description="Port `sms flower` listens on.")
+    flower_user: str = Field(default="", description="Basic-auth user of Flower (required to start it).")
+    flower_password: str = Field(
+        default="", description="Basic-auth password of Flower (required to start it)."
+    )
 
     @model_validator(mode="after")
     def _fill_state_defaults(self) -> "Settings":

@@ -38,7 +38,7 @@ class TransferOptions:
     ``copy_sacl`` also copies SACLs (needs the privilege on both sides).
     """
 
-    checksum: str = "fast"
+    checksum: str = "none"
     retries: int = DEFAULT_RETRIES
     retry_delay: float = DEFAULT_RETRY_DELAY
     copy_sacl: bool = False

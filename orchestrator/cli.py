@@ -21,6 +21,8 @@ from common.settings import Settings, get_settings
 from orchestrator.transfer.cli import transfer_app
 from orchestrator.jobs_cli import job_app, server_app
 from orchestrator.inventory.cli import inventory_app, worker_app
+from orchestrator.api.cli import serve
+from orchestrator.flower import flower_command
 
 app = typer.Typer(help="Storage migration service: inventory, transfer and cut over file servers.",
                   no_args_is_help=True)
@@ -31,9 +33,11 @@ app.add_typer(job_app, name="job")
 app.add_typer(server_app, name="server")
 app.add_typer(inventory_app, name="inventory")
 app.add_typer(worker_app, name="orchestrator-worker")
+app.command("serve")(serve)
+app.command("flower")(flower_command)
 console = Console()
 
-SECRET_SETTINGS = {"secret_key", "api_token"}
+SECRET_SETTINGS = {"secret_key", "api_token", "flower_password"}
 
 
 class ExitCode(IntEnum):

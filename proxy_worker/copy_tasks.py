@@ -30,6 +30,7 @@ from celery import shared_task
 from celery.utils.log import get_task_logger
 from sqlalchemy import func, select, update
 
+from common.crypto import InvalidToken
 from common.db import session_scope
 from common.endpoints import server_endpoint
 from common.leases import claim_batch, complete_batch, lease_duration, renew_lease
@@ -222,6 +223,18 @@ def _fail_all(batch_id: int, owner: str, code: str, message: str) -> bool:
     return True
 
 
+def _describe(exc: Exception) -> tuple[str, str]:
+    """(error code, message) for an exception that failed a whole batch."""
+    if isinstance(exc, InvalidToken):
+        return ("CREDENTIAL_UNREADABLE", "the stored credential cannot be decrypted with this "
+                "worker's key (SMS_SECRET_KEY or the key file differs from the orchestrator's)")
+    return getattr(exc, "status_name", None) or type(exc).__name__, str(exc) or type(exc).__name__
+
+
+def _give_up(batch_id: int, owner: str, code: str, message: str) -> str:
+    return "failed" if _fail_all(batch_id, owner, code, message) else "lease lost"
+
+
 @shared_task(name=COPY_TASK_NAME)
 def copy_batch(batch_id: int) -> str:
     """Claim batch ``batch_id``, copy its entries, store per-file results, complete it.
@@ -236,32 +249,32 @@ def copy_batch(batch_id: int) -> str:
             return "not claimed"
     try:
         with LeaseKeeper(batch_id, owner) as keeper:
-            work = _load(batch_id)
-            logger.info("batch %s: %s entries, attempt %s, claimed by %s",
-                        batch_id, len(work.records), work.attempt, owner)
-            if work.cancelled:
-                return "failed" if _fail_all(batch_id, owner, "RUN_CANCELLED", "the run was cancelled") \
-                    else "lease lost"
-            if work.attempt > MAX_ATTEMPTS:
-                message = f"gave up after {MAX_ATTEMPTS} attempts: each worker died or lost its lease"
-                return "failed" if _fail_all(batch_id, owner, "BATCH_ABANDONED", message) else "lease lost"
             try:
+                work = _load(batch_id)
+                logger.info("batch %s: %s entries, attempt %s, claimed by %s",
+                            batch_id, len(work.records), work.attempt, owner)
+                if work.cancelled:
+                    return _give_up(batch_id, owner, "RUN_CANCELLED", "the run was cancelled")
+                if work.attempt > MAX_ATTEMPTS:
+                    return _give_up(batch_id, owner, "BATCH_ABANDONED",
+                                    f"gave up after {MAX_ATTEMPTS} attempts: each worker died "
+                                    "or lost its lease")
                 results = _copy_with_retries(work, keeper)
             except LeaseLost:
                 raise
             except Exception as exc:  # noqa: BLE001 - the whole batch failed: record why, go on
                 logger.exception("batch %s failed as a whole", batch_id)
                 keeper.check()
-                code = getattr(exc, "status_name", None) or type(exc).__name__
-                return "failed" if _fail_all(batch_id, owner, code, str(exc)) else "lease lost"
+                return _give_up(batch_id, owner, *_describe(exc))
             keeper.check()
             rows = _updates(work, results)
             done = [r for r in results if r.outcome != engine.Outcome.FAILED]
+            copied_bytes = sum(r.size for r in done if r.outcome == engine.Outcome.COPIED)
             with session_scope() as session:
                 if rows:
                     session.execute(update(FileRecord), rows)
                 if not complete_batch(session, batch_id, owner, files_done=len(done),
-                                      bytes_done=sum(r.size for r in done if r.outcome == engine.Outcome.COPIED)):
+                                      bytes_done=copied_bytes):
                     raise LeaseLost(f"batch {batch_id}: lease lost before completion")
     except LeaseLost as exc:
         logger.warning("%s; discarding this attempt's results", exc)

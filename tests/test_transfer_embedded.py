@@ -11,7 +11,8 @@ job database:
 2. re-run with nothing changed, started in the background (``run`` without ``--wait``)
    and followed with ``status``: nothing is copied, everything is unchanged;
 3. a changed file is copied again, a new one copied, a deleted file and a deleted folder
-   are removed from the destination (PreExistingData untouched), while a file held open
+   (one of them read-only) are removed from the destination (PreExistingData untouched;
+   its read-only file was moved there, not copied), while a file held open
    exclusively on the source fails with STATUS_SHARING_VIOLATION: the run ends
    "completed with errors" (exit code 1), the gate refuses cutover unless overridden, and
    the error-only CSV names the file;
@@ -35,9 +36,9 @@ from common.db import session_scope
 from common.models import Batch, ServerRole, TransferRun
 from common.settings import get_settings
 from orchestrator.database import upgrade_to_head
-from orchestrator.transfer.reconcile import cutover_allowed, reconcile
+from orchestrator.transfer.reconcile import cutover_allowed, pairing_cutover_allowed, reconcile
 from tests.lab.smbio import FILE_READ_DATA, FILE_WRITE_DATA, SYNCHRONIZE, LabTree
-from tests.lab.trees import build_hostile_tree
+from tests.lab.trees import HIDDEN, READONLY, build_hostile_tree
 from tests.transfer_support import (
     record_states,
     register_servers,
@@ -79,6 +80,7 @@ def test_transfer_on_embedded_defaults(samba_factory, tmp_path, monkeypatch):
                                f"folder {folder} file {number}\n".encode() * (number + 1))
     with LabTree(dst.address, "data") as lab:
         lab.write_file("old report.txt", b"the destination's own data\n")
+        lab.set_basic_info("old report.txt", attributes=READONLY | HIDDEN)
         lab.mkdir("old folder")
         lab.write_file("old folder\\inner.txt", b"inner\n")
 
@@ -102,6 +104,7 @@ def test_transfer_on_embedded_defaults(samba_factory, tmp_path, monkeypatch):
                                       for folder in range(3) for number in range(15)}
     assert unexplained_differences(src, dst, ignore_access_times_of=source_files) == []
     with LabTree(dst.address, "data") as lab:
+        assert lab.basic_info("PreExistingData\\old report.txt")[4] & (READONLY | HIDDEN) == READONLY | HIDDEN
         assert b"".join(lab.read_chunks("PreExistingData\\old report.txt")) == b"the destination's own data\n"
         assert b"".join(lab.read_chunks("PreExistingData\\old folder\\inner.txt")) == b"inner\n"
 
@@ -128,6 +131,7 @@ def test_transfer_on_embedded_defaults(samba_factory, tmp_path, monkeypatch):
     source_root = src.shares["data"].path
     (source_root / "bulk1" / "file07.txt").unlink()
     shutil.rmtree(source_root / "bulk2")
+    (source_root / "hostile" / "attributes" / "readonly.txt").unlink()
     locker = LabTree(src.address, "data")
     try:
         held = Open(locker.tree, "bulk0\\file05.txt")
@@ -149,6 +153,8 @@ def test_transfer_on_embedded_defaults(samba_factory, tmp_path, monkeypatch):
         assert share.failed == 1 and not share.clean
         assert not cutover_allowed(session, run3)
         assert cutover_allowed(session, run3, override=True)
+        pairing_id = session.get(TransferRun, run3).pairing_id
+        assert not pairing_cutover_allowed(session, pairing_id)
     assert sms("transfer", "gate", str(run3)).returncode == 1
     assert sms("transfer", "gate", str(run3), "--override").returncode == 0
     exported = sms("transfer", "export", str(run3), "--dir", str(tmp_path / "logs"))
@@ -163,6 +169,7 @@ def test_transfer_on_embedded_defaults(samba_factory, tmp_path, monkeypatch):
         names = {name for name, _attributes, _size in lab.listdir("")}
         assert "bulk2" not in names and "PreExistingData" in names
         assert "file07.txt" not in {name for name, _a, _s in lab.listdir("bulk1")}
+        assert "readonly.txt" not in {name for name, _a, _s in lab.listdir("hostile\\attributes")}
         assert b"".join(lab.read_chunks("PreExistingData\\old report.txt")) == b"the destination's own data\n"
 
     # 4. The released file is picked up by the next run, and everything reconciles clean.
@@ -171,6 +178,7 @@ def test_transfer_on_embedded_defaults(samba_factory, tmp_path, monkeypatch):
     assert record_states(run4)["bulk0\\file05.txt"][0] == "copied"
     with session_scope() as session:
         assert reconcile(session, run4).clean
+        assert pairing_cutover_allowed(session, pairing_id)
     assert unexplained_differences(src, dst, ignore_all_access_times=True) == []
     # Every run's records are kept.
     listed = json.loads(sms("transfer", "list", "--job", "lab", "--json").stdout)

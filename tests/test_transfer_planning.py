@@ -10,20 +10,27 @@ is refused by the lease claim and changes nothing. In the second test every batc
 delivery is claimed by a worker that then vanishes; the driver's reaper publishes it again
 once the lease expires, and the run still ends clean. A run cancelled while it is driven
 stops dispatching, its remaining batches are skipped by workers, and it cannot be driven
-again.
+again. A large file that grows while it is being copied is recorded failed and is copied
+by the next run. A worker that cannot decrypt the stored credential fails its batches at
+once with that reason, and the run still ends.
 """
 
 from __future__ import annotations
 
 import common  # noqa: F401  (keeps impacket's bin/smbclient.py off the import path)
 
+import os
+import threading
+import time
+
 import pytest
+from cryptography.fernet import Fernet
 from sqlalchemy import func, select
 
 from common.db import session_scope
 from common.leases import claim_batch
 from common.models import Batch, BatchState, FileRecord, Server, ServerRole
-from common.settings import get_settings
+from common.settings import get_settings, reset_settings_cache
 from common.smb.connection import close_pool
 from common.transfer_options import TransferOptions
 from orchestrator.database import upgrade_to_head
@@ -131,7 +138,8 @@ def test_a_batch_whose_worker_died_is_dispatched_again_and_the_run_ends(samba_fa
     assert sorted(deliveries.values()) == [2, 2, 2]  # two file batches and the directories
     assert outcomes == ["done", "done", "done"]
     with session_scope() as session:
-        assert {batch.attempt for batch in session.scalars(select(Batch).where(Batch.run_id == run_id))} == {2}
+        attempts = set(session.scalars(select(Batch.attempt).where(Batch.run_id == run_id)))
+        assert attempts == {2}
         assert reconcile(session, run_id).clean
 
 
@@ -166,3 +174,100 @@ def test_a_cancelled_run_stops_and_its_batches_are_skipped(samba_factory, tmp_pa
         assert not planning.cancel_run(session, run_id)  # already ended
     with pytest.raises(planning.TransferError, match="cancelled"):
         planning.execute_run(run_id, publish)
+
+
+def test_a_file_changed_while_it_is_copied_fails_and_the_next_run_copies_it(samba_factory, tmp_path,
+                                                                            monkeypatch):
+    """A large file is appended to (on the source's disk) as soon as its temporary copy
+    appears on the destination: the batch records it failed as SOURCE_CHANGED and the run
+    completes with errors; the next run copies it whole."""
+    use_settings(monkeypatch, SMS_STATE_DIR=str(tmp_path / "state"))
+    upgrade_to_head(get_settings().database_url)
+    src, dst = samba_factory("src"), samba_factory("dst")
+    big = src.shares["data"].path / "growing.bin"
+    big.write_bytes(os.urandom(48 << 20))
+    register_servers("grow", {"src": (src, ServerRole.SOURCE), "dst": (dst, ServerRole.DESTINATION)})
+    with session_scope() as session:
+        servers = {s.name: s for s in session.scalars(select(Server))}
+        pairing = planning.create_pairing(session, servers["src"], servers["dst"], ["data"])
+        first = planning.create_run(session, pairing, TransferOptions(retries=0)).id
+    destination_dir = dst.shares["data"].path
+    appended = threading.Event()
+
+    def append_once_copying() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if any(name.endswith(".partial") for name in os.listdir(destination_dir)):
+                with open(big, "ab") as handle:
+                    handle.write(b"appended while being copied")
+                appended.set()
+                return
+            time.sleep(0.002)
+
+    def publish(dispatch: BatchDispatch) -> None:
+        watcher = threading.Thread(target=append_once_copying)
+        watch = not appended.is_set()  # the first batch holds the file
+        if watch:
+            watcher.start()
+        copy_batch.run(dispatch.batch_id)
+        if watch:
+            watcher.join()
+
+    try:
+        assert planning.execute_run(first, publish, poll_interval=0.1).value == "completed_with_errors"
+        assert appended.is_set()
+        assert record_states(first)["growing.bin"] == ("failed", "SOURCE_CHANGED")
+        with session_scope() as session:
+            second = planning.create_run(session, pairing, TransferOptions(retries=0)).id
+        assert planning.execute_run(second, lambda d: copy_batch.run(d.batch_id),
+                                    poll_interval=0.1).value == "succeeded"
+    finally:
+        close_pool()
+    assert record_states(second)["growing.bin"][0] == "copied"
+    assert (destination_dir / "growing.bin").read_bytes() == big.read_bytes()
+
+
+def test_a_worker_with_the_wrong_key_fails_its_batches_and_the_run_ends(samba_factory, tmp_path,
+                                                                        monkeypatch):
+    """A worker whose SMS_SECRET_KEY differs from the orchestrator's cannot decrypt the
+    stored credential: it records every file failed with that reason at once, instead of
+    leaving the batch to expire and come back again and again."""
+    env = use_settings(monkeypatch, SMS_STATE_DIR=str(tmp_path / "state"))
+    upgrade_to_head(get_settings().database_url)
+    src, dst = samba_factory("src"), samba_factory("dst")
+    with LabTree(src.address, "data") as lab:
+        lab.write_file("one.txt", b"1\n")
+    register_servers("key", {"src": (src, ServerRole.SOURCE), "dst": (dst, ServerRole.DESTINATION)})
+    with session_scope() as session:
+        servers = {s.name: s for s in session.scalars(select(Server))}
+        pairing = planning.create_pairing(session, servers["src"], servers["dst"], ["data"])
+        run_id = planning.create_run(session, pairing, TransferOptions(retries=0)).id
+    outcomes: list[str] = []
+
+    def publish(dispatch: BatchDispatch) -> None:
+        monkeypatch.setenv("SMS_SECRET_KEY", Fernet.generate_key().decode())
+        reset_settings_cache()
+        try:
+            outcomes.append(copy_batch.run(dispatch.batch_id))
+        finally:
+            monkeypatch.setenv("SMS_SECRET_KEY", env["SMS_SECRET_KEY"])
+            reset_settings_cache()
+
+    try:
+        assert planning.execute_run(run_id, publish, poll_interval=0.1).value == "completed_with_errors"
+    finally:
+        close_pool()
+    assert outcomes == ["failed", "failed"]  # the file batch and the directory batch
+    assert set(record_states(run_id).values()) == {("failed", "CREDENTIAL_UNREADABLE")}
+
+
+def test_directory_waves_keep_every_directory_after_its_children():
+    """Narrow levels merge into one batch, a wide level becomes parallel batches, and no
+    wave holds a directory shallower than one of a later wave."""
+    levels = [(5, [1]), (4, [2]), (3, list(range(100, 1100))), (2, [3, 4]), (1, [5]), (-1, [6])]
+    waves = planning.directory_waves(levels)
+    assert waves[0] == [[1, 2]]
+    assert len(waves[1]) == 5 and sorted(sum(waves[1], [])) == list(range(100, 1100))
+    assert waves[2] == [[3, 4, 5, 6]]
+    assert planning.directory_waves([(level, [level + 10]) for level in range(40, -2, -1)]) == \
+        [[[level + 10 for level in range(40, -2, -1)]]]

@@ -67,9 +67,11 @@ def record_states(run_id: int) -> dict[str, tuple[str, str | None]]:
 
 
 def unexplained_differences(source, destination, share: str = "data", *,
+                            destination_share: str | None = None,
                             ignore_access_times_of: set[str] | None = None,
                             ignore_all_access_times: bool = False) -> list:
-    """compare_trees of the two shares' roots, minus what is expected after a transfer:
+    """compare_trees of the two shares' roots (the destination's share named ``share`` too
+    unless ``destination_share`` says otherwise), minus what is expected after a transfer:
 
     - PreExistingData exists on the destination only;
     - a source file's last-access time moves when the copy reads it (relatime), so for the
@@ -78,7 +80,8 @@ def unexplained_differences(source, destination, share: str = "data", *,
       again and moves last-access times on both sides (tests.lab.compare says so).
     """
     ignored = ignore_access_times_of or set()
-    with LabTree(source.address, share) as src, LabTree(destination.address, share) as dst:
+    with LabTree(source.address, share) as src, \
+            LabTree(destination.address, destination_share or share) as dst:
         differences = compare_trees(src, "", dst, "")
     return [d for d in differences
             if not (d.path == "PreExistingData" and d.field == "extra")

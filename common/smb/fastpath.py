@@ -32,9 +32,11 @@ Per small file (``read_small_files`` / ``write_small_files``), many files in fli
   time that denies the copying account cannot lock it out of the later steps.
 
 Large files and anything else go through ``Handle`` calls: ``open``, ``read_range`` /
-``write_range`` (pipelined READs / WRITEs of up to 1 MiB, several in flight),
-``query_security`` / ``set_security``, ``set_basic_info``, ``rename``,
-``delete_on_close``, ``close``.
+``write_range`` (pipelined READs / WRITEs of up to 1 MiB, several in flight; runs of
+zeros can be skipped), ``query_security`` / ``set_security``, ``query_streams``,
+``set_basic_info``, ``set_end_of_file``, ``rename``, ``delete_on_close``, ``ioctl``
+(FSCTLs such as server-side copy), ``close``. ``list_directory`` (QUERY_DIRECTORY) and
+``stat_files`` (pipelined CREATE + CLOSE) tell what a share already holds.
 
 It must never: implement authentication, negotiate or tree connect itself (those stay
 smbprotocol's); send an unsigned request or accept an unsigned or wrongly signed
@@ -66,6 +68,7 @@ from common.smb.errors import SmbError, SmbFileError, status_name
 
 # --- protocol constants (MS-SMB2) -----------------------------------------------------
 CMD_CREATE, CMD_CLOSE, CMD_READ, CMD_WRITE = 0x05, 0x06, 0x08, 0x09
+CMD_QUERY_DIRECTORY, CMD_IOCTL = 0x0E, 0x0B
 CMD_QUERY_INFO, CMD_SET_INFO = 0x10, 0x11
 
 FLAG_ASYNC = 0x02
@@ -75,16 +78,24 @@ FLAG_DFS = 0x10000000
 
 STATUS_PENDING = 0x00000103
 STATUS_END_OF_FILE = 0xC0000011
+STATUS_NO_MORE_FILES = 0x80000006
+STATUS_NO_SUCH_FILE = 0xC000000F
+STATUS_DATA_ERROR = 0xC000003E
 
 INFO_FILE, INFO_SECURITY = 1, 3
 FILE_BASIC_INFORMATION = 4
 FILE_RENAME_INFORMATION = 10
 FILE_DISPOSITION_INFORMATION = 13
+FILE_END_OF_FILE_INFORMATION = 20
+FILE_ID_FULL_DIRECTORY_INFORMATION = 38
 FILE_STREAM_INFORMATION = 22
 SECINFO_OWNER_GROUP_DACL = 0x7
+SECINFO_SACL = 0x8
+IOCTL_IS_FSCTL = 0x1
 
 # access masks
 FILE_READ_DATA = 0x1
+FILE_LIST_DIRECTORY = 0x1
 FILE_WRITE_DATA = 0x2
 FILE_READ_ATTRIBUTES = 0x80
 FILE_WRITE_ATTRIBUTES = 0x100
@@ -92,6 +103,8 @@ DELETE = 0x10000
 READ_CONTROL = 0x20000
 WRITE_DAC = 0x40000
 WRITE_OWNER = 0x80000
+SYNCHRONIZE = 0x100000
+ACCESS_SYSTEM_SECURITY = 0x1000000
 SOURCE_ACCESS = FILE_READ_DATA | FILE_READ_ATTRIBUTES | READ_CONTROL
 DEST_ACCESS = (
     FILE_WRITE_DATA | FILE_WRITE_ATTRIBUTES | FILE_READ_ATTRIBUTES | DELETE | READ_CONTROL
@@ -100,6 +113,8 @@ DEST_ACCESS = (
 
 # create dispositions and options
 FILE_OPEN = 1
+FILE_CREATE = 2
+FILE_OPEN_IF = 3
 FILE_DIRECTORY_FILE = 0x1
 FILE_OVERWRITE_IF = 5
 FILE_NON_DIRECTORY_FILE = 0x40
@@ -129,6 +144,10 @@ _QUERY = struct.Struct("<HBBIHHIII16sB")  # 41 bytes
 _QUERY_RESP = struct.Struct("<2xHI")
 _STREAM_ENTRY = struct.Struct("<IIq8x")  # NextEntryOffset, StreamNameLength, StreamSize
 _SET = struct.Struct("<HBBIHHI16s")  # 32 bytes, then buffer
+_QUERY_DIR = struct.Struct("<HBBI16sHHI")  # 32 bytes, then the search pattern
+_DIR_ENTRY = struct.Struct("<IIQQQQQQIII4x8x")  # FileIdFullDirectoryInformation, 80 bytes
+_IOCTL = struct.Struct("<HHI16sIIIIIIII")  # 56 bytes, then input
+_IOCTL_RESP = struct.Struct("<HHI16sIIIIII")
 _BASIC = struct.Struct("<QQQQI4x")
 _RENAME = struct.Struct("<B7xQI")
 _CONTEXT = struct.Struct("<IHHHHI4s4x")  # one create context named SecD, data follows
@@ -233,11 +252,13 @@ class WriteResult:
 
 @dataclass(slots=True)
 class Handle:
-    """An open file on a FastChannel (from ``open``)."""
+    """An open file on a FastChannel (from ``open``); ``create_action`` says whether the
+    CREATE opened (1), created (2) or overwrote (3) it."""
 
     file_id: bytes
     path: str
     info: FileInfo
+    create_action: int = 0
 
 
 class _Op:
@@ -278,7 +299,7 @@ class _DetachedTransport:
 
 
 def _utf16(path: str) -> bytes:
-    return path.replace("/", "\\").lstrip("\\").encode("utf-16-le")
+    return path.replace("/", "\\").lstrip("\\").encode("utf-16-le", "surrogatepass")
 
 
 def _credit_charge(length: int) -> int:
@@ -414,6 +435,16 @@ class FastChannel:
     def credits(self) -> int:
         """Credits currently available for new requests."""
         return self._high - self._low
+
+    @property
+    def max_read(self) -> int:
+        """The largest READ the server accepts (bytes)."""
+        return self._max_read
+
+    @property
+    def max_write(self) -> int:
+        """The largest WRITE the server accepts (bytes)."""
+        return self._max_write
 
     @property
     def encrypted(self) -> bool:
@@ -664,8 +695,10 @@ class FastChannel:
         return _CLOSE.pack(24, 1 if postquery else 0, 0, file_id)
 
     @staticmethod
-    def _query_security_body(file_id: bytes, max_length: int = 65535) -> bytes:
-        return _QUERY.pack(41, INFO_SECURITY, 0, max_length, 0, 0, 0, SECINFO_OWNER_GROUP_DACL, 0, file_id, 0)
+    def _query_security_body(
+        file_id: bytes, max_length: int = 65535, additional: int = SECINFO_OWNER_GROUP_DACL
+    ) -> bytes:
+        return _QUERY.pack(41, INFO_SECURITY, 0, max_length, 0, 0, 0, additional, 0, file_id, 0)
 
     @staticmethod
     def _query_streams_body(file_id: bytes, max_length: int = 65535) -> bytes:
@@ -732,6 +765,7 @@ class FastChannel:
         max_bytes: int = 65536,
         security: bool = True,
         streams: bool = False,
+        sacl: bool = False,
         backup_intent: bool = False,
         depth: int = 32,
     ) -> Iterator[SourceFile]:
@@ -741,7 +775,8 @@ class FastChannel:
         + CLOSE), up to ``depth`` files in flight. Yields a ``SourceFile`` per path in
         completion order (normally the order given); an NTSTATUS failure is that file's
         ``status``, never an exception. ``security=False`` skips the SD (for alternate
-        data streams); ``streams=True`` also lists the file's alternate data streams.
+        data streams); ``streams=True`` also lists the file's alternate data streams;
+        ``sacl=True`` adds the SACL to the SD (needs the privilege to read it).
         Paths are relative to the share; ``"dir\\file:stream"`` opens a stream.
         """
         max_bytes = max(0, min(max_bytes, self._max_read))
@@ -750,7 +785,10 @@ class FastChannel:
         options = FILE_NON_DIRECTORY_FILE | (FILE_OPEN_FOR_BACKUP_INTENT if backup_intent else 0)
         read_body = self._read_body(RELATED_FILE_ID, max_bytes, 0)
         close_body = self._close_body(RELATED_FILE_ID)
-        query_body = self._query_security_body(RELATED_FILE_ID)
+        query_body = self._query_security_body(
+            RELATED_FILE_ID, additional=SECINFO_OWNER_GROUP_DACL | (SECINFO_SACL if sacl else 0)
+        )
+        access = SOURCE_ACCESS | (ACCESS_SYSTEM_SECURITY if sacl and security else 0)
         streams_body = self._query_streams_body(RELATED_FILE_ID)
         inflight: deque[_Op] = deque()
         source = iter(paths)
@@ -762,7 +800,7 @@ class FastChannel:
                     exhausted = True
                     break
                 self._reserve(per_file)
-                create = self._create_body(path, SOURCE_ACCESS, FILE_OPEN, options, SHARE_READ_WRITE_DELETE)
+                create = self._create_body(path, access, FILE_OPEN, options, SHARE_READ_WRITE_DELETE)
                 messages = [(CMD_CREATE, create, 1)]
                 if security:
                     messages.append((CMD_QUERY_INFO, query_body, 1))
@@ -820,6 +858,8 @@ class FastChannel:
         items: Iterable[DestFile],
         *,
         replace: bool = True,
+        read_back: bool = False,
+        sacl: bool = False,
         backup_intent: bool = False,
         depth: int = 32,
     ) -> Iterator[WriteResult]:
@@ -831,9 +871,13 @@ class FastChannel:
         result's ``info``. (Times and attributes go after the rename because Samba sets
         ARCHIVE when renaming.) A file whose data did not fully arrive is never renamed:
         its temporary file is deleted and the result carries the NTSTATUS. Data must fit
-        one WRITE (``max_write_size``). Yields one WriteResult per item, in completion order.
+        one WRITE (``max_write_size``). ``read_back`` reads the data back in the first
+        compound and renames only if it came back identical (else STATUS_DATA_ERROR,
+        command "verify"); ``sacl`` lets the ``SecD`` context carry a SACL. Yields one
+        WriteResult per item, in completion order.
         """
         options = FILE_NON_DIRECTORY_FILE | (FILE_OPEN_FOR_BACKUP_INTENT if backup_intent else 0)
+        access = DEST_ACCESS | (FILE_READ_DATA if read_back else 0) | (ACCESS_SYSTEM_SECURITY if sacl else 0)
         inflight: deque[_Op] = deque()
         source = iter(items)
         exhausted = False
@@ -846,14 +890,17 @@ class FastChannel:
                 if len(item.data) > self._max_write:
                     raise ValueError(f"{item.path}: {len(item.data)} bytes exceed one WRITE; use write_range")
                 write_charge = _credit_charge(len(item.data)) if item.data else 0
-                self._reserve(1 + write_charge)
+                verify = read_back and bool(item.data)
+                self._reserve(1 + write_charge * (2 if verify else 1))
                 temp = item.temp_path or item.path + ".sms-partial"
                 create = self._create_body(
-                    temp, DEST_ACCESS, FILE_OVERWRITE_IF, options, 0, FILE_ATTRIBUTE_NORMAL, item.security
+                    temp, access, FILE_OVERWRITE_IF, options, 0, FILE_ATTRIBUTE_NORMAL, item.security
                 )
                 messages = [(CMD_CREATE, create, 1)]
                 if item.data:
                     messages.append((CMD_WRITE, self._write_body(RELATED_FILE_ID, item.data, 0), write_charge))
+                if verify:
+                    messages.append((CMD_READ, self._read_body(RELATED_FILE_ID, len(item.data), 0), write_charge))
                 inflight.append(self._send_chain(messages, ("write", item, temp)))
             if not inflight:
                 return
@@ -887,6 +934,8 @@ class FastChannel:
                 failed = WriteResult(item.path, status, "WRITE", None)
             elif _WRITE_RESP.unpack_from(responses[1], 64)[0] != len(item.data):
                 failed = WriteResult(item.path, 0xC000007F, "WRITE", None)  # short write: STATUS_DISK_FULL
+            elif len(responses) > 2 and (self._status(responses[2]) or self._read_data(responses[2]) != item.data):
+                failed = WriteResult(item.path, STATUS_DATA_ERROR, "verify", None)
         self._reserve(3)
         if failed is not None:
             dispose = self._set_body(file_id, INFO_FILE, FILE_DISPOSITION_INFORMATION, b"\x01")
@@ -946,18 +995,20 @@ class FastChannel:
         body = self._create_body(path, access, disposition, options, share, attributes, security)
         (response,) = self._call([(CMD_CREATE, body, 1)], path, ["CREATE"])
         info, file_id = self._create_info(response)
-        return Handle(file_id, path, info)
+        return Handle(file_id, path, info, int.from_bytes(response[68:72], "little"))
 
-    def close(self, handle: Handle) -> FileInfo:
-        """Close ``handle``; returns the file's final times, size and attributes."""
-        (response,) = self._call([(CMD_CLOSE, self._close_body(handle.file_id, True), 1)], handle.path, ["CLOSE"])
-        return self._close_info(response)
+    def close(self, handle: Handle, *, query: bool = True) -> FileInfo | None:
+        """Close ``handle``; returns the file's final times, size and attributes (None with
+        ``query=False``, which a handle marked delete-on-close needs: Samba 4.17 panics on
+        a post-query CLOSE of a deleted directory stream)."""
+        (response,) = self._call([(CMD_CLOSE, self._close_body(handle.file_id, query), 1)], handle.path, ["CLOSE"])
+        return self._close_info(response) if query else None
 
-    def query_security(self, handle: Handle) -> bytes:
-        """The owner, group and DACL of ``handle`` as self-relative SD bytes."""
-        (response,) = self._call(
-            [(CMD_QUERY_INFO, self._query_security_body(handle.file_id), 1)], handle.path, ["QUERY_INFO"]
-        )
+    def query_security(self, handle: Handle, additional: int = SECINFO_OWNER_GROUP_DACL) -> bytes:
+        """The SD parts named by ``additional`` (default owner, group and DACL) of ``handle``
+        as self-relative SD bytes."""
+        body = self._query_security_body(handle.file_id, additional=additional)
+        (response,) = self._call([(CMD_QUERY_INFO, body, 1)], handle.path, ["QUERY_INFO"])
         return self._query_output(response)
 
     def set_security(self, handle: Handle, security: bytes, additional: int = SECINFO_OWNER_GROUP_DACL) -> None:
@@ -984,6 +1035,94 @@ class FastChannel:
         """Mark the open file for deletion when it is closed; needs DELETE access."""
         body = self._set_body(handle.file_id, INFO_FILE, FILE_DISPOSITION_INFORMATION, b"\x01")
         self._call([(CMD_SET_INFO, body, 1)], handle.path, ["SET_INFO disposition"])
+
+    def set_end_of_file(self, handle: Handle, size: int) -> None:
+        """Set the file's end of file (its size) to ``size``; needs FILE_WRITE_DATA."""
+        body = self._set_body(handle.file_id, INFO_FILE, FILE_END_OF_FILE_INFORMATION, struct.pack("<q", size))
+        self._call([(CMD_SET_INFO, body, 1)], handle.path, ["SET_INFO end of file"])
+
+    def query_streams(self, handle: Handle) -> list[tuple[str, int]]:
+        """The alternate data streams of the open file or directory, as (":name:$DATA", size).
+
+        Samba answers STATUS_END_OF_FILE for a directory without streams: that is "none".
+        """
+        body = _QUERY.pack(41, INFO_FILE, FILE_STREAM_INFORMATION, 65535, 0, 0, 0, 0, 0, handle.file_id, 0)
+        self._reserve(1)
+        (response,) = self._wait(self._send_chain([(CMD_QUERY_INFO, body, 1)], None))
+        status = self._status(response)
+        if status == STATUS_END_OF_FILE:
+            return []
+        if status:
+            raise FastPathError(status, handle.path, "QUERY_INFO streams")
+        return self._streams(self._query_output(response))
+
+    def ioctl(self, handle: Handle, code: int, data: bytes = b"", max_output: int = 0) -> bytes:
+        """Send FSCTL ``code`` with input ``data`` on ``handle``; returns its output bytes."""
+        charge = _credit_charge(max(len(data), max_output))
+        body = _IOCTL.pack(
+            57, 0, code, handle.file_id, 120 if data else 0, len(data), 0, 0, 0, max_output, IOCTL_IS_FSCTL, 0
+        ) + data
+        (response,) = self._call([(CMD_IOCTL, body, charge)], handle.path, ["IOCTL"])
+        fields = _IOCTL_RESP.unpack_from(response, 64)
+        offset, length = fields[6], fields[7]
+        return bytes(response[offset : offset + length])
+
+    def list_directory(self, path: str, *, chunk: int = 65536) -> dict[str, FileInfo]:
+        """Every entry of directory ``path`` (name exactly as the server has it -> FileInfo),
+        '.' and '..' left out. Raises FastPathError (e.g. STATUS_OBJECT_NAME_NOT_FOUND)."""
+        handle = self.open(path, FILE_LIST_DIRECTORY | FILE_READ_ATTRIBUTES | SYNCHRONIZE,
+                           options=FILE_DIRECTORY_FILE)
+        found: dict[str, FileInfo] = {}
+        pattern = "*".encode("utf-16-le")
+        body = _QUERY_DIR.pack(
+            33, FILE_ID_FULL_DIRECTORY_INFORMATION, 0, 0, handle.file_id, 96, len(pattern), chunk
+        ) + pattern
+        try:
+            while True:
+                self._reserve(1)
+                (response,) = self._wait(self._send_chain([(CMD_QUERY_DIRECTORY, body, 1)], None))
+                status = self._status(response)
+                if status in (STATUS_NO_MORE_FILES, STATUS_NO_SUCH_FILE):
+                    return found
+                if status:
+                    raise FastPathError(status, path, "QUERY_DIRECTORY")
+                buffer = self._query_output(response)
+                offset = 0
+                while len(buffer) - offset >= _DIR_ENTRY.size:
+                    (next_entry, _index, ctime, atime, mtime, chtime, eof, alloc, attributes,
+                     name_length, _ea) = _DIR_ENTRY.unpack_from(buffer, offset)
+                    start = offset + _DIR_ENTRY.size
+                    name = buffer[start : start + name_length].decode("utf-16-le", "surrogatepass")
+                    if name not in (".", ".."):
+                        found[name] = FileInfo(ctime, atime, mtime, chtime, alloc, eof, attributes)
+                    if not next_entry:
+                        break
+                    offset += next_entry
+        finally:
+            self.close(handle)
+
+    def stat_files(self, paths: Iterable[str], *, depth: int = 32) -> Iterator[tuple[str, int, FileInfo | None]]:
+        """(path, NTSTATUS, FileInfo or None) of each path (file or directory), pipelined:
+        one CREATE(read attributes) + CLOSE compound per path, results in the order given."""
+        close_body = self._close_body(RELATED_FILE_ID)
+        inflight: deque[_Op] = deque()
+        source = iter(paths)
+        exhausted = False
+        while True:
+            while not exhausted and len(inflight) < depth:
+                path = next(source, None)
+                if path is None:
+                    exhausted = True
+                    break
+                self._reserve(2)
+                create = self._create_body(path, FILE_READ_ATTRIBUTES, FILE_OPEN, 0, SHARE_READ_WRITE_DELETE)
+                inflight.append(self._send_chain([(CMD_CREATE, create, 1), (CMD_CLOSE, close_body, 1)], path))
+            if not inflight:
+                return
+            op = inflight.popleft()
+            create, _close = self._wait(op)
+            status = self._status(create)
+            yield op.context, status, None if status else self._create_info(create)[0]
 
     def read_range(
         self, handle: Handle, offset: int, length: int, *, chunk: int = 1 << 20, depth: int = 8
@@ -1028,6 +1167,8 @@ class FastChannel:
     ) -> int:
         """Write ``chunks`` back to back from ``offset`` as pipelined WRITEs; returns bytes written.
 
+        A chunk given as ``(position, data)`` is written at ``position`` and the next
+        plain chunk follows it (so runs of zeros can be left out of a new file).
         Each chunk must fit ``max_write_size``. Up to ``depth`` WRITEs are in flight.
         Raises FastPathError on an NTSTATUS failure or a short write.
         """
@@ -1043,6 +1184,8 @@ class FastChannel:
                 if data is None:
                     exhausted = True
                     break
+                if type(data) is tuple:
+                    position, data = data
                 if len(data) > self._max_write:
                     failure = FastPathError(0xC000000D, handle.path, "WRITE")  # STATUS_INVALID_PARAMETER
                     break

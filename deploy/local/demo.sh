@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash deploy/local/bootstrap.sh
-exec .venv/bin/python -m orchestrator.demo "$@"
+exec .venv/bin/python deploy/local/demo.py "$@"

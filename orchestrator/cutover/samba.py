@@ -9,7 +9,7 @@ rolled-back cutover can run it again:
   address is free (duplicate address detection, ``arping -D``);
 - the NetBIOS name: read from ``testparm``; changed by a reversible edit of smb.conf
   (``orchestrator.cutover.smbconf``), keeping the machine SID (Samba keeps one SID per
-  name: ``net getlocalsid`` before, ``net setlocalsid`` after), then
+  name: ``net getlocalsid``, then ``net -n NEW setlocalsid`` before the edit), then
   ``smbcontrol all reload-config`` and a restart of samba-dcerpcd's workers (a running
   rpcd worker keeps the old name);
 - share access: normal, read-only (``read only = yes``) or maintenance (read-only, and

@@ -187,15 +187,19 @@ def run(job: str = typer.Option(None, help="Job name: run every pairing of the j
         retries: int = typer.Option(DEFAULT_RETRIES, help="Extra tries of a failed file."),
         retry_delay: float = typer.Option(DEFAULT_RETRY_DELAY, help="Seconds between tries."),
         copy_sacl: bool = typer.Option(False, help="Copy SACLs too (needs the privilege)."),
+        share_map: list[str] = typer.Option([], "--share-map",
+                                            help="SOURCE=DESTINATION share name (repeat); "
+                                                 "default: the same name."),
         wait: bool = typer.Option(False, "--wait", help="Drive the run here to the end."),
         concurrency: int = typer.Option(0, help="Processes per local worker (embedded mode)."),
         as_json: bool = typer.Option(False, "--json")):
     """Start a transfer run for each chosen pairing."""
     try:
+        mapping = dict(item.split("=", 1) for item in share_map)
         options = TransferOptions(checksum=checksum, retries=retries, retry_delay=retry_delay,
-                                  copy_sacl=copy_sacl)
+                                  copy_sacl=copy_sacl, share_map=mapping)
     except ValueError as exc:
-        _fail(str(exc))
+        _fail(f"bad option: {exc}")
     _prepare_database()
     with session_scope() as session:
         try:

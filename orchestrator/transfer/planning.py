@@ -18,9 +18,10 @@ A run of a pairing goes through these stages, all recorded in the job database:
 4. **Mirror** (re-runs only): destination entries that the source no longer has are
    deleted; PreExistingData and anything under a source directory the walk could not list
    are left alone.
-5. **Directories**: directory records go out in batches, deepest first and one batch at
-   a time, the share root last, so a directory's times are set after everything inside it
-   was written or deleted.
+5. **Directories**: directory records go out deepest first, in waves of batches (one
+   level of a wide tree in parallel batches, narrow levels merged into one batch), the
+   share root last, so a directory's times are set after everything inside it was written
+   or deleted.
 6. **Finish**: counters from the file records; the run ends ``succeeded`` or, when any
    file failed, went missing, or a directory could not be walked, ``completed_with_errors``
    (never hangs on a locked file: the worker records it failed and moves on).
@@ -73,6 +74,8 @@ logger = logging.getLogger(__name__)
 
 COPY_TASK = "proxy_worker.copy_tasks.copy_batch"
 DIRECTORY_BATCH_MAX = 2000
+DIRECTORY_PARALLEL_MIN = 200
+DIRECTORY_PARALLELISM = 8
 MIRROR_LOOKUP_CHUNK = 500
 REAP_INTERVAL = 10.0
 
@@ -519,34 +522,73 @@ def _mirror_share(context: _Context, target: _ShareTarget, destination: Server,
 
 # --- directories -----------------------------------------------------------------------
 
-def _directory_order():
+def _depth():
+    """A record's depth: backslashes in its path; the share root ('') is -1, below all."""
     path = FileRecord.relative_path
-    depth = func.length(path) - func.length(func.replace(path, "\\", ""))
-    return case((path == "", -1), else_=depth).desc()
+    return case((path == "", -1),
+                else_=func.length(path) - func.length(func.replace(path, "\\", "")))
+
+
+def directory_waves(levels: list[tuple[int, list[int]]]) -> list[list[list[int]]]:
+    """Cut directory ids grouped by depth (deepest level first) into waves of batches.
+
+    Waves run one after the other; the batches of one wave run in parallel. A level of
+    more than DIRECTORY_PARALLEL_MIN directories is a wave of its own, split into up to
+    DIRECTORY_PARALLELISM batches: directories of one depth never contain each other.
+    Smaller levels are merged, deepest first, into one batch (the copy engine applies a
+    batch's directories deepest first), so a deep, narrow tree costs one batch, not one
+    wave per level.
+    """
+    waves: list[list[list[int]]] = []
+    group: list[int] = []
+    for _depth_value, ids in levels:
+        if len(ids) > DIRECTORY_PARALLEL_MIN:
+            if group:
+                waves.append([group])
+                group = []
+            size = min(DIRECTORY_BATCH_MAX,
+                       max(DIRECTORY_PARALLEL_MIN, -(-len(ids) // DIRECTORY_PARALLELISM)))
+            waves.append([ids[start:start + size] for start in range(0, len(ids), size)])
+            continue
+        if group and len(group) + len(ids) > DIRECTORY_BATCH_MAX:
+            waves.append([group])
+            group = []
+        group = group + ids
+    if group:
+        waves.append([group])
+    return waves
 
 
 def _copy_directories(context: _Context, target: _ShareTarget, publish: Publisher,
                       poll_interval: float, say: Progress) -> None:
-    """Dispatch the share's directory records deepest first, one batch at a time."""
-    count = 0
-    while True:
+    """Dispatch the share's directory records deepest first, in waves (directory_waves).
+
+    Only (id, depth) pairs of the directories are held, never their paths.
+    """
+    depth = _depth()
+    levels: dict[int, list[int]] = {}
+    with session_scope() as session:
+        rows = session.execute(
+            select(FileRecord.id, depth).where(
+                FileRecord.run_id == context.run_id, FileRecord.share_id == target.share_id,
+                FileRecord.is_dir.is_(True), FileRecord.batch_id.is_(None))
+            .order_by(depth.desc(), FileRecord.id))
+        for record_id, level in rows:
+            levels.setdefault(level, []).append(record_id)
+    waves = directory_waves(sorted(levels.items(), key=lambda item: -item[0]))
+    for wave in waves:
         with session_scope() as session:
-            ids = list(session.scalars(
-                select(FileRecord.id).where(
-                    FileRecord.run_id == context.run_id, FileRecord.share_id == target.share_id,
-                    FileRecord.is_dir.is_(True), FileRecord.batch_id.is_(None))
-                .order_by(_directory_order(), FileRecord.id).limit(DIRECTORY_BATCH_MAX)))
-            if not ids:
-                break
-            batch = Batch(run_id=context.run_id, share_id=target.share_id, file_count=len(ids))
-            session.add(batch)
-            session.flush()
-            session.execute(update(FileRecord).where(FileRecord.id.in_(ids))
-                            .values(batch_id=batch.id).execution_options(synchronize_session=False))
-            dispatch_batch(session, batch, publish, task_name=COPY_TASK, queue=context.queue)
-        count += len(ids)
+            for ids in wave:
+                batch = Batch(run_id=context.run_id, share_id=target.share_id, file_count=len(ids))
+                session.add(batch)
+                session.flush()
+                for start in range(0, len(ids), 500):
+                    session.execute(update(FileRecord).where(FileRecord.id.in_(ids[start:start + 500]))
+                                    .values(batch_id=batch.id).execution_options(synchronize_session=False))
+                dispatch_batch(session, batch, publish, task_name=COPY_TASK, queue=context.queue)
         _wait_for_batches(context, publish, poll_interval, lambda line: None, "directories")
-    say(f"{target.name}: metadata of {count} directories applied")
+    count = sum(len(ids) for ids in levels.values())
+    say(f"{target.name}: metadata of {count} directories applied in {len(waves)} waves")
 
 
 # --- the end ---------------------------------------------------------------------------
@@ -554,7 +596,8 @@ def _copy_directories(context: _Context, target: _ShareTarget, publish: Publishe
 def _finish(context: _Context) -> RunState:
     with session_scope() as session:
         rows = session.execute(
-            select(FileRecord.state, FileRecord.is_dir, func.count(), func.coalesce(func.sum(FileRecord.size), 0))
+            select(FileRecord.state, FileRecord.is_dir, func.count(),
+                   func.coalesce(func.sum(FileRecord.size), 0))
             .where(FileRecord.run_id == context.run_id)
             .group_by(FileRecord.state, FileRecord.is_dir)).all()
         files: dict[FileState, int] = {}

@@ -15,7 +15,8 @@ record per file and folder, state scanned) with what proxy workers reported back
 
 A share is clean when nothing is missing, mismatched or failed and there were no walk or
 mirror errors. ``cutover_allowed`` refuses unless the run ended and every share is clean,
-or the operator explicitly overrides.
+or the operator explicitly overrides; ``pairing_cutover_allowed`` applies the same gate
+to a pairing's latest finished run.
 
 This module only reads the database: it must never change a run or its records.
 """
@@ -131,3 +132,17 @@ def cutover_allowed(session: Session, run_id: int, *, override: bool = False) ->
     is the caller's job to record who overrode and why.
     """
     return override or reconcile(session, run_id).clean
+
+
+def latest_finished_run(session: Session, pairing_id: int) -> int | None:
+    """Id of the pairing's most recent run that ran to its end (succeeded or with errors)."""
+    return session.scalar(select(func.max(TransferRun.id)).where(
+        TransferRun.pairing_id == pairing_id,
+        TransferRun.state.in_((RunState.SUCCEEDED, RunState.COMPLETED_WITH_ERRORS))))
+
+
+def pairing_cutover_allowed(session: Session, pairing_id: int, *, override: bool = False) -> bool:
+    """Cutover gate for a pairing: its latest finished run must reconcile clean (or the
+    operator overrides); a pairing never transferred is refused even with the override."""
+    run_id = latest_finished_run(session, pairing_id)
+    return run_id is not None and cutover_allowed(session, run_id, override=override)

@@ -1,0 +1,76 @@
+"""``sms flower``: the real Flower process on a real Redis broker, with basic auth required.
+
+Unauthenticated and wrongly authenticated requests get 401, the configured credentials
+get 200; the credentials are in neither the process's command line nor its output.
+Without credentials (or with ones Flower cannot parse) it refuses to start.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.lab.services import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+USER = "flower-admin"
+PASSWORD = "Fl0wer-Secret-pw"
+
+
+def environment(**values: str) -> dict[str, str]:
+    """This process's environment without any SMS_* or FLOWER_* variable, plus ``values``."""
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("SMS_", "FLOWER_"))}
+    env.update(values)
+    return env
+
+
+def test_flower_refuses_to_start_without_credentials(tmp_path):
+    for values, expected in (({}, "SMS_FLOWER_USER and SMS_FLOWER_PASSWORD"),
+                             ({"SMS_FLOWER_USER": USER}, "SMS_FLOWER_USER and SMS_FLOWER_PASSWORD"),
+                             ({"SMS_FLOWER_USER": USER, "SMS_FLOWER_PASSWORD": "a,b"}, "may not contain ','")):
+        result = subprocess.run([sys.executable, "-m", "orchestrator.cli", "flower"], cwd=ROOT, timeout=60,
+                                env=environment(SMS_STATE_DIR=str(tmp_path / "state"), **values),
+                                capture_output=True, text=True)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert expected in " ".join((result.stdout + result.stderr).split())
+
+
+def test_flower_requires_basic_auth(redis_url, tmp_path):
+    port = free_port()
+    log = tmp_path / "flower.log"
+    env = environment(SMS_STATE_DIR=str(tmp_path / "state"), SMS_BROKER_URL=redis_url,
+                      SMS_FLOWER_USER=USER, SMS_FLOWER_PASSWORD=PASSWORD, SMS_FLOWER_PORT=str(port))
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "flower"], cwd=tmp_path,
+                                   env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                anonymous = httpx.get(f"{base}/", timeout=2)
+                break
+            except httpx.TransportError:
+                assert process.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.3)
+        assert anonymous.status_code == 401
+        assert anonymous.headers["www-authenticate"].startswith("Basic")
+        assert httpx.get(f"{base}/workers", auth=(USER, "wrong"), timeout=5).status_code == 401
+        assert httpx.get(f"{base}/api/workers", timeout=5).status_code == 401
+        assert httpx.get(f"{base}/", auth=(USER, PASSWORD), timeout=10).status_code == 200
+        workers = httpx.get(f"{base}/api/workers", auth=(USER, PASSWORD), timeout=20)
+        assert workers.status_code == 200 and isinstance(workers.json(), dict)
+        cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        assert PASSWORD not in cmdline and "flower" in cmdline
+    finally:
+        os.kill(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    assert PASSWORD not in log.read_text()
