@@ -17,20 +17,35 @@ import common  # noqa: F401  (keeps impacket's bin/smbclient.py off the import p
 import csv
 import io
 import os
+import uuid
 import signal
 import stat
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+import redis
 from fastapi.testclient import TestClient
 
 from common.crypto import decrypt_secret
 from common.db import session_scope
-from common.models import CutoverRun, CutoverStage, Pairing, RunState, Server
+from common.models import (
+    Batch,
+    BatchState,
+    CutoverRun,
+    CutoverStage,
+    Job,
+    Pairing,
+    RunState,
+    Server,
+    Share,
+    TransferRun,
+    utcnow,
+)
 from common.settings import Settings, get_settings
 from orchestrator.api import create_app
 from orchestrator.api.auth import ApiConfigurationError, resolve_api_token
@@ -146,7 +161,7 @@ def test_sms_serve_generates_a_private_token_and_serves(tmp_path):
     env.update(SMS_STATE_DIR=str(state), SMS_API_PORT=str(port))
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "serve", "--no-reaper"],
+        process = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "serve"],
                                    cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True)
     try:
@@ -450,13 +465,6 @@ def test_inventory_transfer_reconciliation_and_logs_through_the_api(samba_factor
 def test_serving_app_runs_the_lease_reaper(monkeypatch, tmp_path, redis_url):
     """``create_app(reaper=True)`` (what ``sms serve`` builds) re-dispatches a batch whose
     worker's lease expired: the row returns to queued and the message reaches Redis."""
-    import uuid
-    from datetime import timedelta
-
-    import redis
-
-    from common.models import Batch, BatchState, Job, Share, TransferRun, utcnow
-
     prefix = f"apitest{uuid.uuid4().hex[:8]}"
     values = {"SMS_STATE_DIR": str(tmp_path / "state"), "SMS_API_TOKEN": TOKEN, "SMS_BROKER_URL": redis_url,
               "SMS_QUEUE_PREFIX": prefix, "SMS_BATCH_LEASE_SECONDS": "5"}

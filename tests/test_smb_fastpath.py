@@ -450,3 +450,50 @@ def test_pipelining_waits_for_credits_when_few_are_granted(samba_factory):
     channel.release()
     assert all((root / ("copy-" + name)).read_bytes() == data for name, data in payloads.items())
     tree.close()
+
+
+def test_listing_probing_end_of_file_and_server_side_copy(samba_factory):
+    server = samba_factory("inspect")
+    root = server.shares["data"].path
+    (root / "dir").mkdir()
+    names = ["a.bin", "Å.txt", "Å.txt", "name with spaces"]  # U+00C5 and U+212B: two files
+    for number, name in enumerate(names):
+        (root / "dir" / name).write_bytes(b"x" * (number + 1))
+    (root / "dir" / "sub").mkdir()
+    data = os.urandom(3 << 20)
+    (root / "big.bin").write_bytes(data)
+    tree = Tree(server)
+    channel = attach(tree)
+    listing = channel.list_directory("dir")
+    assert sorted(listing) == sorted(names + ["sub"])
+    assert [listing[name].end_of_file for name in names] == [1, 2, 3, 4]
+    assert listing["sub"].attributes & 0x10
+    with pytest.raises(FastPathError) as missing:
+        channel.list_directory("nowhere")
+    assert missing.value.status_name == "STATUS_OBJECT_NAME_NOT_FOUND"
+    probed = list(channel.stat_files(["dir\\a.bin", "dir\\gone", "dir\\sub", "big.bin"]))
+    assert [(path, status) for path, status, _info in probed] == [
+        ("dir\\a.bin", 0), ("dir\\gone", 0xC0000034), ("dir\\sub", 0), ("big.bin", 0)]
+    assert probed[3][2].end_of_file == len(data) and probed[1][2] is None
+
+    # Server-side copy (FSCTL_SRV_REQUEST_RESUME_KEY + FSCTL_SRV_COPYCHUNK_WRITE) and end of file.
+    source = channel.open("big.bin")
+    copy = channel.open("copy.bin", DEST_ACCESS, FILE_OVERWRITE_IF, share=0)
+    resume_key = channel.ioctl(source, 0x00140078, b"", 32)[:24]
+    chunks = [(offset, offset, 1 << 20) for offset in range(0, len(data), 1 << 20)]
+    request = resume_key + struct.pack("<II", len(chunks), 0) + b"".join(
+        struct.pack("<QQII", s, t, n, 0) for s, t, n in chunks)
+    written, _chunk, total = struct.unpack("<III", channel.ioctl(copy, 0x001480F2, request, 12))
+    assert (written, total) == (len(chunks), len(data))
+    channel.set_end_of_file(copy, len(data) + 5)
+    assert channel.query_streams(copy) == []
+    assert channel.close(copy).end_of_file == len(data) + 5
+    channel.close(source)
+    # A delete-on-close handle closed without post-query (Samba panics on some otherwise).
+    scratch = channel.open("scratch.tmp", DEST_ACCESS, FILE_OVERWRITE_IF, share=0)
+    channel.delete_on_close(scratch)
+    assert channel.close(scratch, query=False) is None
+    channel.release()
+    assert (root / "copy.bin").read_bytes() == data + bytes(5)
+    assert not (root / "scratch.tmp").exists()
+    tree.close()

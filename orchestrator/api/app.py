@@ -80,6 +80,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        """Run the lease reaper thread (when asked) for as long as the app serves."""
         stop = threading.Event()
         thread = None
         if reaper:
@@ -108,6 +109,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
     @app.get("/api/health", response_model=schemas.HealthOut, tags=["health"],
              summary="Liveness and database reachability (no token needed)")
     def health():
+        """Liveness and database reachability (no token needed)."""
         try:
             with session_scope(settings.database_url) as session:
                 session.execute(text("SELECT 1"))
@@ -119,6 +121,7 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
     @app.get("/api/openapi.json", tags=["health"], dependencies=[Depends(require_token)],
              summary="The OpenAPI schema of this API")
     def openapi_schema():
+        """The OpenAPI schema of this API."""
         return app.openapi()
 
     app.include_router(router, dependencies=[Depends(require_token)])

@@ -135,6 +135,7 @@ def secret(value) -> str | None:
 @router.post("/jobs", status_code=status.HTTP_201_CREATED, response_model=schemas.JobOut,
              tags=["jobs"], summary="Create a migration job")
 def create_job_endpoint(body: schemas.JobIn, request: Request):
+    """Create a migration job."""
     with database(request) as session:
         if session.scalar(select(Job.id).where(Job.name == body.name)) is not None:
             raise HTTPException(status.HTTP_409_CONFLICT,
@@ -148,6 +149,7 @@ def create_job_endpoint(body: schemas.JobIn, request: Request):
 
 @router.get("/jobs", response_model=list[schemas.JobOut], tags=["jobs"], summary="List jobs")
 def list_jobs_endpoint(request: Request):
+    """List jobs."""
     with database(request) as session:
         return [job_out(session, job) for job in list_jobs(session)]
 
@@ -155,6 +157,7 @@ def list_jobs_endpoint(request: Request):
 @router.get("/jobs/{job}", response_model=schemas.JobDetailOut, tags=["jobs"],
             summary="Show a job, its servers and its latest events")
 def show_job(job: str, request: Request, events: int = 50):
+    """Show a job, its servers and its latest events."""
     with database(request) as session:
         record = find_job(session, job)
         rows = session.scalars(select(Event).where(Event.job_id == record.id)
@@ -167,6 +170,7 @@ def show_job(job: str, request: Request, events: int = 50):
 @router.post("/jobs/{job}/servers", status_code=status.HTTP_201_CREATED, response_model=schemas.ServerOut,
              tags=["servers"], summary="Add a source or destination server (passwords are write-only)")
 def add_server_endpoint(job: str, body: schemas.ServerIn, request: Request):
+    """Add a source or destination server (passwords are write-only)."""
     samba = windows = None
     if body.samba is not None:
         samba = SambaManagement(ssh_user=body.samba.ssh_user, known_hosts=body.samba.known_hosts,
@@ -197,6 +201,7 @@ def add_server_endpoint(job: str, body: schemas.ServerIn, request: Request):
 @router.get("/jobs/{job}/servers", response_model=list[schemas.ServerOut], tags=["servers"],
             summary="List a job's servers")
 def list_servers_endpoint(job: str, request: Request):
+    """List a job's servers."""
     with database(request) as session:
         return [server_out(server) for server in list_servers(session, find_job(session, job))]
 
@@ -204,6 +209,7 @@ def list_servers_endpoint(job: str, request: Request):
 @router.get("/jobs/{job}/servers/{server}", response_model=schemas.ServerOut, tags=["servers"],
             summary="Show one server (secrets only as stored or not)")
 def show_server(job: str, server: str, request: Request):
+    """Show one server (secrets only as stored or not)."""
     with database(request) as session:
         return server_out(find_server(session, find_job(session, job), server))
 
@@ -225,6 +231,7 @@ def _scan_publisher(request: Request):
 @router.post("/jobs/{job}/inventory", response_model=schemas.InventoryRunOut, tags=["inventory"],
              summary="Inventory the job's source servers; file scans are queued for orchestrator workers")
 def start_inventory(job: str, request: Request, body: schemas.InventoryIn | None = None):
+    """Inventory the job's source servers; file scans are queued for orchestrator workers."""
     body = body or schemas.InventoryIn()
     settings: Settings = request.app.state.settings
     with database(request) as session:
@@ -257,6 +264,7 @@ def _inventory_counts(servers: list[dict[str, Any]]) -> dict[str, int]:
 @router.get("/jobs/{job}/inventory", response_model=schemas.InventoryOut, tags=["inventory"],
             summary="What the inventory found: servers, shares, volumes, users and groups, counts")
 def show_inventory(job: str, request: Request):
+    """What the inventory found: servers, shares, volumes, users and groups, counts."""
     with database(request) as session:
         record = find_job(session, job)
         view = inventory_view(session, record.id)
@@ -283,6 +291,7 @@ def _pairing_out(session: Session, pairing: Pairing) -> dict[str, Any]:
 @router.post("/jobs/{job}/pairings", status_code=status.HTTP_201_CREATED, response_model=schemas.PairingOut,
              tags=["transfer"], summary="Pair a source with a destination (again: updates shares and mapping)")
 def create_pairing(job: str, body: schemas.PairingIn, request: Request):
+    """Pair a source with a destination (again: updates shares and mapping)."""
     with database(request) as session:
         record = find_job(session, job)
         source = find_server(session, record, body.source)
@@ -297,6 +306,7 @@ def create_pairing(job: str, body: schemas.PairingIn, request: Request):
 @router.get("/jobs/{job}/pairings", response_model=list[schemas.PairingOut], tags=["transfer"],
             summary="List a job's pairings")
 def list_pairings(job: str, request: Request):
+    """List a job's pairings."""
     with database(request) as session:
         record = find_job(session, job)
         return [_pairing_out(session, pairing) for pairing in
@@ -339,6 +349,7 @@ def start_driver(request: Request, run_ids: list[int]) -> tuple[int, str]:
              response_model=schemas.TransferStartedOut, tags=["transfer"],
              summary="Start a transfer run of each chosen pairing (driven in the background)")
 def start_transfer(job: str, body: schemas.TransferIn, request: Request):
+    """Start a transfer run of each chosen pairing (driven in the background)."""
     try:
         options = TransferOptions(checksum=body.checksum.value, retries=body.retries,
                                   retry_delay=body.retry_delay, copy_sacl=body.copy_sacl,
@@ -378,6 +389,7 @@ def _run_out(run: TransferRun) -> dict[str, Any]:
 @router.get("/jobs/{job}/transfers", response_model=list[schemas.TransferRunOut], tags=["transfer"],
             summary="List a job's transfer runs, newest first")
 def list_transfers(job: str, request: Request):
+    """List a job's transfer runs, newest first."""
     with database(request) as session:
         record = find_job(session, job)
         return [_run_out(run) for run in session.scalars(
@@ -387,6 +399,7 @@ def list_transfers(job: str, request: Request):
 @router.get("/jobs/{job}/transfers/{run_id}", response_model=schemas.TransferProgressOut, tags=["transfer"],
             summary="A run's progress: counters, batches by state, reconciliation so far")
 def transfer_progress(job: str, run_id: int, request: Request):
+    """A run's progress: counters, batches by state, reconciliation so far."""
     with database(request) as session:
         run = find_run(session, find_job(session, job), run_id)
         batches = dict(session.execute(select(Batch.state, func.count()).where(Batch.run_id == run_id)
@@ -398,6 +411,7 @@ def transfer_progress(job: str, run_id: int, request: Request):
 @router.get("/jobs/{job}/transfers/{run_id}/reconciliation", response_model=schemas.ReconciliationOut,
             tags=["transfer"], summary="The run's per-share reconciliation report")
 def transfer_reconciliation(job: str, run_id: int, request: Request):
+    """The run's per-share reconciliation report."""
     with database(request) as session:
         find_run(session, find_job(session, job), run_id)
         return reconcile(session, run_id).to_json()
@@ -406,6 +420,7 @@ def transfer_reconciliation(job: str, run_id: int, request: Request):
 @router.post("/jobs/{job}/transfers/{run_id}/cancel", response_model=schemas.TransferRunOut, tags=["transfer"],
              summary="Cancel a pending or running run (workers skip its remaining batches)")
 def cancel_transfer(job: str, run_id: int, request: Request):
+    """Cancel a pending or running run (workers skip its remaining batches)."""
     with database(request) as session:
         run = find_run(session, find_job(session, job), run_id)
         if not planning.cancel_run(session, run_id):
@@ -419,6 +434,7 @@ def cancel_transfer(job: str, run_id: int, request: Request):
             response_class=StreamingResponse,
             responses={200: {"content": {"text/csv": {}}}})
 def transfer_log(job: str, run_id: int, kind: schemas.LogKind, request: Request):
+    """Download the run's transfer log (kind=transfer) or error-only log (kind=errors) as CSV."""
     spool = tempfile.SpooledTemporaryFile(max_size=CSV_SPOOL_BYTES, mode="w+", newline="", encoding="utf-8")
     try:
         with database(request) as session:
@@ -454,6 +470,7 @@ def _cutover_out(run: CutoverRun) -> dict[str, Any]:
 @router.get("/jobs/{job}/cutovers", response_model=list[schemas.CutoverRunOut], tags=["cutover"],
             summary="A job's cutover runs with their stages (status only)")
 def list_cutovers(job: str, request: Request):
+    """A job's cutover runs with their stages (status only)."""
     with database(request) as session:
         record = find_job(session, job)
         return [_cutover_out(run) for run in session.scalars(
@@ -463,6 +480,7 @@ def list_cutovers(job: str, request: Request):
 @router.get("/jobs/{job}/cutovers/{cutover_id}", response_model=schemas.CutoverRunOut, tags=["cutover"],
             summary="One cutover run: state and progress by stage")
 def show_cutover(job: str, cutover_id: int, request: Request):
+    """One cutover run: state and progress by stage."""
     with database(request) as session:
         record = find_job(session, job)
         run = session.get(CutoverRun, cutover_id)

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from common.models import ServerKind, ServerRole
-from common.transfer_options import DEFAULT_RETRIES, DEFAULT_RETRY_DELAY
+from common.transfer_options import CHECKSUM_CHOICES, DEFAULT_RETRIES, DEFAULT_RETRY_DELAY, TransferOptions
 
 
 class Request(BaseModel):
@@ -231,19 +231,17 @@ class PairingOut(BaseModel):
     created_at: datetime | None
 
 
-class Checksum(str, enum.Enum):
-    """Validation of copied files (as SMS: none, a fast hash, or SHA-256)."""
-
-    NONE = "none"
-    FAST = "fast"
-    SHA256 = "sha256"
+# Validation of copied files (as SMS: none, a fast hash, or SHA-256): the transfer
+# options' own choices, so the API never offers one the engine does not know.
+Checksum = enum.Enum("Checksum", {choice.upper(): choice for choice in CHECKSUM_CHOICES}, type=str)
 
 
 class TransferIn(Request):
     """Start transfer runs."""
 
     pairing_ids: list[int] = Field(default_factory=list, description="Empty: every pairing of the job.")
-    checksum: Checksum = Checksum.FAST
+    checksum: Checksum = Field(Checksum(TransferOptions.checksum),
+                               description="none: hash while copying only; fast / sha256: re-read and compare.")
     retries: int = Field(DEFAULT_RETRIES, ge=0, le=100)
     retry_delay: float = Field(DEFAULT_RETRY_DELAY, ge=0, le=86_400)
     copy_sacl: bool = False
