@@ -154,6 +154,7 @@ _COLUMN_DEFAULTS: dict[str, Any] = {
     "state": "scanned",
     "error_code": None,
     "error_message": None,
+    "owner": None,
 }
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 

@@ -428,6 +428,28 @@ class FileRecord(Base):
     )
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
+    # The source entry's owner SID as read from its security descriptor (transfer runs).
+    owner: Mapped[str | None] = mapped_column(String(184))
+
+
+class SidMap(Base):
+    """Source SID -> destination SID of a transfer run's migrated local users and groups.
+
+    Written by the orchestrator before any batch of the run is dispatched; proxy workers
+    read it by the run's id to translate owner, group and ACE SIDs of every security
+    descriptor they copy. ``accounts`` records what happened to each source account
+    (created, renamed, merged, skipped, failed, with the reason). Never holds a password.
+    """
+
+    __tablename__ = "sid_maps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("transfer_runs.id", ondelete="CASCADE"), unique=True
+    )
+    entries: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    accounts: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class CutoverRun(Base):

@@ -5,6 +5,13 @@ never travel in a broker message: a proxy worker reads them from the job databas
 the batch. ``TransferOptions`` validates them once (an unknown checksum choice is an
 error, not a silent default) and turns them into the copy engine's ``CopyOptions``.
 
+Security and scope follow SMS too: ``migrate_principals`` is what happens to the source's
+local users and groups on a manageable destination (``rename`` a conflicting account -
+the default -, ``merge`` with the destination's account of the same name, or ``skip``
+the migration); ``max_duration`` (seconds, 0 = no limit) stops dispatching new batches
+once a run has lasted that long; ``skip_system_folders`` leaves SMS's system folders at
+a share's root (``SYSTEM_FOLDERS``) out of the copy and out of mirror deletes.
+
 Checksum choices follow SMS's validation setting: ``none`` (data is still hashed as it
 streams, with the fast algorithm, but the destination is not re-read), ``fast``
 (xxh3-128, the measured default of common.smb.checksum, and the destination is re-read
@@ -24,8 +31,15 @@ from common.smb.copy import CopyOptions
 CHECKSUM_CHOICES = ("none", "fast", "sha256")
 _ALGORITHMS = {"none": DEFAULT_ALGORITHM, "fast": DEFAULT_ALGORITHM, "sha256": "sha256"}
 
+PRINCIPAL_CHOICES = ("rename", "merge", "skip")
+# Never copied by SMS, at a share's root (compared case-insensitively, as Windows does).
+SYSTEM_FOLDERS = ("Windows", "Program Files", "Users", "System Volume Information",
+                  "$Recycle.bin", "pagefile.sys")
+
 DEFAULT_RETRIES = 3
 DEFAULT_RETRY_DELAY = 60.0
+
+_SYSTEM_FOLDERS_FOLDED = frozenset(name.casefold() for name in SYSTEM_FOLDERS)
 
 
 @dataclass(frozen=True)
@@ -36,6 +50,9 @@ class TransferOptions:
     ``retry_delay`` seconds before each round (SMS: 3 retries, 60 s). ``share_map`` maps a
     source share name to the destination share it goes to (default: the same name).
     ``copy_sacl`` also copies SACLs (needs the privilege on both sides).
+    ``migrate_principals``: rename | merge | skip (see the module docstring);
+    ``max_duration``: seconds after which no new batch is dispatched (0: no limit);
+    ``skip_system_folders``: leave ``SYSTEM_FOLDERS`` at share roots alone.
     """
 
     checksum: str = "none"
@@ -43,8 +60,16 @@ class TransferOptions:
     retry_delay: float = DEFAULT_RETRY_DELAY
     copy_sacl: bool = False
     share_map: dict[str, str] = field(default_factory=dict)
+    migrate_principals: str = "rename"
+    max_duration: float = 0.0
+    skip_system_folders: bool = True
 
     def __post_init__(self) -> None:
+        if self.migrate_principals not in PRINCIPAL_CHOICES:
+            raise ValueError(f"migrate_principals must be one of {PRINCIPAL_CHOICES}, "
+                             f"not {self.migrate_principals!r}")
+        if self.max_duration < 0:
+            raise ValueError("max_duration must be 0 (no limit) or more")
         if self.checksum not in CHECKSUM_CHOICES:
             raise ValueError(f"checksum must be one of {CHECKSUM_CHOICES}, not {self.checksum!r}")
         if self.retries < 0:
@@ -61,6 +86,14 @@ class TransferOptions:
     def verify(self) -> bool:
         """True when the destination is re-read and its hash compared with the source's."""
         return self.checksum != "none"
+
+    def is_system_folder(self, path: str) -> bool:
+        """True when ``path`` (share-relative) is one of SYSTEM_FOLDERS at the share's root
+        or inside one, and this run skips them."""
+        if not self.skip_system_folders:
+            return False
+        top = path.replace("/", "\\").strip("\\").split("\\", 1)[0].casefold()
+        return top in _SYSTEM_FOLDERS_FOLDED
 
     def destination_share(self, source_share: str) -> str:
         """The destination share that ``source_share`` is copied into."""

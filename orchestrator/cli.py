@@ -19,6 +19,7 @@ from rich.table import Table
 
 from common.settings import Settings, get_settings
 from orchestrator.transfer.cli import transfer_app
+from orchestrator.cutover.cli import cutover_app
 from orchestrator.jobs_cli import job_app, server_app
 from orchestrator.inventory.cli import inventory_app, worker_app
 from orchestrator.api.cli import serve
@@ -29,6 +30,7 @@ app = typer.Typer(help="Storage migration service: inventory, transfer and cut o
 db_app = typer.Typer(help="Job database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(transfer_app, name="transfer")
+app.add_typer(cutover_app, name="cutover")
 app.add_typer(job_app, name="job")
 app.add_typer(server_app, name="server")
 app.add_typer(inventory_app, name="inventory")

@@ -5,7 +5,15 @@ keeps renewing it from a heartbeat thread while it copies, reads everything else
 the database - the run's options, the source and destination servers, their encrypted
 credentials (decrypted here with this worker's own key), the batch's file records - and
 hands the entries to the copy engine (common.smb.copy). Failed entries are tried again
-``retries`` times, ``retry_delay`` seconds apart. A file whose source changed while a
+``retries`` times, ``retry_delay`` seconds apart.
+
+After the copy, a security pass reads each entry's source security descriptor (files in
+one pipelined pass, ``read_small_files`` with no data) for its owner SID, which goes into
+the file record (the log's owner column). When the run migrated local accounts (a
+``SidMap`` row for the run: only its id-bearing run travels, never a credential), every
+descriptor naming a mapped SID is rewritten with common.smb.security and set on the
+destination entry, so ACLs name the destination's accounts. A batch claimed after its
+run's maximum duration has passed is given up (``MAX_DURATION_EXCEEDED`` per file). A file whose source changed while a
 multi-request copy was reading it is recorded failed with that reason. Per-file results
 (state copied / verified / skipped / mismatch / failed, hashes, NTSTATUS name and message)
 are written in bulk in the same transaction that completes the batch, so a worker that
@@ -29,15 +37,20 @@ from dataclasses import dataclass
 from celery import shared_task
 from celery.utils.log import get_task_logger
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from common.crypto import InvalidToken
 from common.db import session_scope
 from common.endpoints import server_endpoint
 from common.leases import claim_batch, complete_batch, lease_duration, renew_lease
-from common.models import Batch, FileRecord, FileState, Pairing, RunState, Server, Share, TransferRun
+from common.models import Batch, FileRecord, FileState, Pairing, RunState, Server, Share, SidMap, TransferRun, utcnow
 from common.smb import copy as engine
+from common.smb import fastpath as fp
+from common.smb import messages as m
 from common.smb import metadata as md
 from common.smb.connection import SmbEndpoint, get_tree
+from common.smb.errors import SmbFileError
+from common.smb.security import owner_sid, translate_descriptor
 from common.transfer_options import TransferOptions
 from proxy_worker.tasks import LeaseLost, worker_identity
 
@@ -48,6 +61,11 @@ HASH_LOOKUP_CHUNK = 500
 SOURCE_CHANGED = "SOURCE_CHANGED"
 # A batch claimed more often than this (each worker died or lost the lease) is failed.
 MAX_ATTEMPTS = 5
+MAX_DURATION_CODE = "MAX_DURATION_EXCEEDED"
+SECURITY_TRANSLATION_FAILED = "SECURITY_TRANSLATION_FAILED"
+OWNER_READ_DEPTH = 32
+# How long a worker keeps trying to claim a batch while the job database is unreachable.
+CLAIM_OUTAGE_GRACE = 60.0
 
 
 class LeaseKeeper:
@@ -96,6 +114,8 @@ class _Work:
     destination: SmbEndpoint
     records: list[tuple[int, str, bool]]  # (id, relative path, is_dir)
     recorded_hashes: dict[str, str]
+    sid_map: dict[str, str]
+    overdue: bool  # the run's maximum duration has passed
 
 
 def _previous_hashes(session, run: TransferRun, share_id: int, paths: list[str]) -> dict[str, str]:
@@ -128,8 +148,11 @@ def _load(batch_id: int) -> _Work:
             select(FileRecord.id, FileRecord.relative_path, FileRecord.is_dir)
             .where(FileRecord.batch_id == batch_id).order_by(FileRecord.id)).all()]
         hashes = _previous_hashes(session, run, share.id, [path for _id, path, _d in records])
+        sid_map = session.scalar(select(SidMap.entries).where(SidMap.run_id == run.id)) or {}
+        overdue = bool(options.max_duration and run.started_at is not None
+                       and (utcnow() - run.started_at).total_seconds() > options.max_duration)
         return _Work(run.id, run.state == RunState.CANCELLED, share.id, batch.attempt, options,
-                     source, destination, records, hashes)
+                     source, destination, records, hashes, dict(sid_map), overdue)
 
 
 def _copy(work: _Work, indexes: list[int]) -> list[engine.FileResult]:
@@ -176,6 +199,96 @@ def _copy_with_retries(work: _Work, keeper: LeaseKeeper) -> list[engine.FileResu
     return results
 
 
+class _Channel:
+    """A FastChannel on this process's pooled session of ``endpoint``, for one pass."""
+
+    def __init__(self, endpoint: SmbEndpoint):
+        tree = get_tree(endpoint)
+        self.channel = fp.FastChannel.attach(tree.connection, tree.session, tree.tree)
+
+    def __enter__(self) -> fp.FastChannel:
+        return self.channel
+
+    def __exit__(self, *exc) -> None:
+        self.channel.release()
+
+
+def _source_descriptors(work: _Work, wanted: list[tuple[int, engine.FileResult]]) -> dict[int, bytes]:
+    """{result index: source SD bytes} for the given results (unreadable ones left out)."""
+    found: dict[int, bytes] = {}
+    secinfo = md.security_information(work.options.copy_sacl)
+    sacl = fp.ACCESS_SYSTEM_SECURITY if work.options.copy_sacl else 0
+    with _Channel(work.source) as channel:
+        files = [(i, r) for i, r in wanted if not r.is_directory]
+        by_path = {m.smb_path(r.path): i for i, r in files}
+        for read in channel.read_small_files(list(by_path), max_bytes=0, security=True,
+                                             sacl=work.options.copy_sacl, depth=OWNER_READ_DEPTH):
+            if read.status == 0 and read.security and read.path in by_path:
+                found[by_path[read.path]] = read.security
+        for index, result in wanted:
+            if not result.is_directory:
+                continue
+            try:
+                handle = channel.open(m.smb_path(result.path), fp.FILE_READ_ATTRIBUTES | fp.READ_CONTROL
+                                      | fp.SYNCHRONIZE | sacl, options=fp.FILE_DIRECTORY_FILE)
+                try:
+                    found[index] = channel.query_security(handle, secinfo)
+                finally:
+                    channel.close(handle, query=False)
+            except SmbFileError:
+                continue
+    return found
+
+
+def _translate_on_destination(work: _Work, descriptors: dict[int, bytes],
+                              results: list[engine.FileResult]) -> None:
+    """Set the SID-translated descriptor on each destination entry whose source SD names a
+    mapped SID (unless the destination already holds it); a failure fails that entry."""
+    secinfo = md.security_information(work.options.copy_sacl)
+    sacl = fp.ACCESS_SYSTEM_SECURITY if work.options.copy_sacl else 0
+    with _Channel(work.destination) as channel:
+        for index, descriptor in descriptors.items():
+            result = results[index]
+            try:
+                translated = translate_descriptor(descriptor, work.sid_map)
+            except ValueError as exc:
+                result.outcome, result.status_name = engine.Outcome.FAILED, SECURITY_TRANSLATION_FAILED
+                result.message = f"security descriptor of {result.path!r} not translated: {exc}"
+                continue
+            if translated is descriptor:
+                continue
+            options = fp.FILE_DIRECTORY_FILE if result.is_directory else fp.FILE_NON_DIRECTORY_FILE
+            try:
+                handle = channel.open(m.smb_path(result.path), fp.READ_CONTROL | fp.WRITE_DAC | fp.WRITE_OWNER
+                                      | fp.SYNCHRONIZE | sacl, options=options)
+                try:
+                    if channel.query_security(handle, secinfo) != translated:
+                        channel.set_security(handle, translated, secinfo)
+                finally:
+                    channel.close(handle, query=False)
+            except SmbFileError as exc:
+                result.outcome, result.status_name = engine.Outcome.FAILED, exc.status_name
+                result.message = f"translated security descriptor not set on {result.path!r}: {exc}"
+
+
+def _security_pass(work: _Work, results: list[engine.FileResult]) -> list[str | None]:
+    """Owner SIDs of the batch's entries (None where unknown or failed), after translating
+    destination descriptors with the run's SID map."""
+    wanted = [(i, r) for i, r in enumerate(results) if r.outcome != engine.Outcome.FAILED]
+    if not wanted or not work.options.copy_options().copy_security:
+        return [None] * len(results)
+    descriptors = _source_descriptors(work, wanted)
+    if work.sid_map:
+        _translate_on_destination(work, descriptors, results)
+    owners: list[str | None] = [None] * len(results)
+    for index, descriptor in descriptors.items():
+        try:
+            owners[index] = owner_sid(descriptor)
+        except ValueError:
+            logger.warning("unreadable security descriptor of %r", results[index].path)
+    return owners
+
+
 def _state(result: engine.FileResult, verify: bool) -> FileState:
     if result.outcome == engine.Outcome.SKIPPED:
         return FileState.SKIPPED
@@ -188,11 +301,12 @@ def _state(result: engine.FileResult, verify: bool) -> FileState:
     return FileState.FAILED
 
 
-def _updates(work: _Work, results: list[engine.FileResult]) -> list[dict]:
+def _updates(work: _Work, results: list[engine.FileResult], owners: list[str | None]) -> list[dict]:
     rows = []
-    for (record_id, _path, _is_dir), result in zip(work.records, results):
+    for (record_id, _path, _is_dir), result, owner in zip(work.records, results, owners):
         row = {
             "id": record_id,
+            "owner": owner,
             "state": _state(result, work.options.verify),
             "hash_algorithm": result.hash_algorithm or None,
             "source_hash": result.source_hash,
@@ -235,6 +349,22 @@ def _give_up(batch_id: int, owner: str, code: str, message: str) -> str:
     return "failed" if _fail_all(batch_id, owner, code, message) else "lease lost"
 
 
+def _claim(batch_id: int, owner: str) -> bool:
+    """claim_batch, waiting out a job-database outage of up to CLAIM_OUTAGE_GRACE seconds:
+    a message consumed while the database restarts would otherwise leave its batch queued
+    until the reaper's unclaimed rule (SMS_VISIBILITY_TIMEOUT) sends it again."""
+    deadline = time.monotonic() + CLAIM_OUTAGE_GRACE
+    while True:
+        try:
+            with session_scope() as session:
+                return claim_batch(session, batch_id, owner)
+        except (OperationalError, InterfaceError):
+            if time.monotonic() > deadline:
+                raise
+            logger.warning("batch %s: job database unreachable; claiming again", batch_id)
+            time.sleep(1.0)
+
+
 @shared_task(name=COPY_TASK_NAME)
 def copy_batch(batch_id: int) -> str:
     """Claim batch ``batch_id``, copy its entries, store per-file results, complete it.
@@ -243,10 +373,9 @@ def copy_batch(batch_id: int) -> str:
     the source refused the logon), "not claimed" or "lease lost".
     """
     owner = worker_identity()
-    with session_scope() as session:
-        if not claim_batch(session, batch_id, owner):
-            logger.info("batch %s: not claimed (done, missing, or leased to another)", batch_id)
-            return "not claimed"
+    if not _claim(batch_id, owner):
+        logger.info("batch %s: not claimed (done, missing, or leased to another)", batch_id)
+        return "not claimed"
     try:
         with LeaseKeeper(batch_id, owner) as keeper:
             try:
@@ -255,11 +384,17 @@ def copy_batch(batch_id: int) -> str:
                             batch_id, len(work.records), work.attempt, owner)
                 if work.cancelled:
                     return _give_up(batch_id, owner, "RUN_CANCELLED", "the run was cancelled")
+                if work.overdue:
+                    return _give_up(batch_id, owner, MAX_DURATION_CODE,
+                                    f"not started: the run's maximum duration of "
+                                    f"{work.options.max_duration:g} s had passed; the next run copies it")
                 if work.attempt > MAX_ATTEMPTS:
                     return _give_up(batch_id, owner, "BATCH_ABANDONED",
                                     f"gave up after {MAX_ATTEMPTS} attempts: each worker died "
                                     "or lost its lease")
                 results = _copy_with_retries(work, keeper)
+                keeper.check()
+                owners = _security_pass(work, results)
             except LeaseLost:
                 raise
             except Exception as exc:  # noqa: BLE001 - the whole batch failed: record why, go on
@@ -267,7 +402,7 @@ def copy_batch(batch_id: int) -> str:
                 keeper.check()
                 return _give_up(batch_id, owner, *_describe(exc))
             keeper.check()
-            rows = _updates(work, results)
+            rows = _updates(work, results, owners)
             done = [r for r in results if r.outcome != engine.Outcome.FAILED]
             copied_bytes = sum(r.size for r in done if r.outcome == engine.Outcome.COPIED)
             with session_scope() as session:

@@ -1,25 +1,32 @@
 """Cutover in network namespaces: real smbd and sshd per host, a bridge, a users' namespace.
 
-Each test builds its own lab (tests/lab/netns.py): a source ``FS1`` and a destination
-``FS2`` in their own namespaces, each with smbd (shares ``data`` and ``docs``) and sshd on
-a management address that never moves, the source also serving users at a service
-address; a client namespace reads and writes as the users do. The orchestrator (this
-process, in the root namespace) manages both over SSH with host keys checked.
+Each test builds its own lab (tests/lab/netns.py): a source ``fs1`` (NetBIOS ``FS1``) and
+a destination ``fs2`` in their own namespaces, each with smbd (shares ``data`` and
+``docs``) and sshd on a management address that never moves, the source also serving
+users at a service address; a client namespace reads and writes as the users do. Both
+are registered as Samba servers managed over SSH with the lab's known_hosts; the
+orchestrator (this process and the ``sms`` CLI, in the root namespace) and the proxy
+workers it starts reach them through the lab's bridge, which has an address of the lab's
+/24 in the root namespace.
 
-The final delta transfer is done here by ``LabDeltaTransfer``: a plain smbprotocol copier
-that first asserts a user can no longer write to the source (its shares are read-only at
-that moment). The transfer engine's implementation of ``DeltaTransfer`` replaces it later.
+A first transfer run of the transfer engine copies everything; a user then writes a file,
+which only the cutover's final delta transfer (``EngineDeltaTransfer``: a real transfer
+run through the embedded broker and local ``sms-worker`` processes) can bring over. The
+first test wraps that delta to check, just before it runs, that a user can no longer
+write to the source, and to inject a failure (the destination's sshd stops) while the
+delta is reconciled; the rollback test drives the ``sms cutover`` CLI end to end.
 """
 
 from __future__ import annotations
 
+import json
 import os
 
 import common  # noqa: F401  (keeps impacket's bin/smbclient.py off the import path)
 import pytest
 import smbclient
 from smbprotocol.exceptions import SMBOSError
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from common.db import session_scope
 from common.models import (
@@ -31,27 +38,31 @@ from common.models import (
     Pairing,
     RunState,
     Server,
-    Share,
     TransferRun,
 )
-from common.settings import reset_settings_cache
+from common.settings import get_settings
 from common.smb.rpc import SrvsvcClient
+from common.transfer_options import TransferOptions
+from orchestrator.cutover.delta import EngineDeltaTransfer
 from orchestrator.cutover.plan import AddressMove, CutoverPlan
+from orchestrator.cutover.service import drive_cutover
 from orchestrator.cutover.stages import (
     CutoverPairing,
     DeltaReconciliation,
     create_cutover,
-    rollback,
-    run_cutover,
 )
 from orchestrator.database import upgrade_to_head
 from orchestrator.jobs import SambaManagement, add_server, create_job
-from orchestrator.transfer.planning import create_pairing
+from orchestrator.transfer.cli import drive_runs
+from orchestrator.transfer.planning import create_pairing, create_run
+from orchestrator.transfer.reconcile import reconcile
 from tests.lab.fixtures import unavailable
 from tests.lab.netns import ClientError, NetnsLab
 from tests.lab.samba import MIGRATION_PASSWORD, MIGRATION_USER, LabUnavailable
+from tests.transfer_support import sms, use_settings
 
-pytestmark = [pytest.mark.netns, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(300),
+              pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated:DeprecationWarning")]
 
 SHARES = ("data", "docs")
 FILES = {
@@ -60,10 +71,12 @@ FILES = {
     ("data", "sub/empty.txt"): b"",
     ("docs", "readme.md"): "# Übersicht\nnames in UTF-8\n".encode(),
 }
+LATE = ("data", "late.txt")
+LATE_BYTES = b"written just before cutover"
 STATUS_ACCESS_DENIED = 0xC0000022
 
 
-# --- a copier of our own, independent of the transfer engine ---------------------------
+# --- reading and writing over SMB from the orchestrator's place ----------------------------
 
 def _unc(address: str, share: str, path: str = "") -> str:
     return f"\\\\{address}\\{share}" + (f"\\{path.replace('/', chr(92))}" if path else "")
@@ -104,39 +117,20 @@ def smb_write(address: str, share: str, path: str, data: bytes) -> None:
         smbclient.reset_connection_cache(connection_cache=cache)
 
 
-def copy_share(source: str, destination: str, share: str) -> int:
-    """Copy what differs from ``\\\\source\\share`` to ``\\\\destination\\share``; files written."""
-    wanted, present = smb_tree(source, share), smb_tree(destination, share)
-    cache: dict = {}
-    written = 0
-    try:
-        smbclient.register_session(destination, username=MIGRATION_USER, password=MIGRATION_PASSWORD,
-                                   require_signing=True, connection_cache=cache)
-        for relative in sorted(wanted, key=lambda p: p.count("/")):
-            data = wanted[relative]
-            if present.get(relative, b"\0missing") == data:
-                continue
-            if data is None:
-                smbclient.mkdir(_unc(destination, share, relative), connection_cache=cache)
-            else:
-                with smbclient.open_file(_unc(destination, share, relative), mode="wb",
-                                         connection_cache=cache) as handle:
-                    handle.write(data)
-                written += 1
-    finally:
-        smbclient.reset_connection_cache(connection_cache=cache)
-    return written
+def files_of(tree: dict[str, bytes | None]) -> dict[str, bytes]:
+    """The files of an ``smb_tree`` (folders and the destination's PreExistingData left out)."""
+    return {path: data for path, data in tree.items()
+            if data is not None and not path.startswith("PreExistingData")}
 
 
-class LabDeltaTransfer:
-    """The final delta, done by ``copy_share``; asserts the source is read-only first.
+class ObservedDelta(EngineDeltaTransfer):
+    """The real final delta, watched: before it runs, a user's write to each source share
+    must be refused (the record keeps the NTSTATUS); ``on_reconcile`` runs once, after
+    the first reconciliation (to inject a failure)."""
 
-    ``on_reconcile`` runs once, inside the first ``reconcile`` (to inject a failure).
-    """
-
-    def __init__(self, lab: NetnsLab, source: str, destination: str, on_reconcile=None):
-        self.lab, self.source, self.destination = lab, source, destination
-        self.on_reconcile = on_reconcile
+    def __init__(self, lab: NetnsLab, source: str, on_reconcile=None):
+        super().__init__()
+        self.lab, self.source, self.on_reconcile = lab, source, on_reconcile
         self.calls: list[str] = []
 
     def run(self, pairing: CutoverPairing) -> dict:
@@ -146,26 +140,23 @@ class LabDeltaTransfer:
             with pytest.raises(ClientError) as caught:
                 self.lab.client_write(self.source, share, "written-during-cutover.txt", b"lost?")
             refused[share] = caught.value.status
-        copied = sum(copy_share(self.source, self.destination, share) for share in pairing.shares)
-        return {"copied": copied, "user_write_refused": refused}
+        return {**super().run(pairing), "user_write_refused": refused}
 
     def reconcile(self, pairing: CutoverPairing, record: dict) -> DeltaReconciliation:
         self.calls.append("reconcile")
-        differing = [share for share in pairing.shares
-                     if smb_tree(self.source, share) != smb_tree(self.destination, share)]
+        result = super().reconcile(pairing, record)
         if self.on_reconcile is not None:
             hook, self.on_reconcile = self.on_reconcile, None
             hook()
-        return DeltaReconciliation(not differing, f"{record['copied']} file(s) copied; "
-                                                  f"differing shares: {differing or 'none'}")
+        return result
 
 
 # --- the lab -------------------------------------------------------------------------------
 
 class CutoverLab:
-    """Two Samba hosts, a job database, a pairing with a clean first transfer, a plan."""
+    """Two Samba hosts, a job database, a pairing with a clean first transfer run, a plan."""
 
-    def __init__(self, lab: NetnsLab, tmp_path):
+    def __init__(self, lab: NetnsLab):
         self.lab = lab
         self.src = lab.add_host("src", hostname="fs1")
         self.dst = lab.add_host("dst", hostname="fs2")
@@ -179,7 +170,7 @@ class CutoverLab:
             path = self.src.shares[share] / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
-        self.url = f"sqlite:///{tmp_path / 'sms.sqlite'}"
+        self.url = get_settings().database_url
         upgrade_to_head(self.url)
         with session_scope(self.url) as session:
             job = create_job(session, "cutover-lab")
@@ -194,24 +185,30 @@ class CutoverLab:
                                           smb_conf=str(host.smb_conf))))
             self.pairing_id = create_pairing(session, servers[0], servers[1], shares=SHARES).id
             self.source_id = servers[0].id
-        self.first_transfer()
+        self.first_run_id = self.first_transfer()
 
-    def first_transfer(self) -> None:
-        """Copy everything once and record it as a finished, verified transfer run."""
-        for share in SHARES:
-            copy_share(self.old_address, self.dst.management_address, share)
+    def first_transfer(self) -> int:
+        """A first transfer run of the engine (local workers, embedded broker): everything."""
         with session_scope(self.url) as session:
-            pairing = session.get(Pairing, self.pairing_id)
-            run = TransferRun(job_id=pairing.job_id, pairing_id=pairing.id, state=RunState.SUCCEEDED)
-            session.add(run)
-            session.flush()
-            for share in SHARES:
-                row = Share(server_id=pairing.source_server_id, name=share)
-                session.add(row)
-                session.flush()
-                for relative, data in smb_tree(self.dst.management_address, share).items():
-                    session.add(FileRecord(share_id=row.id, run_id=run.id, relative_path=relative,
-                                           is_dir=data is None, size=len(data or b""), state=FileState.VERIFIED))
+            run_id = create_run(session, session.get(Pairing, self.pairing_id),
+                                TransferOptions(checksum="fast", retries=1, retry_delay=0.5)).id
+        states = drive_runs([run_id], quiet=True)
+        with session_scope(self.url) as session:
+            problems = [(r.relative_path, r.state.value, r.error_code, r.error_message) for r in session.scalars(
+                select(FileRecord).where(FileRecord.run_id == run_id, FileRecord.state != FileState.VERIFIED))]
+            error = session.get(TransferRun, run_id).error
+            problems += [e.message for e in session.scalars(select(Event)) if e.level.value == "error"]
+        assert states == {run_id: RunState.SUCCEEDED}, (error, problems)
+        with session_scope(self.url) as session:
+            assert reconcile(session, run_id).clean
+        for share in SHARES:
+            assert files_of(smb_tree(self.dst.management_address, share)) == \
+                files_of(smb_tree(self.old_address, share))
+        return run_id
+
+    def transfer_runs(self) -> int:
+        with session_scope(self.url) as session:
+            return session.scalar(select(func.count()).select_from(TransferRun))
 
     def plan(self, **overrides) -> CutoverPlan:
         values = dict(
@@ -230,8 +227,8 @@ class CutoverLab:
         with session_scope(self.url) as session:
             return create_cutover(session, session.get(Pairing, self.pairing_id), plan).id
 
-    def delta(self, **kwargs) -> LabDeltaTransfer:
-        return LabDeltaTransfer(self.lab, self.old_address, self.dst.management_address, **kwargs)
+    def delta(self, **kwargs) -> ObservedDelta:
+        return ObservedDelta(self.lab, self.old_address, **kwargs)
 
     def stages(self, run_id: int) -> dict[str, CutoverStage]:
         with session_scope(self.url) as session:
@@ -258,17 +255,14 @@ class CutoverLab:
 
 @pytest.fixture
 def cutover_lab(netns_lab, tmp_path, monkeypatch):
-    """A fresh ``CutoverLab`` in its own namespace lab (which the netns_lab fixture removes)."""
-    monkeypatch.setenv("SMS_STATE_DIR", str(tmp_path / "state"))
-    reset_settings_cache()
+    """A fresh ``CutoverLab`` in its own namespace lab (which the netns_lab fixture removes),
+    on embedded settings of its own (SQLite job database and broker in tmp_path)."""
+    use_settings(monkeypatch, SMS_STATE_DIR=str(tmp_path / "state"), SMS_WORKER_CONCURRENCY="2")
     try:
-        try:
-            lab = CutoverLab(netns_lab, tmp_path)
-        except LabUnavailable as exc:
-            unavailable(str(exc))
-        yield lab
-    finally:
-        reset_settings_cache()
+        lab = CutoverLab(netns_lab)
+    except LabUnavailable as exc:
+        unavailable(str(exc))
+    yield lab
 
 
 def _conf_markers(host) -> list[str]:
@@ -284,14 +278,14 @@ def test_cutover_moves_identity_resumes_after_failure_and_users_see_the_same_dat
     before = {key: client.client_read(old, *key) for key in FILES}
     assert before == FILES
     # A user writes after the first transfer: only the final delta can bring it over.
-    client.client_write(old, "data", "late.txt", b"written just before cutover")
+    client.client_write(old, *LATE, LATE_BYTES)
     sids = {"src": lab.machine_sid(lab.src), "dst": lab.machine_sid(lab.dst)}
 
     # The destination's management (sshd) goes away while the delta is being reconciled:
     # stages 1-4 complete, stage 5 cannot reach the destination.
     delta = lab.delta(on_reconcile=lambda: client.stop_sshd(lab.dst))
     run_id = lab.create(lab.plan())
-    assert run_cutover(run_id, delta, url=lab.url) == RunState.FAILED
+    assert drive_cutover(run_id, delta=delta) == RunState.FAILED
     stages = lab.stages(run_id)
     assert [stages[n].state for n in ("preflight", "final_delta_transfer", "delta_reconciliation",
                                       "source_identity")] == [RunState.SUCCEEDED] * 4
@@ -305,8 +299,9 @@ def test_cutover_moves_identity_resumes_after_failure_and_users_see_the_same_dat
 
     # Management comes back; resume continues at stage 5 and completes.
     client.start_sshd(lab.dst)
-    assert run_cutover(run_id, delta, url=lab.url) == RunState.SUCCEEDED, lab.run_row(run_id).error
+    assert drive_cutover(run_id, resume=True, delta=delta) == RunState.SUCCEEDED, lab.run_row(run_id).error
     assert delta.calls == ["run", "reconcile"]  # stages 2-3 were not repeated
+    assert lab.transfer_runs() == 2  # the first run and one final delta
     stages = lab.stages(run_id)
     assert all(stage.state == RunState.SUCCEEDED and stage.progress == 1.0 for stage in stages.values())
     assert "read back" in stages["verification"].message
@@ -314,12 +309,23 @@ def test_cutover_moves_identity_resumes_after_failure_and_users_see_the_same_dat
     # Users: the same bytes at the same address and share path, now from the destination.
     after = {key: client.client_read(old, *key) for key in FILES}
     assert after == FILES
-    assert client.client_read(old, "data", "late.txt") == b"written just before cutover"
+    assert client.client_read(old, *LATE) == LATE_BYTES
     assert old in lab.dst.addresses() and old not in lab.src.addresses()
     assert lab.server_name(old) == "FS1"
     assert lab.share_path(old, "data") == str(lab.dst.shares["data"])
+    # The final delta was a transfer run that copied only the late file and reconciled clean.
+    record = lab.run_row(run_id).options["state"]["delta"]
+    assert record["previous_transfer_run_id"] == lab.first_run_id
+    assert (record["state"], record["files_copied"], record["files_skipped"], record["files_failed"]) == \
+        ("succeeded", 1, len(FILES), 0)
+    with session_scope(lab.url) as session:
+        delta_report = reconcile(session, record["transfer_run_id"])
+        copied = session.scalars(select(FileRecord.relative_path).where(
+            FileRecord.run_id == record["transfer_run_id"], FileRecord.state == FileState.VERIFIED)).all()
+    assert delta_report.clean and copied == ["late.txt"]
+    assert "reconciles clean" in stages["delta_reconciliation"].message
     # Nothing a user tried to write while the source was read-only got lost: it was refused.
-    refused_during_delta = lab.run_row(run_id).options["state"]["delta"]["user_write_refused"]
+    refused_during_delta = record["user_write_refused"]
     assert refused_during_delta == {share: STATUS_ACCESS_DENIED for share in SHARES}
     assert not any((lab.src.shares[s] / "written-during-cutover.txt").exists() for s in SHARES)
 
@@ -328,7 +334,7 @@ def test_cutover_moves_identity_resumes_after_failure_and_users_see_the_same_dat
     for share in SHARES:
         tree = smb_tree(new, share)  # the orchestrator is a maintenance host
         assert {k: v for k, v in tree.items() if v is not None} == {
-            rel: data for (s, rel), data in {**FILES, ("data", "late.txt"): b"written just before cutover"}.items()
+            rel: data for (s, rel), data in {**FILES, LATE: LATE_BYTES}.items()
             if s == share}
         with pytest.raises(ClientError) as refused:
             client.client_list(new, share)  # users are kept out
@@ -344,16 +350,40 @@ def test_cutover_moves_identity_resumes_after_failure_and_users_see_the_same_dat
     assert "cutover.stage_failed" in kinds and "cutover.resumed" in kinds and "cutover.succeeded" in kinds
 
 
-def test_rollback_restores_the_source_name_address_and_share_access(cutover_lab):
+def _sms_json(*args: str) -> dict:
+    result = sms(*args, "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)
+
+
+def test_cli_cutover_then_rollback_restores_the_source_name_address_and_share_access(cutover_lab):
     lab = cutover_lab
     client = lab.lab
     old, new = lab.old_address, lab.new_address
     sids = {"src": lab.machine_sid(lab.src), "dst": lab.machine_sid(lab.dst)}
-    run_id = lab.create(lab.plan())
-    assert run_cutover(run_id, lab.delta(), url=lab.url) == RunState.SUCCEEDED
-    assert lab.server_name(old) == "FS1" and old in lab.dst.addresses()
+    client.client_write(old, *LATE, LATE_BYTES)
+    planned = _sms_json("cutover", "plan", "--job", "cutover-lab", "--source", "fs1",
+                        "--move", f"{old}/24:eth0=eth0", "--new-address", f"{new}/24",
+                        "--maintenance-host", lab.lab.bridge_address, "--timeout", "180")
+    run_id = planned["id"]
+    assert planned["state"] == "pending" and planned["destination"] == "fs2"
+    assert planned["plan"]["source_new_name"].startswith("SMS-")  # random when not given
+    assert planned["plan"]["source_new_interface"] == "eth0"
 
-    assert rollback(run_id, url=lab.url) == []
+    done = _sms_json("cutover", "run", str(run_id), "--wait")
+    assert done["state"] == "succeeded", done
+    assert [stage["state"] for stage in done["stages"]] == ["succeeded"] * 7
+    assert done["delta"]["files_copied"] == 1 and done["delta"]["state"] == "succeeded"
+    assert lab.server_name(old) == "FS1" and old in lab.dst.addresses()
+    assert lab.server_name(new) == planned["plan"]["source_new_name"]
+    assert client.client_read(old, *LATE) == LATE_BYTES
+    status = sms("cutover", "status", str(run_id))  # the human view
+    assert status.returncode == 0 and f"cutover run {run_id}: fs1 -> fs2, succeeded" in status.stdout
+    again = sms("cutover", "run", str(run_id), "--wait")
+    assert again.returncode == 2 and "succeeded" in again.stdout  # refused: plan a new one
+
+    rolled = _sms_json("cutover", "rollback", str(run_id))
+    assert rolled["rollback_failures"] == []
     run = lab.run_row(run_id)
     assert run.state == RunState.CANCELLED and "rolled back" in run.error
     # The source is FS1 at its address again, serving its own shares, writable by users.
@@ -370,8 +400,8 @@ def test_rollback_restores_the_source_name_address_and_share_access(cutover_lab)
     assert {"src": lab.machine_sid(lab.src), "dst": lab.machine_sid(lab.dst)} == sids
     with session_scope(lab.url) as session:
         assert session.get(Server, lab.source_id).address == old
-    with pytest.raises(Exception, match="cancelled"):
-        run_cutover(run_id, lab.delta(), url=lab.url)
+    refused = sms("cutover", "resume", str(run_id), "--wait")
+    assert refused.returncode == 2 and "cancelled" in refused.stdout
 
 
 def test_failing_preflight_stops_and_rolls_back_leaving_the_source_untouched(cutover_lab):
@@ -381,14 +411,14 @@ def test_failing_preflight_stops_and_rolls_back_leaving_the_source_untouched(cut
     # The address planned for the source is taken (by the users' namespace): pre-flight must see it.
     run_id = lab.create(lab.plan(source_new_address=client.client.management_address))
     delta = lab.delta()
-    assert run_cutover(run_id, delta, url=lab.url) == RunState.FAILED
+    assert drive_cutover(run_id, delta=delta) == RunState.FAILED
     stages = lab.stages(run_id)
     assert stages["preflight"].state == RunState.FAILED
     assert "answers on the source's network" in stages["preflight"].message
     assert all(stages[name].state == RunState.PENDING for name in stages if name != "preflight")
     run = lab.run_row(run_id)
     assert "rolled back (pre-flight failed)" in run.error
-    assert delta.calls == []
+    assert delta.calls == [] and lab.transfer_runs() == 1
     assert old in lab.src.addresses() and lab.server_name(old) == "FS1"
     client.client_write(old, "docs", "still-writable.txt", b"ok")
     assert _conf_markers(lab.src) == []
@@ -400,7 +430,7 @@ def test_preflight_refuses_a_transfer_that_does_not_reconcile(cutover_lab):
         record = session.scalars(select(FileRecord).where(FileRecord.relative_path == "report.txt")).one()
         record.state = FileState.FAILED
     run_id = lab.create(lab.plan())
-    assert run_cutover(run_id, lab.delta(), url=lab.url) == RunState.FAILED
+    assert drive_cutover(run_id, delta=lab.delta()) == RunState.FAILED
     message = lab.stages(run_id)["preflight"].message
     assert "does not reconcile clean" in message and "1 failed" in message
     assert lab.old_address in lab.src.addresses()

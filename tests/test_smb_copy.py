@@ -16,10 +16,14 @@ import multiprocessing
 import os
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 import xxhash
+from smbprotocol.connection import Connection
+from smbprotocol.session import Session
+from smbprotocol.tree import TreeConnect
 
 from common.settings import reset_settings_cache
 from common.smb import (
@@ -35,7 +39,7 @@ from common.smb import (
     temp_name,
 )
 from tests.lab.compare import compare_trees, snapshot_times, split_security_descriptor
-from tests.lab.samba import MIGRATION_PASSWORD, MIGRATION_USER
+from tests.lab.samba import MIGRATION_PASSWORD, MIGRATION_USER, LabUnavailable, SambaServer
 from tests.lab.smbio import LabTree
 from tests.lab.trees import (
     ADMINISTRATORS,
@@ -477,3 +481,73 @@ def test_full_destination_disk_leaves_only_complete_files(samba_factory, tmpfs):
     with LabTree(src.address, "data") as source_lab, LabTree(dst.address, "data") as dest_lab:
         differences = compare_trees(source_lab, "batch", dest_lab, "batch", source_times=source_times)
         assert differences == [], "\n".join(map(str, differences))
+
+
+class _Smb202LabTree(LabTree):
+    """LabTree for a server without SMB 3 (smbprotocol's Session asks for encryption by
+    default, which SMB 2.0.2 cannot give)."""
+
+    def __init__(self, address: str, share: str):
+        self.connection = Connection(uuid.uuid4(), address, 445, require_signing=True)
+        self.connection.connect()
+        try:
+            self.session = Session(self.connection, MIGRATION_USER, MIGRATION_PASSWORD,
+                                   require_encryption=False, auth_protocol="ntlm")
+            self.session.connect()
+            self.tree = TreeConnect(self.session, rf"\\{address}\{share}")
+            self.tree.connect()
+            self.connection.echo(sid=self.session.session_id, credit_request=256)
+        except BaseException:
+            self.connection.disconnect(True)
+            raise
+
+
+def test_copy_to_an_smb_2_0_2_server(samba_factory, tmp_path):
+    """A server that speaks only SMB 2.0.2 (Windows Server 2008; no multi-credit, 64 KiB
+    per READ/WRITE, HMAC-SHA256 signing) is served by the same engine, nothing lost."""
+    src = samba_factory("src")
+    try:
+        old = SambaServer("old", tmp_path / "samba-old", extra_global={
+            "server min protocol": "SMB2_02", "server max protocol": "SMB2_02"})
+    except LabUnavailable as exc:
+        pytest.skip(str(exc))
+    old.add_share("data")
+    old.start()
+    try:
+        with LabTree(src.address, "data") as lab:
+            files = _small_tree(lab, src)
+        entries = list(files) + ["small\\sub", "small"]
+        with LabTree(src.address, "data") as lab:
+            source_times = snapshot_times(lab, "small")
+        results = copy_batch(endpoint(src), endpoint(old), entries, CopyOptions(verify=True))
+
+        assert get_tree(endpoint(old)).connection.dialect == 0x0202
+        assert [(r.path, r.outcome, r.message) for r in results] == [(e, Outcome.COPIED, None) for e in entries]
+        with LabTree(src.address, "data") as source_lab, _Smb202LabTree(old.address, "data") as dest_lab:
+            differences = compare_trees(source_lab, "small", dest_lab, "small", source_times=source_times)
+        assert differences == [], "\n".join(map(str, differences))
+        again = copy_batch(endpoint(src), endpoint(old), entries)
+        assert {r.outcome for r in again} == {Outcome.SKIPPED}
+    finally:
+        close_pool()
+        old.stop()
+
+
+def test_sacl_without_the_privilege_fails_each_entry_clearly(samba_pair):
+    """``copy_sacl`` needs SeSecurityPrivilege, which the lab account lacks: every entry
+    fails with STATUS_PRIVILEGE_NOT_HELD and its path, nothing is written, and the same
+    sessions copy normally afterwards."""
+    src, dst = samba_pair
+    with LabTree(src.address, "data") as lab:
+        lab.mkdir("audit")
+        lab.write_file("audit\\small.txt", b"small")
+        lab.write_file("audit\\large.bin", os.urandom(3 << 20))
+    entries = ["audit\\small.txt", "audit\\large.bin", FileEntry("audit", is_directory=True)]
+
+    results = copy_batch(endpoint(src), endpoint(dst), entries, CopyOptions(copy_sacl=True))
+
+    assert [(r.outcome, r.status_name) for r in results] == [(Outcome.FAILED, "STATUS_PRIVILEGE_NOT_HELD")] * 3
+    assert all(r.path.replace("\\", "\\\\") in r.message for r in results)  # the path, as repr() shows it
+    assert not on_disk(dst, "audit").exists()
+    again = copy_batch(endpoint(src), endpoint(dst), entries)
+    assert [r.outcome for r in again] == [Outcome.COPIED] * 3

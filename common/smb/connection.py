@@ -7,7 +7,9 @@ encryption when asked) and connects the tree; ``get_tree`` hands out one ``SmbTr
 
 smbprotocol never waits for credits: a request that needs more than it holds fails. So
 after logon, and whenever the balance runs low, we ask the server for many credits with an
-ECHO, and every caller caps its requests in flight with ``SmbTree.max_in_flight``.
+ECHO. The copy engine does not send through smbprotocol at all: it attaches a
+``common.smb.fastpath.FastChannel`` to the pooled session for a batch (which waits for
+credits itself) and hands the session back afterwards.
 
 This module must never open a connection in a process that will fork afterwards (each
 smbprotocol Connection runs a receive thread, which a fork does not carry over): the pool
@@ -32,8 +34,6 @@ from common.smb.errors import SmbFileError, from_smbprotocol
 CREDIT_REQUEST = 512
 # Below this many credits in hand, top up with another ECHO before a batch.
 CREDIT_LOW_WATER = 128
-# One credit covers 64 KiB of a READ or WRITE payload (MS-SMB2 3.1.5.2).
-CREDIT_UNIT = 65536
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ class SmbTree:
 
     ``send`` puts one request or a compound on the wire and returns the pending requests;
     ``receive`` waits for one and returns the response body (raising ``SmbFileError``
-    with the NTSTATUS on failure). Keep at most ``max_in_flight`` requests outstanding.
+    with the NTSTATUS on failure).
     """
 
     def __init__(self, endpoint: SmbEndpoint):
@@ -100,20 +100,12 @@ class SmbTree:
         except (SMBException, OSError) as exc:
             self.close()
             raise from_smbprotocol(exc, endpoint.unc, f"log on to share as {endpoint.username}") from None
-        self.max_read = min(self.connection.max_read_size, 1 << 20)
-        self.max_write = min(self.connection.max_write_size, 1 << 20)
 
     @property
     def credits(self) -> int:
         """Credits currently in hand (sequence window size)."""
         window = self.connection.sequence_window
         return window["high"] - window["low"]
-
-    @property
-    def max_in_flight(self) -> int:
-        """How many full-size READ/WRITE requests may be outstanding at once."""
-        per_request = max(1, (max(self.max_read, self.max_write) + CREDIT_UNIT - 1) // CREDIT_UNIT)
-        return max(1, min(16, (self.credits // 2) // per_request))
 
     def top_up_credits(self, force: bool = False) -> None:
         """Ask the server for many credits with an ECHO when few are left (or always)."""
@@ -141,14 +133,6 @@ class SmbTree:
         except (SMBException, OSError) as exc:
             raise from_smbprotocol(exc, path, action) from None
         return response["data"].get_value()
-
-    def drain(self, requests: list) -> None:
-        """Read and discard the responses of ``requests`` (each must be read, even failed)."""
-        for request in requests:
-            try:
-                self.connection.receive(request, resolve_symlinks=False)
-            except (SMBException, OSError):
-                pass
 
     def close(self) -> None:
         """Log off and close the transport; errors on the way out are ignored."""

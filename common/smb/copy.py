@@ -36,9 +36,9 @@ attributes) + CLOSE on the destination. What the destination already holds is le
 front (directories listed, single files probed, pipelined). Larger files and files with
 streams go one at a time with pipelined 1 MiB READs and WRITEs (all-zero chunks are not
 sent); within one session (same server, share and account) with FSCTL_SRV_COPYCHUNK.
-Every byte read from the source is hashed as it passes (checksum.py). The fast path needs
-SMB 2.1 or later (multi-credit): a server limited to SMB 2.0.2 fails the batch with
-FastPathUnavailable.
+Every byte read from the source is hashed as it passes (checksum.py). A server limited to
+SMB 2.0.2 (no multi-credit) is served the same way with 64 KiB READs and WRITEs; there is
+no per-file smbprotocol fallback left (smbprotocol never speaks SMB1 either).
 
 This module must never: normalise or case-fold a name, "repair" a time or ACL it read,
 write a file under its real name before it is complete, or know about the job database.
@@ -519,7 +519,9 @@ class _Copier:
         repaired = set()
         while True:
             try:
-                return self.destination.open(temp, access, fp.FILE_OVERWRITE_IF,
+                # Not shared: a second copier of the same file (a batch dispatched again
+                # while the first still runs) fails here instead of writing into it.
+                return self.destination.open(temp, access, fp.FILE_OVERWRITE_IF, share=0,
                                              attributes=fp.FILE_ATTRIBUTE_NORMAL)
             except FastPathError as exc:
                 if exc.status == STATUS_OBJECT_PATH_NOT_FOUND and "parents" not in repaired:

@@ -326,8 +326,14 @@ class FastChannel:
         self._dfs = FLAG_DFS if tree.is_dfs_share else 0
         self._low = connection.sequence_window["low"]
         self._high = connection.sequence_window["high"]
+        # Without multi-credit (SMB 2.0.2, or a server without LARGE_MTU) every request costs
+        # one credit, its CreditCharge is 0 and a READ or WRITE carries at most 64 KiB.
+        self._multi_credit = bool(connection.supports_multi_credit)
         self._max_read = connection.max_read_size
         self._max_write = connection.max_write_size
+        if not self._multi_credit:
+            self._max_read = min(self._max_read, _MAX_PAYLOAD)
+            self._max_write = min(self._max_write, _MAX_PAYLOAD)
         self._pending: dict[int, tuple[_Op, int]] = {}
         self._rbuf = bytearray()
         self._broken: BaseException | None = None
@@ -348,16 +354,15 @@ class FastChannel:
     ) -> "FastChannel":
         """Take over ``connection``'s socket from smbprotocol.
 
-        The connection must be negotiated (SMB 2.1 or later), ``session`` authenticated and
+        The connection must be negotiated (SMB 2.0.2 or later; without multi-credit support
+        READs and WRITEs are limited to 64 KiB), ``session`` authenticated and
         ``tree`` connected through it, with no request outstanding. smbprotocol's receiver
         thread is stopped after one last ECHO (which also asks for ``credits`` credits);
         from then on only this channel may use the connection until ``release()``.
         Raises FastPathUnavailable when that cannot be done safely.
         """
-        if connection.dialect is None or connection.dialect < 0x0210:
-            raise FastPathUnavailable("the fast path needs SMB 2.1 or later (multi-credit)")
-        if not connection.supports_multi_credit:
-            raise FastPathUnavailable("the server does not support multi-credit requests")
+        if connection.dialect is None or connection.dialect < 0x0202:
+            raise FastPathUnavailable("the fast path needs SMB 2.0.2 or later")
         if session.connection is not connection or tree.session is not session:
             raise FastPathUnavailable("session and tree must belong to this connection")
         if connection.outstanding_requests:
@@ -549,7 +554,8 @@ class FastChannel:
             flags = flags_base | (FLAG_RELATED if related and index else 0)
             message = bytearray(
                 _HEADER.pack(
-                    b"\xfeSMB", 64, charge, 0, command, charge + (extra if index == last else 0), flags,
+                    b"\xfeSMB", 64, charge if self._multi_credit else 0, 0, command,
+                    charge + (extra if index == last else 0), flags,
                     next_command, mid, 0, self._tid, self._sid, _ZERO_SIG,
                 )
             )

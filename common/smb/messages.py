@@ -1,11 +1,13 @@
 """SMB2 requests built from smbprotocol's structures, and their responses parsed raw.
 
-This is the wire layer of the copy engine: it builds CREATE, READ, WRITE, QUERY_INFO,
-SET_INFO, IOCTL and CLOSE requests (addressed to a file id, or to the "previous CREATE of
-this compound" id) and pulls fields out of response bodies with ``struct``, keeping
-FILETIME values as raw 64-bit integers (smbprotocol's datetimes drop the last 100 ns).
+The smbprotocol-based wire layer for what runs outside the copy fast path (metadata.py,
+the transfer service's destination preparation): it builds CREATE, QUERY_INFO, SET_INFO
+and CLOSE requests (addressed to a file id, or to the "previous CREATE of this compound"
+id) and pulls fields out of response bodies with ``struct``, keeping FILETIME values as
+raw 64-bit integers (smbprotocol's datetimes drop the last 100 ns). It also packs the
+FSCTL_SRV_COPYCHUNK buffers the copy engine sends over common.smb.fastpath.
 
-It must never decide policy (what to copy, in which order): copy.py and metadata.py do.
+It must never decide policy (what to copy, in which order): its callers do.
 """
 
 from __future__ import annotations
@@ -14,15 +16,11 @@ import struct
 from dataclasses import dataclass
 
 from smbprotocol.create_contexts import CreateContextName, SMB2CreateContextRequest
-from smbprotocol.ioctl import SMB2IOCTLRequest
 from smbprotocol.open import (
     SMB2CloseRequest,
     SMB2CreateRequest,
-    SMB2QueryDirectoryRequest,
     SMB2QueryInfoRequest,
-    SMB2ReadRequest,
     SMB2SetInfoRequest,
-    SMB2WriteRequest,
 )
 
 # The file id that means "the file opened by the CREATE earlier in this compound".
@@ -65,15 +63,9 @@ IMPERSONATION = 2
 
 # QUERY_INFO / SET_INFO.
 INFO_FILE = 1
-INFO_SECURITY = 3
 FILE_BASIC_INFORMATION = 4
-FILE_STANDARD_INFORMATION = 5
 FILE_RENAME_INFORMATION = 10
 FILE_DISPOSITION_INFORMATION = 13
-FILE_END_OF_FILE_INFORMATION = 20
-FILE_STREAM_INFORMATION = 22
-FILE_ID_FULL_DIRECTORY_INFORMATION = 38
-FILE_LIST_DIRECTORY = 0x1
 
 OWNER_SECURITY_INFORMATION = 0x1
 GROUP_SECURITY_INFORMATION = 0x2
@@ -87,7 +79,6 @@ FILE_ATTRIBUTE_NORMAL = 0x80
 
 FSCTL_SRV_REQUEST_RESUME_KEY = 0x00140078
 FSCTL_SRV_COPYCHUNK_WRITE = 0x001480F2
-IOCTL_IS_FSCTL = 0x1
 
 _BASIC = struct.Struct("<qqqqI4x")
 _CREATE_RESPONSE = struct.Struct("<HBBIqqqqqqII16s")
@@ -140,26 +131,6 @@ def create(path: str, access: int, disposition: int, options: int, *,
     return request
 
 
-def read(file_id: bytes, offset: int, length: int) -> SMB2ReadRequest:
-    """A READ of ``length`` bytes at ``offset``."""
-    request = SMB2ReadRequest()
-    request["padding"] = b"\x50"
-    request["length"] = length
-    request["offset"] = offset
-    request["file_id"] = file_id
-    return request
-
-
-def write(file_id: bytes, offset: int, data: bytes) -> SMB2WriteRequest:
-    """A WRITE of ``data`` at ``offset``."""
-    request = SMB2WriteRequest()
-    request["length"] = len(data)
-    request["offset"] = offset
-    request["file_id"] = file_id
-    request["buffer"] = data
-    return request
-
-
 def query_info(file_id: bytes, info_type: int, info_class: int, *,
                additional: int = 0, output_length: int = 65536) -> SMB2QueryInfoRequest:
     """A QUERY_INFO request (file information class, or security with ``additional``)."""
@@ -184,32 +155,10 @@ def set_info(file_id: bytes, info_type: int, info_class: int, buffer: bytes, *,
     return request
 
 
-def query_directory(file_id: bytes, output_length: int, pattern: str = "*") -> SMB2QueryDirectoryRequest:
-    """A QUERY_DIRECTORY (FileIdFullDirectoryInformation) continuing the handle's scan."""
-    request = SMB2QueryDirectoryRequest()
-    request["file_information_class"] = FILE_ID_FULL_DIRECTORY_INFORMATION
-    request["file_id"] = file_id
-    request["output_buffer_length"] = output_length
-    request["buffer"] = pattern.encode("utf-16-le")
-    return request
-
-
 def close(file_id: bytes) -> SMB2CloseRequest:
     """A CLOSE of ``file_id``."""
     request = SMB2CloseRequest()
     request["file_id"] = file_id
-    return request
-
-
-def ioctl(file_id: bytes, code: int, buffer: bytes, max_output: int) -> SMB2IOCTLRequest:
-    """An FSCTL on ``file_id``."""
-    request = SMB2IOCTLRequest()
-    request["ctl_code"] = code
-    request["file_id"] = file_id
-    request["max_input_response"] = 0
-    request["max_output_response"] = max_output
-    request["flags"] = IOCTL_IS_FSCTL
-    request["buffer"] = buffer
     return request
 
 
@@ -224,20 +173,10 @@ def pack_basic(creation: int, last_access: int, last_write: int, change: int, at
     return _BASIC.pack(creation, last_access, last_write, change, attributes)
 
 
-def unpack_basic(buffer: bytes) -> BasicInfo:
-    """Parse FILE_BASIC_INFORMATION bytes."""
-    return BasicInfo(*_BASIC.unpack_from(buffer))
-
-
 def pack_rename(target: str, replace: bool) -> bytes:
     """FILE_RENAME_INFORMATION (SMB2 form) renaming to share-relative ``target``."""
     name = smb_path(target).encode("utf-16-le", "surrogatepass")
     return struct.pack("<B7xQI", 1 if replace else 0, 0, len(name)) + name
-
-
-def pack_end_of_file(size: int) -> bytes:
-    """FILE_END_OF_FILE_INFORMATION for ``size``."""
-    return struct.pack("<q", size)
 
 
 def pack_delete_on_close() -> bytes:
@@ -252,40 +191,10 @@ def parse_create(body: bytes) -> Opened:
     return Opened(file_id, BasicInfo(creation, access, write_time, change, attributes), end_of_file, action)
 
 
-def parse_read(body: bytes) -> bytes:
-    """The data of a READ response body (its offset counts from the 64-byte header)."""
-    offset = body[2] - 64
-    (length,) = struct.unpack_from("<I", body, 4)
-    return body[offset:offset + length]
-
-
 def parse_query_info(body: bytes) -> bytes:
     """The output buffer of a QUERY_INFO (or QUERY_DIRECTORY) response body."""
     offset, length = struct.unpack_from("<HI", body, 2)
     return body[offset - 64:offset - 64 + length]
-
-
-def parse_ioctl_output(body: bytes) -> bytes:
-    """The output buffer of an IOCTL response body."""
-    output_offset, output_count = struct.unpack_from("<II", body, 32)
-    return body[output_offset - 64:output_offset - 64 + output_count]
-
-
-def parse_streams(buffer: bytes) -> list[tuple[str, int]]:
-    """(stream name, size) pairs from FILE_STREAM_INFORMATION, e.g. (":tag:$DATA", 12).
-
-    The unnamed data stream appears as "::$DATA" and is included.
-    """
-    streams = []
-    offset = 0
-    while offset < len(buffer):
-        next_offset, name_length, size, _allocation = struct.unpack_from("<IIqq", buffer, offset)
-        name = buffer[offset + 24:offset + 24 + name_length].decode("utf-16-le", "surrogatepass")
-        streams.append((name, size))
-        if not next_offset:
-            break
-        offset += next_offset
-    return streams
 
 
 def pack_copychunk(resume_key: bytes, chunks: list[tuple[int, int, int]]) -> bytes:

@@ -3,7 +3,8 @@
 ``create_app(settings)`` resolves the bearer token (``orchestrator.api.auth``; the app
 refuses to be built without one), puts every router behind it except ``GET /api/health``,
 serves the OpenAPI schema at ``GET /api/openapi.json`` (behind the token as well; there is
-no unauthenticated docs page), and turns validation errors into 422 answers whose message
+no unauthenticated docs page), serves the web UI's static files (``orchestrator.ui``: no
+data in them; the page calls this API with the token), and turns validation errors into 422 answers whose message
 says which field is wrong and what is allowed, without ever repeating the request's input
 (which may hold a password). With ``reaper=True`` the app also runs the lease reaper
 (``orchestrator.leases.run_reaper``) in a thread for as long as it serves: that is what
@@ -31,6 +32,8 @@ from common.settings import Settings, get_settings
 from orchestrator.api import schemas
 from orchestrator.api.auth import bearer_checker, resolve_api_token
 from orchestrator.api.routes import router
+from orchestrator.api.cutover import router as cutover_router
+from orchestrator.ui import mount_ui
 
 logger = logging.getLogger(__name__)
 
@@ -125,4 +128,6 @@ def create_app(settings: Settings | None = None, *, reaper: bool = False) -> Fas
         return app.openapi()
 
     app.include_router(router, dependencies=[Depends(require_token)])
+    app.include_router(cutover_router, dependencies=[Depends(require_token)])
+    mount_ui(app)
     return app

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -36,6 +36,7 @@ from common.models import (
     BatchState,
     CutoverRun,
     Event,
+    FileRecord,
     Job,
     Pairing,
     Server,
@@ -59,7 +60,7 @@ from orchestrator.jobs import (
     server_summary,
 )
 from orchestrator.transfer import planning
-from orchestrator.transfer.logs import write_csv
+from orchestrator.transfer.logs import ERROR_STATES, error_entries, write_csv
 from orchestrator.transfer.reconcile import reconcile
 
 logger = logging.getLogger(__name__)
@@ -453,6 +454,17 @@ def transfer_log(job: str, run_id: int, kind: schemas.LogKind, request: Request)
     return StreamingResponse(chunks(), media_type="text/csv; charset=utf-8",
                              headers={"Content-Disposition": f'attachment; filename="{name}"'},
                              background=BackgroundTask(spool.close))
+
+
+@router.get("/jobs/{job}/transfers/{run_id}/errors", response_model=schemas.TransferErrorsOut, tags=["logs"],
+            summary="The run's error list (failed, mismatched and missing entries), first `limit` rows")
+def transfer_errors(job: str, run_id: int, request: Request, limit: int = Query(200, ge=1, le=10_000)):
+    """The run's error list (failed, mismatched and missing entries), first ``limit`` rows."""
+    with database(request) as session:
+        find_run(session, find_job(session, job), run_id)
+        total = session.scalar(select(func.count()).select_from(FileRecord).where(
+            FileRecord.run_id == run_id, FileRecord.state.in_(ERROR_STATES)))
+        return {"run_id": run_id, "total": total, "errors": error_entries(session, run_id, limit)}
 
 
 # --- cutover status --------------------------------------------------------------------------

@@ -264,6 +264,26 @@ class LogKind(str, enum.Enum):
     ERRORS = "errors"
 
 
+class TransferErrorOut(BaseModel):
+    """One row of a run's error log (the columns of the errors CSV)."""
+
+    share: str
+    path: str
+    type: str
+    size: int
+    result: str
+    error_code: str
+    error_message: str
+
+
+class TransferErrorsOut(BaseModel):
+    """The first rows of a run's error log and how many there are in all."""
+
+    run_id: int
+    total: int
+    errors: list[TransferErrorOut]
+
+
 class TransferRunOut(BaseModel):
     """A transfer run and its counters."""
 

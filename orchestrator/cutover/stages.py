@@ -26,7 +26,8 @@ addresses and share access and releases them from the destination; a failing pre
 rolls back automatically.
 
 The final delta transfer and its reconciliation are the transfer engine's: they are
-called through the ``DeltaTransfer`` protocol, passed in by the caller.
+called through the ``DeltaTransfer`` protocol, passed in by the caller
+(``orchestrator.cutover.delta.EngineDeltaTransfer`` in production).
 
 This module must never delete a file on either server, and never put a credential in a
 message, an event or the run's stored options (only names, addresses and ids go there).

@@ -1,10 +1,11 @@
 """``sms transfer ...``: pair servers, run transfers, watch them, reconcile, export logs.
 
 Commands: ``pair`` (a source with a destination, and the shares to move), ``run`` (start
-a run of one pairing or of every pairing of a job at once, with the checksum, retries and
-retry delay options; ``--wait`` drives it here to the end and prints the
-reconciliation), ``drive`` (drive an already created run in this process: what ``run``
-without ``--wait`` starts in the background), ``status`` (progress and reconciliation),
+a run of one pairing or of every pairing of a job at once, with the checksum, retries,
+retry delay, maximum duration, local accounts and system folder options; ``--wait``
+drives it here to the end and prints the reconciliation), ``drive`` (drive an already
+created run in this process: what ``run`` without ``--wait`` starts in the background;
+also resumes a run whose driver died, from the database state), ``status`` (progress and reconciliation),
 ``list`` (runs of a job), ``export`` (the run's transfer CSV and error-only CSV),
 ``cancel`` (a run whose driver died, or that should stop) and ``gate`` (may cutover go
 ahead?).
@@ -35,7 +36,13 @@ from sqlalchemy import func, select
 from common.db import session_scope
 from common.models import Batch, BatchState, Job, Pairing, RunState, Server, TransferRun
 from common.settings import get_settings
-from common.transfer_options import CHECKSUM_CHOICES, DEFAULT_RETRIES, DEFAULT_RETRY_DELAY, TransferOptions
+from common.transfer_options import (
+    CHECKSUM_CHOICES,
+    DEFAULT_RETRIES,
+    DEFAULT_RETRY_DELAY,
+    PRINCIPAL_CHOICES,
+    TransferOptions,
+)
 from orchestrator.transfer import planning
 from orchestrator.transfer.logs import export_run_logs
 from orchestrator.transfer.reconcile import RunReconciliation, cutover_allowed, reconcile
@@ -124,11 +131,13 @@ def _destinations(run_ids: list[int]) -> list[str]:
 
 
 def drive_runs(run_ids: list[int], *, start_workers: bool | None = None,
-               concurrency: int | None = None, quiet: bool = False) -> dict[int, RunState]:
+               concurrency: int | None = None, quiet: bool = False,
+               resume: bool = False) -> dict[int, RunState]:
     """Drive every run to its end at once (one thread per run); returns their final states.
 
     ``start_workers`` (default: when the broker is embedded) starts one local worker per
-    destination for the duration.
+    destination for the duration. ``resume`` also continues runs left running by a
+    driver that died.
     """
     if start_workers is None:
         start_workers = get_settings().broker_is_embedded
@@ -149,7 +158,7 @@ def drive_runs(run_ids: list[int], *, start_workers: bool | None = None,
             if not quiet:
                 console.print(f"[dim]{time.strftime('%H:%M:%S')} run {run_id}:[/dim] {line}")
         try:
-            states[run_id] = planning.execute_run(run_id, progress=say)
+            states[run_id] = planning.execute_run(run_id, progress=say, resume=resume)
         except BaseException as exc:  # noqa: BLE001 - recorded on the run by execute_run
             failures[run_id] = exc
             states[run_id] = RunState.FAILED
@@ -187,6 +196,14 @@ def run(job: str = typer.Option(None, help="Job name: run every pairing of the j
         retries: int = typer.Option(DEFAULT_RETRIES, help="Extra tries of a failed file."),
         retry_delay: float = typer.Option(DEFAULT_RETRY_DELAY, help="Seconds between tries."),
         copy_sacl: bool = typer.Option(False, help="Copy SACLs too (needs the privilege)."),
+        migrate_principals: str = typer.Option(
+            "rename", help=f"Local users and groups: {' | '.join(PRINCIPAL_CHOICES)} (rename conflicting "
+                           "accounts, merge with existing ones, or do not migrate)."),
+        max_duration: float = typer.Option(0, help="Seconds after which nothing more is dispatched "
+                                                   "(0: no limit)."),
+        include_system_folders: bool = typer.Option(
+            False, help="Also copy Windows, Program Files, Users, System Volume Information, "
+                        "$Recycle.bin and pagefile.sys at share roots (SMS never does)."),
         share_map: list[str] = typer.Option([], "--share-map",
                                             help="SOURCE=DESTINATION share name (repeat); "
                                                  "default: the same name."),
@@ -197,7 +214,9 @@ def run(job: str = typer.Option(None, help="Job name: run every pairing of the j
     try:
         mapping = dict(item.split("=", 1) for item in share_map)
         options = TransferOptions(checksum=checksum, retries=retries, retry_delay=retry_delay,
-                                  copy_sacl=copy_sacl, share_map=mapping)
+                                  copy_sacl=copy_sacl, share_map=mapping,
+                                  migrate_principals=migrate_principals, max_duration=max_duration,
+                                  skip_system_folders=not include_system_folders)
     except ValueError as exc:
         _fail(f"bad option: {exc}")
     _prepare_database()
@@ -244,8 +263,12 @@ def _background_drive(run_ids: list[int], concurrency: int) -> Path:
 @transfer_app.command("drive")
 def drive(run_id: list[int] = typer.Argument(..., help="Run ids to drive to the end."),
           concurrency: int = typer.Option(0, help="Processes per local worker (embedded mode).")):
-    """Drive created runs to their end in this process (what 'run' starts in the background)."""
-    states = drive_runs(run_id, concurrency=concurrency or None)
+    """Drive created runs to their end in this process (what 'run' starts in the background).
+
+    A run left running by a driver that died is resumed from the database state: make sure
+    that driver is really gone first.
+    """
+    states = drive_runs(run_id, concurrency=concurrency or None, resume=True)
     raise typer.Exit(max(EXIT_CODES.get(state, 2) for state in states.values()))
 
 

@@ -5,9 +5,10 @@ logs can be exported at any time. Rows are streamed from the database in path or
 written as they come, so a run of millions of files never sits in memory.
 
 Columns: share, path, type, size, attributes (hex and letters), creation / last-write /
-last-access times (ISO 8601 UTC to 100 ns, plus the raw FILETIME), hash algorithm, source
-and destination checksums, result, error code (NTSTATUS name) and error message. The
-owner is not a column: neither the file records nor the copy engine's results carry it.
+last-access times (ISO 8601 UTC to 100 ns, plus the raw FILETIME), owner (the source
+entry's owner SID, read by the proxy worker from its security descriptor), hash
+algorithm, source and destination checksums, result, error code (NTSTATUS name) and
+error message.
 
 This module only reads the database and writes the CSV files it is asked for.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterator
+from itertools import islice
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TextIO
@@ -27,7 +29,7 @@ from common.models import FileRecord, FileState, Share
 
 COLUMNS = ("share", "path", "type", "size", "attributes", "attribute_letters",
            "creation_time", "last_write_time", "last_access_time",
-           "creation_filetime", "last_write_filetime", "last_access_filetime",
+           "creation_filetime", "last_write_filetime", "last_access_filetime", "owner",
            "hash_algorithm", "source_checksum", "destination_checksum", "result",
            "error_code", "error_message")
 ERROR_STATES = (FileState.FAILED, FileState.MISMATCH, FileState.SCANNED)
@@ -64,7 +66,7 @@ def _rows(session: Session, run_id: int, errors_only: bool) -> Iterator[list]:
             record.size, f"0x{record.attributes:08X}", attribute_letters(record.attributes),
             filetime_iso(record.creation_time), filetime_iso(record.last_write_time),
             filetime_iso(record.last_access_time), record.creation_time or "",
-            record.last_write_time or "", record.last_access_time or "",
+            record.last_write_time or "", record.last_access_time or "", record.owner or "",
             record.hash_algorithm or "", record.source_hash or "", record.destination_hash or "",
             _RESULT_NAMES.get(record.state, record.state.value),
             record.error_code or ("NOT_REPORTED" if record.state == FileState.SCANNED else ""),
@@ -81,6 +83,11 @@ def write_csv(session: Session, run_id: int, out: TextIO, *, errors_only: bool =
         writer.writerow(row)
         count += 1
     return count
+
+
+def error_entries(session: Session, run_id: int, limit: int) -> list[dict[str, object]]:
+    """The first ``limit`` rows of run ``run_id``'s error log, as dicts keyed by ``COLUMNS``."""
+    return [dict(zip(COLUMNS, row)) for row in islice(_rows(session, run_id, True), limit)]
 
 
 def export_run_logs(session: Session, run_id: int, directory: Path) -> tuple[Path, Path]:

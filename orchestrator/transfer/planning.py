@@ -2,6 +2,14 @@
 
 A run of a pairing goes through these stages, all recorded in the job database:
 
+0. **Accounts and shares** (manageable destinations only: Samba over SSH, Windows over
+   WinRM): the source's local users and groups are created on the destination
+   (orchestrator.transfer.principals, option ``migrate_principals``) and the resulting
+   source SID -> destination SID map is stored (``SidMap``) for the proxy workers; then
+   each chosen share is recreated on the destination with its settings and translated
+   share permissions (orchestrator.transfer.shares, the pairing's path mapping). A share
+   that cannot be recreated is left out of the run and recorded as an error. On an
+   smb-only destination the share must already exist (a clear error otherwise).
 1. **PreExistingData** (first run of a share for this pairing only): whatever the
    destination share's root holds is moved into ``PreExistingData`` (orchestrator.transfer
    .destination), never overwritten.
@@ -12,7 +20,8 @@ A run of a pairing goes through these stages, all recorded in the job database:
    scanned) and committed, and only then published (common.db.after_commit through
    orchestrator.leases.dispatch_batch). Copying therefore starts while the walk goes on.
    Directories are recorded as they are met, without a batch yet. Only the current batch
-   and the walker's stack of directories are ever in memory.
+   and the walker's stack of directories are ever in memory. SMS's system folders at
+   the share root (``SYSTEM_FOLDERS``) are not walked unless the options say so.
 3. **Wait** for every file batch to finish; meanwhile the lease reaper re-dispatches
    batches whose worker died or whose message was lost.
 4. **Mirror** (re-runs only): destination entries that the source no longer has are
@@ -26,7 +35,16 @@ A run of a pairing goes through these stages, all recorded in the job database:
    file failed, went missing, or a directory could not be walked, ``completed_with_errors``
    (never hangs on a locked file: the worker records it failed and moves on).
 
-Share creation on the destination is not done here: destination shares must exist.
+A **maximum duration** (option ``max_duration``) stops the walk and all further
+dispatching once exceeded; batches already running finish, batches still queued are
+given up by the workers (each file recorded failed with ``MAX_DURATION_EXCEEDED``), and
+the run ends ``completed_with_errors`` with the reason.
+
+A run whose driver died can be **resumed** (``execute_run(..., resume=True)``, ``sms
+transfer drive RUN``): finished batches stay finished, queued ones are published again,
+running ones are re-leased by the reaper when their lease expires; shares already walked
+are not walked again, a share walked in part is walked again without recording twice
+what it already recorded.
 
 This module must never put a credential in a message or a log, never publish a batch
 before the transaction that wrote it has committed, and never import proxy_worker.
@@ -34,6 +52,7 @@ before the transaction that wrote it has committed, and never import proxy_worke
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -41,6 +60,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import case, func, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from common.celery_app import create_celery_app
@@ -58,6 +78,7 @@ from common.models import (
     Server,
     ServerRole,
     Share,
+    SidMap,
     TransferRun,
     utcnow,
 )
@@ -65,10 +86,13 @@ from common.settings import get_settings
 from common.smb import metadata as md
 from common.smb.connection import SmbTree, open_tree
 from common.smb.errors import SmbFileError
-from common.smb.walk import DirEntry, ShareWalker
+from common.smb.walk import DirEntry, ShareWalker, WalkError
 from common.transfer_options import TransferOptions
 from orchestrator.leases import Publisher, celery_publisher, dispatch_batch, reap_expired_leases
 from orchestrator.transfer import destination as dest_ops
+
+# Host adapters (SSH, WinRM) are imported where the accounts-and-shares stage runs, so a
+# driver for an smb-only pairing does not need their libraries.
 
 logger = logging.getLogger(__name__)
 
@@ -78,12 +102,23 @@ DIRECTORY_PARALLEL_MIN = 200
 DIRECTORY_PARALLELISM = 8
 MIRROR_LOOKUP_CHUNK = 500
 REAP_INTERVAL = 10.0
+# How long the driver waits out an unreachable job database before the run fails.
+DATABASE_OUTAGE_GRACE = 120.0
 
 EVENT_PRE_EXISTING = "transfer.pre_existing_data"
 EVENT_WALK_ERROR = "transfer.walk_error"
 EVENT_MIRROR_DELETE = "transfer.mirror_delete"
 EVENT_MIRROR_ERROR = "transfer.mirror_error"
 EVENT_RUN_ERROR = "transfer.run_error"
+EVENT_SHARE_PLANNED = "transfer.share_planned"
+EVENT_SHARE_RECREATED = "transfer.share_recreated"
+EVENT_SHARE_ERROR = "transfer.share_error"
+EVENT_PRINCIPALS = "transfer.principals"
+EVENT_MAX_DURATION = "transfer.max_duration"
+EVENT_RESUMED = "transfer.resumed"
+MAX_DURATION_CODE = "MAX_DURATION_EXCEEDED"
+# Events that make a run "completed with errors".
+ERROR_EVENTS = (EVENT_WALK_ERROR, EVENT_MIRROR_ERROR, EVENT_SHARE_ERROR, EVENT_MAX_DURATION)
 
 FINISHED_RUN_STATES = (RunState.SUCCEEDED, RunState.COMPLETED_WITH_ERRORS, RunState.FAILED,
                        RunState.CANCELLED)
@@ -95,6 +130,10 @@ class TransferError(Exception):
 
 class RunCancelled(Exception):
     """The run was cancelled while it was being driven."""
+
+
+class DurationExceeded(Exception):
+    """The run's maximum duration has passed: nothing more is dispatched."""
 
 
 def _check_cancelled(session: Session, run_id: int) -> None:
@@ -203,13 +242,21 @@ class _Context:
     queue: str
     options: TransferOptions
     shares: tuple[_ShareTarget, ...]
+    started_at: Any = None
+    resumed: bool = False
+
+    def check_deadline(self) -> None:
+        """Raise DurationExceeded once the run has lasted longer than its maximum duration."""
+        if self.options.max_duration and self.started_at is not None \
+                and (utcnow() - self.started_at).total_seconds() > self.options.max_duration:
+            raise DurationExceeded(f"maximum duration of {self.options.max_duration:g} s exceeded")
 
 
 Progress = Callable[[str], object]
 
 
 def execute_run(run_id: int, publish: Publisher | None = None, *, poll_interval: float = 0.5,
-                progress: Progress | None = None) -> RunState:
+                progress: Progress | None = None, resume: bool = False) -> RunState:
     """Drive run ``run_id`` through every stage to its end; returns its final state.
 
     ``publish`` sends dispatched batches (default: this process's Celery app);
@@ -217,23 +264,32 @@ def execute_run(run_id: int, publish: Publisher | None = None, *, poll_interval:
     Proxy workers for the destination must be running (orchestrator.transfer.workers
     starts local ones in embedded mode). A cancelled run stops and returns CANCELLED; an
     unexpected error marks the run failed, records it as an event and is re-raised.
+    ``resume`` also takes a run left ``running`` by a driver that died (the caller must
+    be sure that driver is gone) and continues it from the database state.
     """
     publish = publish or default_publisher()
     say = progress or (lambda line: logger.info("run %s: %s", run_id, line))
-    context = _start(run_id)
+    context = _start(run_id, resume)
     try:
         with session_scope() as session:
             source = session.get(Server, context.source_id)
             destination = session.get(Server, context.destination_id)
-        first_runs = {}
-        for target in context.shares:
-            first_runs[target.share_id] = _plan_share(context, target, source, destination,
-                                                      publish, say)
-        _wait_for_batches(context, publish, poll_interval, say, "files")
-        for target in context.shares:
-            if not first_runs[target.share_id]:
-                _mirror_share(context, target, destination, say)
-            _copy_directories(context, target, publish, poll_interval, say)
+        if context.resumed:
+            _republish_queued(context, publish, say)
+        targets = _prepare_destination(context, source, destination, say)
+        try:
+            first_runs = {}
+            for target in targets:
+                first_runs[target.share_id] = _plan_share(context, target, source, destination,
+                                                          publish, say)
+            _wait_for_batches(context, publish, poll_interval, say, "files")
+            for target in targets:
+                context.check_deadline()
+                if not first_runs[target.share_id]:
+                    _mirror_share(context, target, destination, say)
+                _copy_directories(context, target, publish, poll_interval, say)
+        except DurationExceeded as exc:
+            _stop_for_duration(context, publish, poll_interval, say, str(exc))
         state = _finish(context)
     except RunCancelled:
         say("cancelled")
@@ -251,46 +307,203 @@ def execute_run(run_id: int, publish: Publisher | None = None, *, poll_interval:
     return state
 
 
-def _start(run_id: int) -> _Context:
+def _start(run_id: int, resume: bool = False) -> _Context:
     with session_scope() as session:
         run = session.get(TransferRun, run_id)
         if run is None:
             raise TransferError(f"no transfer run {run_id}")
-        # Conditional, so that two drivers can never both take the same run.
+        # Conditional, so that two drivers can never both take the same pending run.
         taken = session.execute(update(TransferRun).where(
             TransferRun.id == run_id, TransferRun.state == RunState.PENDING).values(
             state=RunState.RUNNING, started_at=utcnow()).execution_options(synchronize_session=False))
+        resumed = False
         if taken.rowcount != 1:
-            raise TransferError(f"run {run_id} is {run.state.value}: only a pending run can be "
-                                "driven (cancel a run whose driver died, then start a new one)")
+            session.refresh(run)
+            if not (resume and run.state == RunState.RUNNING):
+                raise TransferError(f"run {run_id} is {run.state.value}: only a pending run can be "
+                                    "driven, or a running one resumed after its driver died")
+            resumed = True
+            _event(session, run, EVENT_RESUMED, "driving resumed from the database state")
+        session.refresh(run)
         pairing = session.get(Pairing, run.pairing_id)
         options = TransferOptions.from_json(run.options)
         destination = session.get(Server, pairing.destination_server_id)
         shares = tuple(_ShareTarget(share.id, share.name, options.destination_share(share.name))
                        for share in chosen_shares(session, pairing))
         return _Context(run.id, run.job_id, pairing.id, pairing.source_server_id, destination.id,
-                        get_settings().destination_queue(destination.name), options, shares)
+                        get_settings().destination_queue(destination.name), options, shares,
+                        run.started_at, resumed)
 
 
-def _is_first_run(session: Session, context: _Context, target: _ShareTarget) -> bool:
-    """True until PreExistingData was handled for this pairing and share by some run."""
+def _republish_queued(context: _Context, publish: Publisher, say: Progress) -> None:
+    """On resume: publish again every batch still queued (its message may be lost; a
+    second delivery is harmless, the second claim fails). Running batches are re-leased
+    by the reaper once their lease expires; finished ones stay finished."""
+    with session_scope() as session:
+        queued = list(session.scalars(select(Batch).where(
+            Batch.run_id == context.run_id, Batch.state == BatchState.QUEUED)))
+        for batch in queued:
+            dispatch_batch(session, batch, publish, task_name=COPY_TASK, queue=context.queue)
+    say(f"resumed: {len(queued)} queued batches published again")
+
+
+def _stop_for_duration(context: _Context, publish: Publisher, poll_interval: float,
+                       say: Progress, reason: str) -> None:
+    """Record why the run stopped early and let the batches already out finish (workers
+    give up the ones not yet started)."""
+    with session_scope() as session:
+        run = session.get(TransferRun, context.run_id)
+        _event(session, run, EVENT_MAX_DURATION, f"{reason}: no further batch dispatched",
+               level=EventLevel.ERROR, max_duration=context.options.max_duration)
+    say(f"{reason}: letting running batches finish")
+    _wait_for_batches(context, publish, poll_interval, say, "files", check_deadline=False)
+
+
+def _adapters(source: Server, destination: Server):
+    """(source adapter, destination adapter) for the accounts-and-shares stage, or None
+    when the destination cannot be managed (smb-only, or a Samba server registered
+    without SSH management)."""
+    from common.models import ServerKind
+    from orchestrator.inventory.service import management_adapter, smb_adapter
+
+    management = destination.management or {}
+    if destination.kind is ServerKind.SMB_ONLY or (
+            destination.kind is ServerKind.SAMBA and not management.get("ssh_user")):
+        return None  # SMB only: no management channel was configured
+    destination_adapter = management_adapter(destination)
+    if destination_adapter is None:
+        return None
+    source_adapter = management_adapter(source) or smb_adapter(source)
+    return source_adapter, destination_adapter
+
+
+def _prepare_destination(context: _Context, source: Server, destination: Server,
+                         say: Progress) -> tuple[_ShareTarget, ...]:
+    """Accounts and shares on a manageable destination; returns the shares to transfer
+    (those whose recreation failed are left out, with an error event)."""
+    with session_scope() as session:
+        done = run_events(session, context.run_id, context.job_id, (EVENT_SHARE_RECREATED,
+                                                                    EVENT_SHARE_ERROR))
+    failed = {event.detail.get("share") for event in done if event.kind == EVENT_SHARE_ERROR}
+    if done:  # a resumed run: this stage already ran
+        return tuple(t for t in context.shares if t.name not in failed)
+    adapters = _adapters(source, destination)
+    if adapters is None:
+        return _check_existing_shares(context, destination)
+    from orchestrator.hosts import HostError
+    from orchestrator.transfer.principals import migrate_principals
+    from orchestrator.transfer.shares import recreate_shares
+
+    source_adapter, destination_adapter = adapters
+    with source_adapter, destination_adapter:
+        sid_map: dict[str, str] = {}
+        try:
+            migration = migrate_principals(source_adapter, destination_adapter,
+                                           context.options.migrate_principals)
+            sid_map = migration.sid_map
+            with session_scope() as session:
+                session.add(SidMap(run_id=context.run_id, entries=sid_map,
+                                   accounts=[a.to_json() for a in migration.accounts]))
+                run = session.get(TransferRun, context.run_id)
+                counts: dict[str, int] = {}
+                for account in migration.accounts:
+                    counts[account.status] = counts.get(account.status, 0) + 1
+                _event(session, run, EVENT_PRINCIPALS,
+                       f"local accounts: {counts or 'none migrated'}; {len(sid_map)} SIDs mapped",
+                       level=EventLevel.WARNING if counts.get("failed") else EventLevel.INFO,
+                       server_id=context.destination_id, counts=counts)
+            if migration.accounts:
+                say(f"local accounts: {counts}, {len(sid_map)} SIDs mapped")
+        except HostError as exc:
+            with session_scope() as session:
+                run = session.get(TransferRun, context.run_id)
+                _event(session, run, EVENT_PRINCIPALS, f"local accounts not migrated: {exc}",
+                       level=EventLevel.WARNING, server_id=context.destination_id)
+            say(f"local accounts not migrated: {exc}")
+        with session_scope() as session:
+            pairing = session.get(Pairing, context.pairing_id)
+            path_mapping = dict(pairing.path_mapping or {})
+        try:
+            facts = {share.name: share for share in source_adapter.shares()}
+        except HostError as exc:
+            facts = {}
+            say(f"source shares could not be read: {exc}")
+        chosen = []
+        for target in context.shares:
+            share = facts.get(target.name)
+            chosen.append(dataclasses.replace(share, name=target.destination_share) if share
+                          else target.name)
+        outcomes = recreate_shares(source_adapter, destination_adapter, chosen, path_mapping,
+                                   sid_map, replace=True)
+    kept = []
+    with session_scope() as session:
+        run = session.get(TransferRun, context.run_id)
+        for target, outcome in zip(context.shares, outcomes):
+            ok = outcome.status in ("created", "updated")
+            _event(session, run, EVENT_SHARE_RECREATED if ok else EVENT_SHARE_ERROR,
+                   f"share {target.destination_share}: {outcome.status}: {outcome.reason}",
+                   level=EventLevel.INFO if ok else EventLevel.ERROR,
+                   server_id=context.destination_id, share=target.name, share_id=target.share_id,
+                   notes=outcome.notes,
+                   destination_path=outcome.destination_path)
+            say(f"{target.name}: share {outcome.status} on the destination ({outcome.reason})")
+            if ok:
+                kept.append(target)
+    return tuple(kept)
+
+
+def _check_existing_shares(context: _Context, destination: Server) -> tuple[_ShareTarget, ...]:
+    """smb-only destination: each share must exist already; one that does not is left out
+    with an error an administrator can act on."""
+    kept = []
+    for target in context.shares:
+        try:
+            open_tree(server_endpoint(destination, target.destination_share)).close()
+            kept.append(target)
+        except Exception as exc:  # noqa: BLE001 - any failure to connect: report, go on
+            with session_scope() as session:
+                run = session.get(TransferRun, context.run_id)
+                _event(session, run, EVENT_SHARE_ERROR,
+                       f"share {target.destination_share} cannot be opened on {destination.name} "
+                       f"({type(exc).__name__}: {exc}); an smb-only destination's shares must be "
+                       "created beforehand", level=EventLevel.ERROR, server_id=context.destination_id,
+                       share=target.name, share_id=target.share_id)
+    return tuple(kept)
+
+
+def _is_first_run(session: Session, context: _Context, target: _ShareTarget,
+                  exclude_run: bool = False) -> bool:
+    """True until PreExistingData was handled for this pairing and share by some run
+    (by a run other than this one, with ``exclude_run``: a resumed first run stays first)."""
     details = session.scalars(select(Event.detail).where(
         Event.job_id == context.job_id, Event.kind == EVENT_PRE_EXISTING))
     return not any(detail.get("pairing_id") == context.pairing_id
-                   and detail.get("share") == target.name for detail in details)
+                   and detail.get("share") == target.name
+                   and not (exclude_run and detail.get("run_id") == context.run_id)
+                   for detail in details)
 
 
 def _plan_share(context: _Context, target: _ShareTarget, source: Server, destination: Server,
                 publish: Publisher, say: Progress) -> bool:
     """PreExistingData (first run), then walk the share and dispatch its file batches.
 
-    Returns True when this was the pairing's first run of the share.
+    Returns True when this was the pairing's first run of the share. A share this run
+    already walked to the end (resumed run) is not walked again.
     """
+    with session_scope() as session:
+        planned = any(event.detail.get("share_id") == target.share_id for event in
+                      run_events(session, context.run_id, context.job_id, (EVENT_SHARE_PLANNED,)))
+        first_walk = not session.scalar(select(func.count()).select_from(FileRecord).where(
+            FileRecord.run_id == context.run_id, FileRecord.share_id == target.share_id))
+    if planned:
+        with session_scope() as session:
+            return _is_first_run(session, context, target, exclude_run=False)
     destination_tree = open_tree(server_endpoint(destination, target.destination_share))
     try:
         with session_scope() as session:
-            first = _is_first_run(session, context, target)
-        if first:
+            first = _is_first_run(session, context, target, exclude_run=True)
+            handled = not _is_first_run(session, context, target) and first
+        if first and not handled:
             moved = dest_ops.move_into_pre_existing_data(destination_tree)
             with session_scope() as session:
                 run = session.get(TransferRun, context.run_id)
@@ -305,9 +518,13 @@ def _plan_share(context: _Context, target: _ShareTarget, source: Server, destina
         destination_tree.close()
     source_tree = open_tree(server_endpoint(source, target.name))
     try:
-        _walk_and_dispatch(context, target, source_tree, publish, say)
+        _walk_and_dispatch(context, target, source_tree, publish, say, resuming=not first_walk)
     finally:
         source_tree.close()
+    with session_scope() as session:
+        run = session.get(TransferRun, context.run_id)
+        _event(session, run, EVENT_SHARE_PLANNED, f"{target.name}: walked and dispatched",
+               share=target.name, share_id=target.share_id)
     return first
 
 
@@ -333,24 +550,73 @@ def _root_record(context: _Context, share_id: int, tree: SmbTree) -> dict[str, A
                 basic.last_access_time, basic.change_time, basic.attributes)
 
 
+def _source_entries(context: _Context, tree: SmbTree, errors: list[WalkError],
+                    counts: dict[str, int]) -> Iterator[DirEntry]:
+    """Every entry of the source share except SMS's system folders at its root (unless the
+    run includes them): the root is listed, then each kept folder walked on its own."""
+    root = ShareWalker(tree, "")
+    top: list[DirEntry] = []
+    for entry in root:
+        if "\\" in entry.path:
+            break
+        top.append(entry)
+    errors.extend(root.errors)
+    counts["listed"] += 1
+    for entry in top:
+        if context.options.is_system_folder(entry.path):
+            counts["excluded"] += 1
+            continue
+        yield entry
+        if entry.is_dir and not entry.is_reparse_point:
+            walker = ShareWalker(tree, entry.path)
+            yield from walker
+            errors.extend(walker.errors)
+            counts["listed"] += walker.directories_listed
+
+
+def _already_recorded(session: Session, context: _Context, share_id: int, paths: list[str]) -> set[str]:
+    found: set[str] = set()
+    for start in range(0, len(paths), MIRROR_LOOKUP_CHUNK):
+        found.update(session.scalars(select(FileRecord.relative_path).where(
+            FileRecord.run_id == context.run_id, FileRecord.share_id == share_id,
+            FileRecord.relative_path.in_(paths[start:start + MIRROR_LOOKUP_CHUNK]))))
+    return found
+
+
 def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
-                       publish: Publisher, say: Progress) -> None:
+                       publish: Publisher, say: Progress, *, resuming: bool = False) -> None:
+    """Walk the share and dispatch its file batches; with ``resuming``, entries this run
+    already recorded (a walk cut short by a dead driver) are not recorded again."""
     settings = get_settings()
     files: list[dict[str, Any]] = []
     directories: list[dict[str, Any]] = [_root_record(context, target.share_id, tree)]
     pending_bytes = 0
     batches = 0
 
+    def fresh(session: Session, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if not resuming or not rows:
+            return rows
+        known = _already_recorded(session, context, target.share_id,
+                                  [row["relative_path"] for row in rows])
+        return [row for row in rows if row["relative_path"] not in known]
+
     def flush_directories(session: Session) -> None:
         if directories:
-            bulk_insert_file_records(session, directories)
+            rows = fresh(session, directories)
+            if rows:
+                bulk_insert_file_records(session, rows)
             directories.clear()
 
     def flush_batch() -> None:
         nonlocal pending_bytes, batches
+        context.check_deadline()
         with session_scope() as session:
             _check_cancelled(session, context.run_id)
             flush_directories(session)
+            rows = fresh(session, files)
+            if len(rows) != len(files):
+                files[:] = rows
+                pending_bytes = sum(row["size"] for row in rows)
             if files:
                 batch = Batch(run_id=context.run_id, share_id=target.share_id,
                               file_count=len(files), byte_count=pending_bytes)
@@ -365,8 +631,9 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
         files.clear()
         pending_bytes = 0
 
-    walker = ShareWalker(tree, "")
-    for entry in walker:
+    walk_errors: list[WalkError] = []
+    counts = {"listed": 0, "excluded": 0}
+    for entry in _source_entries(context, tree, walk_errors, counts):
         if entry.is_dir:
             directories.append(_record(context, target.share_id, entry))
             if len(directories) >= DIRECTORY_BATCH_MAX:
@@ -380,13 +647,14 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
     flush_batch()
     with session_scope() as session:
         run = session.get(TransferRun, context.run_id)
-        for error in walker.errors:
+        for error in walk_errors:
             _event(session, run, EVENT_WALK_ERROR,
                    f"{error.status_name}: {error.message}: {target.name}\\{error.path}",
                    level=EventLevel.ERROR, server_id=context.source_id, share=target.name,
                    share_id=target.share_id, path=error.path, status=error.status_name)
-    say(f"{target.name}: walked {walker.directories_listed} directories, "
-        f"{batches} file batches dispatched, {len(walker.errors)} walk errors")
+    excluded = f", {counts['excluded']} system folders left out" if counts["excluded"] else ""
+    say(f"{target.name}: walked {counts['listed']} directories, "
+        f"{batches} file batches dispatched, {len(walk_errors)} walk errors{excluded}")
 
 
 def batch_state_counts(session: Session, run_id: int) -> dict[BatchState, int]:
@@ -397,14 +665,30 @@ def batch_state_counts(session: Session, run_id: int) -> dict[BatchState, int]:
 
 
 def _wait_for_batches(context: _Context, publish: Publisher, poll_interval: float,
-                      say: Progress, what: str) -> None:
-    """Block until no batch of the run is queued or running, reaping lost leases."""
+                      say: Progress, what: str, *, check_deadline: bool = True) -> None:
+    """Block until no batch of the run is queued or running, reaping lost leases.
+
+    Past the run's maximum duration (with ``check_deadline``) raises DurationExceeded.
+    """
     last_reap = time.monotonic()
     last_report = ""
+    outage_since: float | None = None
     while True:
-        with session_scope() as session:
-            _check_cancelled(session, context.run_id)
-            counts = batch_state_counts(session, context.run_id)
+        if check_deadline:
+            context.check_deadline()
+        try:
+            with session_scope() as session:
+                _check_cancelled(session, context.run_id)
+                counts = batch_state_counts(session, context.run_id)
+            outage_since = None
+        except (OperationalError, InterfaceError):
+            # The database restarts or fails over: keep waiting, up to a limit.
+            outage_since = outage_since or time.monotonic()
+            if time.monotonic() - outage_since > DATABASE_OUTAGE_GRACE:
+                raise
+            logger.warning("run %s: job database unreachable; waiting", context.run_id)
+            time.sleep(max(poll_interval, 1.0))
+            continue
         open_batches = counts.get(BatchState.QUEUED, 0) + counts.get(BatchState.RUNNING, 0)
         report = (f"{what}: {counts.get(BatchState.DONE, 0)} batches done, "
                   f"{counts.get(BatchState.RUNNING, 0)} running, {counts.get(BatchState.QUEUED, 0)} "
@@ -487,7 +771,8 @@ def _mirror_share(context: _Context, target: _ShareTarget, destination: Server,
             if parent != last_parent or len(pending) >= MIRROR_LOOKUP_CHUNK:
                 resolve()
                 last_parent = parent
-            if parent in pruned or dest_ops.is_protected(entry.path) or _under(entry.path, unlisted):
+            if parent in pruned or dest_ops.is_protected(entry.path) or _under(entry.path, unlisted) \
+                    or context.options.is_system_folder(entry.path):
                 if entry.is_dir:
                     pruned.add(entry.path)
                 continue
@@ -577,6 +862,7 @@ def _copy_directories(context: _Context, target: _ShareTarget, publish: Publishe
             levels.setdefault(level, []).append(record_id)
     waves = directory_waves(sorted(levels.items(), key=lambda item: -item[0]))
     for wave in waves:
+        context.check_deadline()
         with session_scope() as session:
             for ids in wave:
                 batch = Batch(run_id=context.run_id, share_id=target.share_id, file_count=len(ids))
@@ -609,8 +895,10 @@ def _finish(context: _Context) -> RunState:
             if not is_dir:
                 files[state] = files.get(state, 0) + count
                 bytes_by_state[state] = bytes_by_state.get(state, 0) + int(size)
-        run_errors = len(run_events(session, context.run_id, context.job_id,
-                                    (EVENT_WALK_ERROR, EVENT_MIRROR_ERROR)))
+        error_events = run_events(session, context.run_id, context.job_id, ERROR_EVENTS)
+        run_errors = len(error_events)
+        stopped = next((event.message for event in error_events
+                        if event.kind == EVENT_MAX_DURATION), None)
         _check_cancelled(session, context.run_id)
         run = session.get(TransferRun, context.run_id)
         run.files_total = sum(files.values())
@@ -625,7 +913,9 @@ def _finish(context: _Context) -> RunState:
         if problems or run_errors:
             run.state = RunState.COMPLETED_WITH_ERRORS
             run.error = (f"completed with errors: {problems} entries not transferred, "
-                         f"{run_errors} walk or mirror errors")
+                         f"{run_errors} walk, share or mirror errors")
+            if stopped:
+                run.error = f"{stopped}; {run.error}"
         else:
             run.state = RunState.SUCCEEDED
             run.error = ""

@@ -11,10 +11,13 @@ record per file and folder, state scanned) with what proxy workers reported back
 - mismatched: the destination's hash differs from the source's;
 - failed: the copy failed (NTSTATUS name kept in the record);
 - walk errors: source folders that could not be listed (their content is unknown);
-- mirror errors: destination entries that should have been deleted but were not.
+- mirror errors: destination entries that should have been deleted but were not;
+- share errors: the share could not be recreated on (or opened on) the destination, so
+  none of it was transferred.
 
-A share is clean when nothing is missing, mismatched or failed and there were no walk or
-mirror errors. ``cutover_allowed`` refuses unless the run ended and every share is clean,
+A share is clean when nothing is missing, mismatched or failed and there were no walk,
+mirror or share errors; a run stopped by its maximum duration (``stopped``) is never
+clean. ``cutover_allowed`` refuses unless the run ended and every share is clean,
 or the operator explicitly overrides; ``pairing_cutover_allowed`` applies the same gate
 to a pairing's latest finished run.
 
@@ -29,7 +32,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from common.models import FileRecord, FileState, RunState, Share, TransferRun
-from orchestrator.transfer.planning import EVENT_MIRROR_ERROR, EVENT_WALK_ERROR, run_events
+from orchestrator.transfer.planning import (
+    EVENT_MAX_DURATION,
+    EVENT_MIRROR_ERROR,
+    EVENT_SHARE_ERROR,
+    EVENT_WALK_ERROR,
+    run_events,
+)
 
 
 @dataclass
@@ -50,12 +59,13 @@ class ShareReconciliation:
     failed: int = 0
     walk_errors: int = 0
     mirror_errors: int = 0
+    share_errors: int = 0
 
     @property
     def clean(self) -> bool:
         """True when every inventoried entry arrived (copied or unchanged) without error."""
         return not (self.missing or self.mismatched or self.failed or self.walk_errors
-                    or self.mirror_errors)
+                    or self.mirror_errors or self.share_errors)
 
 
 @dataclass
@@ -65,16 +75,17 @@ class RunReconciliation:
     run_id: int
     state: str
     shares: list[ShareReconciliation] = field(default_factory=list)
+    stopped: str = ""  # why the run stopped early (maximum duration), if it did
 
     @property
     def clean(self) -> bool:
-        """True when the run ended and every share is clean."""
+        """True when the run ended, was not stopped early, and every share is clean."""
         finished = self.state in (RunState.SUCCEEDED.value, RunState.COMPLETED_WITH_ERRORS.value)
-        return finished and all(share.clean for share in self.shares)
+        return finished and not self.stopped and all(share.clean for share in self.shares)
 
     def to_json(self) -> dict:
         """Plain data for ``--json`` output and the API."""
-        return {"run_id": self.run_id, "state": self.state, "clean": self.clean,
+        return {"run_id": self.run_id, "state": self.state, "clean": self.clean, "stopped": self.stopped,
                 "shares": [{**asdict(share), "clean": share.clean} for share in self.shares]}
 
 
@@ -113,16 +124,26 @@ def reconcile(session: Session, run_id: int) -> RunReconciliation:
             report.mismatched += count
         elif state == FileState.FAILED:
             report.failed += count
-    for event in run_events(session, run_id, run.job_id, (EVENT_WALK_ERROR, EVENT_MIRROR_ERROR)):
-        report = shares.get(event.detail.get("share_id"))
+    stopped = ""
+    for event in run_events(session, run_id, run.job_id, (EVENT_WALK_ERROR, EVENT_MIRROR_ERROR,
+                                                          EVENT_SHARE_ERROR, EVENT_MAX_DURATION)):
+        if event.kind == EVENT_MAX_DURATION:
+            stopped = event.message
+            continue
+        share_id = event.detail.get("share_id")
+        if event.kind == EVENT_SHARE_ERROR and share_id not in shares:
+            shares[share_id] = ShareReconciliation(event.detail.get("share") or str(share_id))
+        report = shares.get(share_id)
         if report is None:
             continue
         if event.kind == EVENT_WALK_ERROR:
             report.walk_errors += 1
+        elif event.kind == EVENT_SHARE_ERROR:
+            report.share_errors += 1
         else:
             report.mirror_errors += 1
     return RunReconciliation(run_id, run.state.value,
-                             sorted(shares.values(), key=lambda share: share.share))
+                             sorted(shares.values(), key=lambda share: share.share), stopped)
 
 
 def cutover_allowed(session: Session, run_id: int, *, override: bool = False) -> bool:

@@ -79,6 +79,11 @@ class WorkerProcess:
         except ProcessLookupError:
             pass
         self.process.wait(timeout=10)
+        # Pool processes die a moment after the signal (the kernel tears them down
+        # asynchronously); wait until none is left so callers see a dead worker.
+        deadline = time.monotonic() + 10
+        while self.pids() and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def stop(self, grace: float = 5) -> None:
         """Warm shutdown (SIGTERM to the main process); SIGKILL the group after ``grace`` s."""

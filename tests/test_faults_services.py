@@ -1,0 +1,101 @@
+"""Faults (issue 8): the servers a transfer depends on restart while it runs.
+
+- the source's smbd and the destination's smbd: every daemon killed with its children
+  (all SMB sessions cut) and started again on the same address after 2 s;
+- Redis (the broker), a private redis-server of this test without persistence: queued
+  messages are lost with it;
+- PostgreSQL (the job database), a private cluster of this test: every connection of the
+  driver and the workers is cut.
+
+Each run must end, and the independent comparison must then find the destination
+identical to the source with no temporary file left over. Where a run ends "completed
+with errors" (files that failed while a server was down), the next run picks them up, as
+an administrator would re-run it.
+"""
+
+from __future__ import annotations
+
+import common  # noqa: F401  (keeps impacket's bin/smbclient.py off the import path)
+
+import pytest
+
+from common.models import BatchState
+from tests.fault_support import FaultLab, wait_until
+from tests.lab.services import PrivatePostgres, PrivateRedis, create_database
+
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(240), pytest.mark.filterwarnings(
+    "ignore:The ``noload`` loader strategy is deprecated:DeprecationWarning")]
+
+
+def finish(lab: FaultLab, driver, files: list[str]) -> list[str]:
+    """Wait for the faulty run; re-run once if it ended with errors; prove the result.
+    Returns the final states of the runs."""
+    states = [driver.wait()]
+    assert states[0] in ("succeeded", "completed_with_errors"), driver.lines
+    if states[0] != "succeeded":
+        states.append(lab.run(retries=1, retry_delay=1)[1])
+        assert states[-1] == "succeeded", states
+    proof = lab.proof(rerun=len(states) > 1)
+    assert proof.checked > len(files)
+    assert proof.differences == [] and proof.leftovers == []
+    return states
+
+
+def when_copying(lab: FaultLab, driver) -> None:
+    """Wait until some batches are done and others still to do."""
+    wait_until(lambda: (lambda counts: counts.get(BatchState.DONE, 0) >= 2
+                        and counts.get(BatchState.QUEUED, 0) + counts.get(BatchState.RUNNING, 0) >= 2)
+               (lab.batches(driver.run_id)), 60, "a transfer half way")
+
+
+@pytest.mark.parametrize("side", ["src", "dst"])
+def test_smbd_restarts_mid_transfer(side, samba_factory, worker_factory, tmp_path, monkeypatch):
+    lab = FaultLab(samba_factory, worker_factory, tmp_path, monkeypatch, batch_files=6)
+    files = lab.fill(folders=4, files=18)
+    lab.snapshot()
+    lab.worker()
+    driver = lab.start_run(retries=2, retry_delay=2)
+    when_copying(lab, driver)
+    server = lab.src if side == "src" else lab.dst
+    before = set(server.pids())
+    server.restart(downtime=2)
+    assert before and not before & set(server.pids())
+    finish(lab, driver, files)
+
+
+def test_redis_restarts_mid_transfer(samba_factory, worker_factory, tmp_path, monkeypatch):
+    redis_server = PrivateRedis(tmp_path).start()
+    try:
+        lab = FaultLab(samba_factory, worker_factory, tmp_path, monkeypatch, batch_files=6,
+                       SMS_BROKER_URL=f"redis://127.0.0.1:{redis_server.port}/0",
+                       SMS_VISIBILITY_TIMEOUT="60")
+        files = lab.fill(folders=4, files=18)
+        lab.snapshot()
+        lab.worker()
+        driver = lab.start_run(retries=2, retry_delay=2)
+        when_copying(lab, driver)
+        redis_server.stop()
+        redis_server.start()
+        finish(lab, driver, files)
+    finally:
+        redis_server.stop()
+
+
+def test_postgres_restarts_mid_transfer(samba_factory, worker_factory, tmp_path, monkeypatch):
+    postgres = PrivatePostgres()
+    try:
+        postgres.start()
+        url = create_database(postgres.port, "faults")
+        lab = FaultLab(samba_factory, worker_factory, tmp_path, monkeypatch, batch_files=6,
+                       SMS_DATABASE_URL=url)
+        files = lab.fill(folders=4, files=18)
+        lab.snapshot()
+        lab.worker()
+        driver = lab.start_run(retries=2, retry_delay=2)
+        when_copying(lab, driver)
+        postgres.restart(downtime=2)
+        finish(lab, driver, files)
+    finally:
+        from common.db import dispose_engines
+        dispose_engines()
+        postgres.stop()
