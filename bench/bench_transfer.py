@@ -309,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slow-files", type=int, default=2000, help="files of the slow-link dataset")
     parser.add_argument("--slow-batch-files", type=int, default=100, help="batch_max_files over the slow link")
     parser.add_argument("--delay-ms", type=float, default=5.0, help="proxy delay per direction per read")
+    parser.add_argument("--tools", default="rclone,bare",
+                        help="references to measure too, comma-separated: rclone,bare "
+                             "(the orchestrator always runs)")
     parser.add_argument("--checksum", default="none", help="transfer checksum option: none|fast|sha256")
     parser.add_argument("--transfers", type=int, default=16, help="rclone --transfers/--checkers")
     parser.add_argument("--workdir", type=Path, default=None, help="where servers keep files")
@@ -316,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     parts = {part.strip() for part in args.parts.split(",") if part.strip()}
     counts = [int(n) for n in args.processes.split(",")]
+    tools = {tool.strip() for tool in args.tools.split(",") if tool.strip()}
     options = TransferOptions(checksum=args.checksum, retries=0)
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="sms-bench-xfer-"))
@@ -382,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in datasets:
                 set_batch_files(args.batch_files)
                 files, total = sizes[name]
-                if "datasets" in parts:
+                if "datasets" in parts and "rclone" in tools:
                     load = load_average()
                     seconds = run_rclone(env, name, f"data/rclone/{name}", args.transfers)
                     note = check_copy(endpoint(destination.address, "data"), f"rclone\\{name}", (files, total))
@@ -399,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
                     note += check_copy(endpoint(destination.address, f"{name}{count}"), "", (files, total))
                     record(Figure("orchestrator", name, count, files, total, seconds, load, note))
                     last_pairing[name] = (pairing_id, count, worker)
-                    if "datasets" in parts:
+                    if "datasets" in parts and "bare" in tools:
                         worker.stop()
                         pool = multiprocessing.get_context("spawn").Pool(count)
                         pools.append(pool)

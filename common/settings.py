@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     def _fill_state_defaults(self) -> "Settings":
         if not self.database_url:
             self.database_url = f"sqlite:///{self.state_dir / 'sms.sqlite'}"
+        # psycopg2 is the PostgreSQL driver we ship; SQLAlchemy 2.1 would otherwise pick
+        # psycopg 3 for a plain postgresql:// URL, which is not installed.
+        for plain in ("postgresql://", "postgres://"):
+            if self.database_url.startswith(plain):
+                self.database_url = "postgresql+psycopg2://" + self.database_url[len(plain):]
         if not self.broker_url:
             self.broker_url = f"sqla+sqlite:///{self.state_dir / 'broker.sqlite'}"
         if self.key_file is None:

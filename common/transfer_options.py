@@ -53,6 +53,9 @@ class TransferOptions:
     ``migrate_principals``: rename | merge | skip (see the module docstring);
     ``max_duration``: seconds after which no new batch is dispatched (0: no limit);
     ``skip_system_folders``: leave ``SYSTEM_FOLDERS`` at share roots alone.
+    ``recreate_shares``: recreate the source's shares on a manageable destination (off for
+    a cutover's final delta: the source's shares are read-only for the cutover then, and
+    that must not be copied; the destination's shares were checked at pre-flight).
     """
 
     checksum: str = "none"
@@ -63,6 +66,7 @@ class TransferOptions:
     migrate_principals: str = "rename"
     max_duration: float = 0.0
     skip_system_folders: bool = True
+    recreate_shares: bool = True
 
     def __post_init__(self) -> None:
         if self.migrate_principals not in PRINCIPAL_CHOICES:

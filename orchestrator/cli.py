@@ -39,6 +39,9 @@ app.command("serve")(serve)
 app.command("flower")(flower_command)
 console = Console()
 
+# Commands that must work before (or without) a job database.
+COMMANDS_WITHOUT_DATABASE = {"config", "db", "worker", "flower"}
+
 SECRET_SETTINGS = {"secret_key", "api_token", "flower_password"}
 
 
@@ -48,6 +51,29 @@ class ExitCode(IntEnum):
     SUCCESS = 0
     COMPLETED_WITH_ERRORS = 1
     FAILURE = 2
+
+
+@app.callback()
+def prepare_database(ctx: typer.Context) -> None:
+    """Before a command that uses the job database, make sure its schema is current."""
+    if ctx.invoked_subcommand in COMMANDS_WITHOUT_DATABASE or ctx.resilient_parsing:
+        return
+    from orchestrator.database import ensure_schema
+
+    settings = get_settings()
+    if settings.database_url.startswith("sqlite"):
+        settings.ensure_state_dir()
+    ensure_schema(settings.database_url)
+
+
+def main() -> None:
+    """Entry point of ``sms``: an unexpected error is one clear line and exit code 2
+    (failure), never a traceback with exit code 1, which means "completed with errors"."""
+    try:
+        app()
+    except Exception as exc:  # noqa: BLE001 - the last line of defence of a CLI
+        Console(stderr=True).print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
+        sys.exit(ExitCode.FAILURE)
 
 
 def mask_url_password(url: str) -> str:
@@ -100,4 +126,4 @@ def run_worker(ctx: typer.Context,
 
 
 if __name__ == "__main__":
-    app()
+    main()

@@ -31,3 +31,35 @@ def upgrade_to_head(url: str) -> None:
 def downgrade_to_base(url: str) -> None:
     """Revert the database at ``url`` to an empty schema (every table dropped)."""
     command.downgrade(alembic_config(url), "base")
+
+
+class SchemaNotReady(RuntimeError):
+    """The job database is missing or older than this version of the code."""
+
+
+def ensure_schema(url: str) -> None:
+    """Make sure the database at ``url`` has the newest schema before a command uses it.
+
+    The embedded SQLite database is created or upgraded on first use, so the embedded
+    defaults need no set-up step. A server database (PostgreSQL) is never changed behind
+    the operator's back: when it is not at the newest revision this raises
+    ``SchemaNotReady`` telling them to run ``sms db upgrade``.
+    """
+    if url.startswith("sqlite"):
+        upgrade_to_head(url)
+        return
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import create_engine
+
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+    if current != head:
+        raise SchemaNotReady(
+            f"the job database is at schema revision {current or 'none'}, this version needs "
+            f"{head}: run 'sms db upgrade'")

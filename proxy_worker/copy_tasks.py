@@ -49,6 +49,7 @@ from common.smb import fastpath as fp
 from common.smb import messages as m
 from common.smb import metadata as md
 from common.smb.connection import SmbEndpoint, get_tree
+from common.smb.paths import UnsafePath, safe_relative_path
 from common.smb.errors import SmbFileError
 from common.smb.security import owner_sid, translate_descriptor
 from common.transfer_options import TransferOptions
@@ -156,9 +157,22 @@ def _load(batch_id: int) -> _Work:
 
 
 def _copy(work: _Work, indexes: list[int]) -> list[engine.FileResult]:
+    """Copy the records at ``indexes``; a path that could leave the share (common.smb.paths)
+    is refused with UNSAFE_PATH and never reaches the copy engine."""
+    refused: dict[int, engine.FileResult] = {}
+    for i in indexes:
+        try:
+            safe_relative_path(work.records[i][1])
+        except UnsafePath as exc:
+            refused[i] = engine.FileResult(path=work.records[i][1], is_directory=work.records[i][2],
+                                           outcome=engine.Outcome.FAILED,
+                                           status_name=exc.status_name, message=str(exc))
+    safe = [i for i in indexes if i not in refused]
     entries = [engine.FileEntry(work.records[i][1], work.records[i][2],
-                                work.recorded_hashes.get(work.records[i][1])) for i in indexes]
-    return engine.copy_batch(work.source, work.destination, entries, work.options.copy_options())
+                                work.recorded_hashes.get(work.records[i][1])) for i in safe]
+    copied = dict(zip(safe, engine.copy_batch(work.source, work.destination, entries,
+                                              work.options.copy_options()) if entries else []))
+    return [refused[i] if i in refused else copied[i] for i in indexes]
 
 
 def _sleep(seconds: float, keeper: LeaseKeeper) -> None:

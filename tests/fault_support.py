@@ -120,6 +120,13 @@ class FaultLab:
         with LabTree(self.src.address, "data") as lab:
             self.times = snapshot_times(lab, "")
 
+    def refresh(self, *paths: str) -> None:
+        """Take the source's current times for ``paths`` (files changed on purpose since
+        ``snapshot``; the next run copies them as they are now)."""
+        with LabTree(self.src.address, "data") as lab:
+            for path in paths:
+                self.times[path] = lab.basic_info(path)[:3]
+
     # --- workers and runs --------------------------------------------------------------------
     def worker(self, concurrency: int = 1, **extra: str):
         """Start one more real ``sms-worker`` for the destination."""
@@ -137,7 +144,7 @@ class FaultLab:
             try:
                 driver.state = planning.execute_run(run_id, poll_interval=0.2,
                                                     progress=driver.lines.append)
-            except BaseException as exc:  # reported by Driver.wait
+            except BaseException as exc:  # noqa: BLE001 - reported by Driver.wait
                 driver.error = exc
 
         driver.thread = threading.Thread(target=drive, name=f"drive-{run_id}", daemon=True)
@@ -226,3 +233,27 @@ def wait_until(condition, timeout: float, what: str, interval: float = 0.05):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def finish(lab: FaultLab, driver: Driver, files: list[str]) -> list[str]:
+    """Wait for the faulty run; re-run once if it ended with errors; prove the result.
+    Returns the final states of the runs."""
+    states = [driver.wait()]
+    assert states[0] in ("succeeded", "completed_with_errors"), driver.lines
+    if states[0] != "succeeded":
+        states.append(lab.run(retries=1, retry_delay=1)[1])
+        assert states[-1] == "succeeded", states
+    proof = lab.proof(rerun=len(states) > 1)
+    assert proof.checked > len(files)
+    assert proof.differences == [] and proof.leftovers == []
+    return states
+
+
+def when_copying(lab: FaultLab, driver: Driver) -> None:
+    """Wait until some batches are done and others still to do."""
+    def half_way() -> bool:
+        counts = lab.batches(driver.run_id)
+        return (counts.get(BatchState.DONE, 0) >= 2
+                and counts.get(BatchState.QUEUED, 0) + counts.get(BatchState.RUNNING, 0) >= 2)
+
+    wait_until(half_way, 90, "a transfer half way")

@@ -18,10 +18,9 @@ from fastapi.testclient import TestClient
 
 from common.settings import get_settings
 from orchestrator.api import create_app
-from orchestrator.cutover.plan import AddressMove
+from orchestrator.cutover.plan import AddressMove, netbios_name_problem
 from orchestrator.cutover.service import parse_address, parse_move, random_source_name
 from orchestrator.cutover.stages import CutoverError
-from orchestrator.cutover.plan import netbios_name_problem
 from orchestrator.database import upgrade_to_head
 from tests.lab.services import free_port
 from tests.transfer_support import use_settings

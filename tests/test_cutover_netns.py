@@ -183,7 +183,10 @@ class CutoverLab:
                     samba=SambaManagement(ssh_user="root", known_hosts=str(lab.known_hosts),
                                           ssh_host=host.management_address, key_file=str(lab.client_key),
                                           smb_conf=str(host.smb_conf))))
-            self.pairing_id = create_pairing(session, servers[0], servers[1], shares=SHARES).id
+            # The transfer recreates the shares on the destination: source folders map to its own.
+            mapping = {str(self.src.root / "samba" / "shares"): str(self.dst.root / "samba" / "shares")}
+            self.pairing_id = create_pairing(session, servers[0], servers[1], shares=SHARES,
+                                             path_mapping=mapping).id
             self.source_id = servers[0].id
         self.first_run_id = self.first_transfer()
 
@@ -288,7 +291,8 @@ def test_cutover_moves_identity_resumes_after_failure_and_users_see_the_same_dat
     assert drive_cutover(run_id, delta=delta) == RunState.FAILED
     stages = lab.stages(run_id)
     assert [stages[n].state for n in ("preflight", "final_delta_transfer", "delta_reconciliation",
-                                      "source_identity")] == [RunState.SUCCEEDED] * 4
+                                      "source_identity")] == [RunState.SUCCEEDED] * 4, \
+        {name: stage.message for name, stage in stages.items()}
     failed = stages["destination_identity"]
     assert failed.state == RunState.FAILED
     assert "HostUnreachable" in failed.message and lab.dst.management_address in failed.message
@@ -310,6 +314,10 @@ def test_cutover_moves_identity_resumes_after_failure_and_users_see_the_same_dat
     after = {key: client.client_read(old, *key) for key in FILES}
     assert after == FILES
     assert client.client_read(old, *LATE) == LATE_BYTES
+    # ... and they go on working there: the source's read-only spell did not travel along.
+    for share in SHARES:
+        client.client_write(old, share, "after-cutover.txt", b"users write on the destination")
+        assert (lab.dst.shares[share] / "after-cutover.txt").read_bytes() == b"users write on the destination"
     assert old in lab.dst.addresses() and old not in lab.src.addresses()
     assert lab.server_name(old) == "FS1"
     assert lab.share_path(old, "data") == str(lab.dst.shares["data"])
@@ -356,7 +364,8 @@ def _sms_json(*args: str) -> dict:
     return json.loads(result.stdout)
 
 
-def test_cli_cutover_then_rollback_restores_the_source_name_address_and_share_access(cutover_lab):
+def test_cli_cutover_then_rollback_restores_the_source_name_address_and_share_access(cutover_lab, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")  # Rich wraps the CLI's lines at the terminal width
     lab = cutover_lab
     client = lab.lab
     old, new = lab.old_address, lab.new_address
@@ -370,15 +379,21 @@ def test_cli_cutover_then_rollback_restores_the_source_name_address_and_share_ac
     assert planned["plan"]["source_new_name"].startswith("SMS-")  # random when not given
     assert planned["plan"]["source_new_interface"] == "eth0"
 
-    done = _sms_json("cutover", "run", str(run_id), "--wait")
+    shown = sms("cutover", "run", str(run_id), "--wait")  # the human view, stage by stage
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    lines = shown.stdout.splitlines()
+    for position, title in ((2, "Final delta transfer, source read-only"), (6, "Verification at the old address"),
+                            (7, "Done")):
+        assert any(f"{position}. {title}: succeeded 100 %" in line for line in lines), shown.stdout
+    assert any("final delta transfer:" in line and "succeeded" in line for line in lines), shown.stdout
+    done = _sms_json("cutover", "status", str(run_id))
     assert done["state"] == "succeeded", done
     assert [stage["state"] for stage in done["stages"]] == ["succeeded"] * 7
     assert done["delta"]["files_copied"] == 1 and done["delta"]["state"] == "succeeded"
     assert lab.server_name(old) == "FS1" and old in lab.dst.addresses()
     assert lab.server_name(new) == planned["plan"]["source_new_name"]
     assert client.client_read(old, *LATE) == LATE_BYTES
-    status = sms("cutover", "status", str(run_id))  # the human view
-    assert status.returncode == 0 and f"cutover run {run_id}: fs1 -> fs2, succeeded" in status.stdout
+    assert f"cutover run {run_id}: fs1 -> fs2, succeeded" in shown.stdout
     again = sms("cutover", "run", str(run_id), "--wait")
     assert again.returncode == 2 and "succeeded" in again.stdout  # refused: plan a new one
 

@@ -119,7 +119,7 @@ def test_env_example_sets_every_setting_with_placeholders_for_secrets():
     assert "CHANGE_ME" in values["SMS_DATABASE_URL"]
     settings = Settings(**{key[4:].lower(): value for key, value in values.items()})
     assert settings.api_port == 8080 and settings.flower_user == "admin"
-    assert not settings.broker_is_embedded and settings.database_url.startswith("postgresql://")
+    assert not settings.broker_is_embedded and settings.database_url.startswith("postgresql+psycopg2://")
     assert env_file(DEPLOY / "postgres.env.example")["POSTGRES_PASSWORD"].startswith("CHANGE_ME")
 
 

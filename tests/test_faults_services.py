@@ -15,37 +15,14 @@ an administrator would re-run it.
 
 from __future__ import annotations
 
-import common  # noqa: F401  (keeps impacket's bin/smbclient.py off the import path)
-
 import pytest
 
-from common.models import BatchState
-from tests.fault_support import FaultLab, wait_until
+import common  # noqa: F401  (keeps impacket's bin/smbclient.py off the import path)
+from tests.fault_support import FaultLab, finish, when_copying
 from tests.lab.services import PrivatePostgres, PrivateRedis, create_database
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240), pytest.mark.filterwarnings(
     "ignore:The ``noload`` loader strategy is deprecated:DeprecationWarning")]
-
-
-def finish(lab: FaultLab, driver, files: list[str]) -> list[str]:
-    """Wait for the faulty run; re-run once if it ended with errors; prove the result.
-    Returns the final states of the runs."""
-    states = [driver.wait()]
-    assert states[0] in ("succeeded", "completed_with_errors"), driver.lines
-    if states[0] != "succeeded":
-        states.append(lab.run(retries=1, retry_delay=1)[1])
-        assert states[-1] == "succeeded", states
-    proof = lab.proof(rerun=len(states) > 1)
-    assert proof.checked > len(files)
-    assert proof.differences == [] and proof.leftovers == []
-    return states
-
-
-def when_copying(lab: FaultLab, driver) -> None:
-    """Wait until some batches are done and others still to do."""
-    wait_until(lambda: (lambda counts: counts.get(BatchState.DONE, 0) >= 2
-                        and counts.get(BatchState.QUEUED, 0) + counts.get(BatchState.RUNNING, 0) >= 2)
-               (lab.batches(driver.run_id)), 60, "a transfer half way")
 
 
 @pytest.mark.parametrize("side", ["src", "dst"])

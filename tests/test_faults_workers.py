@@ -9,12 +9,11 @@ timeout at all, so only the reaper can bring a killed worker's batch back.
 
 from __future__ import annotations
 
-import common  # noqa: F401  (keeps impacket's bin/smbclient.py off the import path)
-
 import os
 
 import pytest
 
+import common  # noqa: F401  (keeps impacket's bin/smbclient.py off the import path)
 from common.models import BatchState
 from tests.fault_support import FaultLab, wait_until
 from tests.lab.smbio import LabTree

@@ -31,7 +31,7 @@ def test_environment_overrides_every_default(monkeypatch, tmp_path):
     monkeypatch.setenv("SMS_WORKER_CONCURRENCY", "7")
     monkeypatch.setenv("SMS_SMB_REQUIRE_SIGNING", "false")
     settings = Settings()
-    assert settings.database_url == "postgresql://sms@db.example/sms"
+    assert settings.database_url == "postgresql+psycopg2://sms@db.example/sms"
     assert settings.broker_url == "redis://127.0.0.1:6379/3"
     assert not settings.broker_is_embedded
     assert settings.worker_concurrency == 7

@@ -9,7 +9,11 @@ added, the inventory runs and the page shows each share with its file count; a p
 made and a transfer started; the page's live counters end on the reconciliation numbers,
 which must equal what the job database holds. The password typed into the page is then
 nowhere in clear in the state directory (database, broker messages, logs). Screenshots are saved under
-``test-artifacts/`` (git-ignored) for a human to look at.
+``test-artifacts/`` (git-ignored) for a human to look at. A cutover is planned through
+the page's form and its stages followed as they move.
+
+Without a browser: the UI's static files carry their security headers and nothing else is
+served under /ui, and the error list the page shows comes from the API as JSON.
 """
 
 from __future__ import annotations
@@ -26,10 +30,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from common.db import session_scope
-from common.models import FileRecord, FileState, Share, TransferRun
+from common.models import CutoverRun, FileRecord, FileState, Job, Pairing, RunState, Server, Share, TransferRun
+from common.settings import get_settings
+from orchestrator.api import create_app
+from orchestrator.database import upgrade_to_head
 from orchestrator.worker import start_local_worker
 from tests.lab.fixtures import unavailable
 from tests.lab.samba import MIGRATION_PASSWORD, MIGRATION_USER
@@ -110,8 +118,11 @@ def api_server(samba_factory, monkeypatch, tmp_path, request):
 @pytest.fixture
 def browser():
     """Debian's Chromium, headless, driven by Playwright (never Playwright's own browser)."""
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        unavailable("the playwright package is missing: pip install -e '.[test]'")
+    with sync_playwright() as playwright:
         instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             yield instance
@@ -229,6 +240,7 @@ def test_migration_through_the_web_ui(samba_factory, api_server, browser):
     page.wait_for_selector("#pairings >> text=data, docs")
     page.select_option("#start-transfer select[name=checksum]", "sha256")
     page.fill("#start-transfer input[name=retries]", "0")
+    page.select_option("#start-transfer select[name=migrate_principals]", "skip")
     page.click("#start-transfer button")
     page.wait_for_selector("#run-detail")
     run_id = int(page.get_attribute("#run-detail", "data-run"))
@@ -244,6 +256,8 @@ def test_migration_through_the_web_ui(samba_factory, api_server, browser):
         assert cell(page, "#reconciliation", share, "clean") == "yes"
     with session_scope() as session:
         run = session.get(TransferRun, run_id)
+        assert run.options["checksum"] == "sha256" and run.options["retries"] == 0
+        assert run.options["migrate_principals"] == "skip"
         assert as_number(page.inner_text('[data-counter="files_copied"] .value')) == run.files_copied == 10
         assert as_number(page.inner_text('[data-counter="files_failed"] .value')) == run.files_failed == 0
     assert "clean" in page.inner_text("#verdict")
@@ -259,8 +273,46 @@ def test_migration_through_the_web_ui(samba_factory, api_server, browser):
     assert "top.txt" in csv_text and "verified" in csv_text
 
     page.screenshot(path=str(ARTIFACTS / "ui-transfer.png"), full_page=True)
+
+    # Cutover: plan one through the form (planning touches no host), then follow its stages.
+    # Nothing here starts it: the stage rows are moved on in the database, as a driver
+    # would, to see the page's live progress and the buttons each state offers.
     page.click("nav.tabs >> text=Cutover")
     page.wait_for_selector("text=No cutover yet")
+    page.click("text=Plan a cutover")
+    form = "#plan-cutover"
+    page.fill(f"{form} input[name=address]", "198.18.200.21")
+    page.fill(f"{form} input[name=source_interface]", "eth0")
+    page.fill(f"{form} input[name=destination_interface]", "eth1")
+    page.fill(f"{form} input[name=new_address]", "198.18.200.31")
+    page.fill(f"{form} input[name=new_name]", "SRC-OLD")
+    page.click(f"{form} button[type=submit]")
+    page.wait_for_selector("#notice.ok >> text=planned")
+    cutover_id = int(page.get_attribute("article.cutover", "data-cutover"))
+    assert page.get_attribute("article.cutover", "data-state") == "pending"
+    assert page.is_visible("article.cutover >> text=Start cutover")
+    with session_scope() as session:
+        cutover = session.get(CutoverRun, cutover_id)
+        assert cutover.options["plan"]["source_new_name"] == "SRC-OLD"
+        stages = sorted(cutover.stages, key=lambda stage: stage.position)
+        assert len(stages) >= 4 and page.locator("article.cutover tbody tr").count() == len(stages)
+        cutover.state = RunState.RUNNING
+        stages[0].state, stages[0].progress, stages[0].message = RunState.SUCCEEDED, 1.0, "both hosts answer"
+        stages[1].state, stages[1].progress, stages[1].message = RunState.RUNNING, 0.4, "copying the final delta"
+    page.click("nav.tabs >> text=Cutover")
+    page.wait_for_selector('article.cutover[data-state="running"]')
+    second = page.locator("article.cutover tbody tr").nth(1)
+    assert "copying the final delta" in second.inner_text()
+    assert second.locator(".progress").get_attribute("aria-valuenow") == "40"
+    page.screenshot(path=str(ARTIFACTS / "ui-cutover.png"), full_page=True)
+    with session_scope() as session:
+        cutover = session.get(CutoverRun, cutover_id)
+        cutover.state, cutover.error = RunState.FAILED, "stage final_delta_transfer failed: test"
+        stage = next(stage for stage in cutover.stages if stage.position == stages[1].position)
+        stage.state, stage.message = RunState.FAILED, "test"
+    page.wait_for_selector('article.cutover[data-state="failed"]')  # by polling, no reload
+    assert page.is_visible("text=Resume at the failed stage") and page.is_visible("text=Roll back")
+    assert not page.is_visible("text=Start cutover")
     assert console_errors == []
     with LabTree(dst.address, "docs") as lab:
         assert b"".join(lab.read_chunks("doc2.txt")) == b"doc\n" * 3
@@ -280,3 +332,70 @@ def test_migration_through_the_web_ui(samba_factory, api_server, browser):
         content = path.read_bytes()
         assert MIGRATION_PASSWORD.encode() not in content, path
         assert MIGRATION_PASSWORD.encode("utf-16-le") not in content, path
+
+
+def test_ui_files_and_the_error_list_the_page_reads(monkeypatch, tmp_path):
+    """What the UI needs from the API, without a browser: the static files with their
+    security headers and nothing else under /ui, and the run's error list as JSON."""
+    use_settings(monkeypatch, SMS_STATE_DIR=str(tmp_path / "state"), SMS_API_TOKEN=TOKEN)
+    upgrade_to_head(get_settings().database_url)
+    with session_scope() as session:
+        job = Job(name="errs")
+        session.add(job)
+        session.flush()
+        source = Server(job_id=job.id, name="src", role="source", kind="smb-only", address="a", username="u")
+        destination = Server(job_id=job.id, name="dst", role="destination", kind="smb-only", address="b",
+                             username="u")
+        session.add_all([source, destination])
+        session.flush()
+        pairing = Pairing(job_id=job.id, source_server_id=source.id, destination_server_id=destination.id)
+        share = Share(server_id=source.id, name="data")
+        session.add_all([pairing, share])
+        session.flush()
+        run = TransferRun(job_id=job.id, pairing_id=pairing.id, state=RunState.COMPLETED_WITH_ERRORS)
+        session.add(run)
+        session.flush()
+        session.add_all([
+            FileRecord(share_id=share.id, run_id=run.id, relative_path="a.txt", size=3, state=FileState.VERIFIED),
+            FileRecord(share_id=share.id, run_id=run.id, relative_path="b.txt", size=4, state=FileState.FAILED,
+                       error_code="STATUS_SHARING_VIOLATION", error_message="file is open elsewhere"),
+            FileRecord(share_id=share.id, run_id=run.id, relative_path="c.txt", size=5, state=FileState.MISMATCH,
+                       error_code="CHECKSUM_MISMATCH", error_message="hashes differ"),
+            FileRecord(share_id=share.id, run_id=run.id, relative_path="d", is_dir=True, state=FileState.SCANNED),
+            FileRecord(share_id=share.id, run_id=None, relative_path="b.txt", state=FileState.FAILED,
+                       error_code="INVENTORY_ONLY"),  # an inventory record, not the run's
+        ])
+        run_id = run.id
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with TestClient(create_app(get_settings())) as client:
+        errors = client.get(f"/api/jobs/errs/transfers/{run_id}/errors", headers=auth)
+        assert errors.status_code == 200, errors.text
+        body = errors.json()
+        assert body["run_id"] == run_id and body["total"] == 3
+        assert [(row["path"], row["type"], row["result"], row["error_code"]) for row in body["errors"]] == [
+            ("b.txt", "file", "failed", "STATUS_SHARING_VIOLATION"),
+            ("c.txt", "file", "mismatch", "CHECKSUM_MISMATCH"),
+            ("d", "directory", "missing", "NOT_REPORTED")]
+        assert body["errors"][0]["share"] == "data" and body["errors"][0]["error_message"] == "file is open elsewhere"
+        first = client.get(f"/api/jobs/errs/transfers/{run_id}/errors?limit=1", headers=auth).json()
+        assert first["total"] == 3 and [row["path"] for row in first["errors"]] == ["b.txt"]
+        assert client.get(f"/api/jobs/errs/transfers/{run_id}/errors?limit=0", headers=auth).status_code == 422
+        missing = client.get("/api/jobs/errs/transfers/999/errors", headers=auth)
+        assert missing.status_code == 404 and missing.json()["detail"] == "transfer run 999 not found in job 'errs'"
+        assert client.get(f"/api/jobs/errs/transfers/{run_id}/errors").status_code == 401
+
+        root = client.get("/", follow_redirects=False)
+        assert root.status_code == 307 and root.headers["location"] == "/ui/"
+        for path, media_type in (("/ui/", "text/html"), ("/ui/app.js", "text/javascript"),
+                                 ("/ui/app.css", "text/css"), ("/ui/icon.svg", "image/svg+xml")):
+            answer = client.get(path)
+            assert answer.status_code == 200 and answer.headers["content-type"].startswith(media_type), path
+            policy = answer.headers["content-security-policy"]
+            assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+            assert answer.headers["x-content-type-options"] == "nosniff"
+            assert answer.headers["cache-control"] == "no-store"
+            assert TOKEN not in answer.text
+        for path in ("/ui/secret.key", "/ui/../api/jobs", "/ui/%2e%2e/%2e%2e/pyproject.toml", "/ui/__init__.py"):
+            assert client.get(path).status_code in (401, 404), path
+        script = client.get("/ui/app.js").text
+        assert "innerHTML" not in script and "localStorage.setItem" not in script

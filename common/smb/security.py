@@ -18,6 +18,7 @@ never change anything but SIDs, and never do I/O.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 
 from impacket.ldap import ldaptypes
@@ -50,11 +51,32 @@ def _sid(text: str) -> ldaptypes.LDAP_SID:
     return sid
 
 
+_SD_HEADER = struct.Struct("<BBHIIII")  # revision, sbz1, control, owner, group, sacl, dacl offsets
+
+
 def owner_sid(descriptor: bytes | None) -> str | None:
-    """The owner SID of a self-relative security descriptor ('S-1-5-...'), None if it has none."""
+    """The owner SID of a self-relative security descriptor ('S-1-5-...'), None if it has none.
+
+    Reads only the header and the owner SID, with struct: a proxy worker calls this for
+    every file it copies, and a full impacket parse cost about a third of its time.
+    """
     if not descriptor:
         return None
-    return _sid_text(_parse(descriptor)["OwnerSid"])
+    try:
+        revision, _sbz1, _control, offset = _SD_HEADER.unpack_from(descriptor)[:4]
+        if revision != 1:
+            raise ValueError(f"revision {revision}")
+        if offset == 0:
+            return None
+        sid_revision, count = descriptor[offset], descriptor[offset + 1]
+        if sid_revision != 1 or count > 15 or offset + 8 + 4 * count > len(descriptor):
+            raise ValueError("malformed owner SID")
+        authority = int.from_bytes(descriptor[offset + 2:offset + 8], "big")
+        subauthorities = struct.unpack_from(f"<{count}I", descriptor, offset + 8)
+    except (struct.error, IndexError, ValueError) as exc:
+        raise ValueError(f"not a self-relative security descriptor: {exc}") from None
+    text = f"S-1-{authority}" if authority < 1 << 32 else f"S-1-0x{authority:012X}"
+    return "".join([text, *(f"-{value}" for value in subauthorities)])
 
 
 def descriptor_sids(descriptor: bytes) -> list[str]:

@@ -354,7 +354,9 @@ def start_transfer(job: str, body: schemas.TransferIn, request: Request):
     try:
         options = TransferOptions(checksum=body.checksum.value, retries=body.retries,
                                   retry_delay=body.retry_delay, copy_sacl=body.copy_sacl,
-                                  share_map=dict(body.share_map))
+                                  share_map=dict(body.share_map),
+                                  migrate_principals=body.migrate_principals.value,
+                                  max_duration=body.max_duration)
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
     with database(request) as session:

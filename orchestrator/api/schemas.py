@@ -15,7 +15,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from common.models import ServerKind, ServerRole
-from common.transfer_options import CHECKSUM_CHOICES, DEFAULT_RETRIES, DEFAULT_RETRY_DELAY, TransferOptions
+from common.transfer_options import (
+    CHECKSUM_CHOICES,
+    DEFAULT_RETRIES,
+    DEFAULT_RETRY_DELAY,
+    PRINCIPAL_CHOICES,
+    TransferOptions,
+)
 
 
 class Request(BaseModel):
@@ -234,6 +240,9 @@ class PairingOut(BaseModel):
 # Validation of copied files (as SMS: none, a fast hash, or SHA-256): the transfer
 # options' own choices, so the API never offers one the engine does not know.
 Checksum = enum.Enum("Checksum", {choice.upper(): choice for choice in CHECKSUM_CHOICES}, type=str)
+# What happens to the source's local users and groups (as SMS: rename conflicting
+# accounts, merge with existing ones, or skip): the transfer options' own choices.
+PrincipalMode = enum.Enum("PrincipalMode", {choice.upper(): choice for choice in PRINCIPAL_CHOICES}, type=str)
 
 
 class TransferIn(Request):
@@ -247,6 +256,11 @@ class TransferIn(Request):
     copy_sacl: bool = False
     share_map: dict[str, str] = Field(default_factory=dict,
                                       description="Source share -> destination share (default: same name).")
+    migrate_principals: PrincipalMode = Field(
+        PrincipalMode(TransferOptions.migrate_principals),
+        description="Local users and groups: rename conflicting accounts, merge with existing ones, or skip.")
+    max_duration: float = Field(0, ge=0, le=30 * 86_400,
+                                description="Seconds after which no new batch is dispatched (0: no limit).")
 
 
 class TransferStartedOut(BaseModel):

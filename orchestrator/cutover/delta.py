@@ -2,8 +2,11 @@
 
 ``EngineDeltaTransfer`` implements the stage machine's ``DeltaTransfer`` protocol over
 ``orchestrator.transfer``: ``run`` creates a new transfer run of the pairing with the
-options of its latest finished run (same checksum, retries and share mapping), drives it
-to the end with ``execute_run`` while the source's shares are read-only (the stage
+options of its latest finished run (same checksum, retries and share mapping) but
+without share recreation (the source's shares are read-only for the cutover by then, and
+a recreation would copy that to the destination; pre-flight checked that the destination
+holds every share; local accounts are still mapped for the run's ACLs), drives it to the
+end with ``execute_run`` while the source's shares are read-only (the stage
 machine made them so), and returns the run's id and counters; the copy engine skips what
 has not changed, so only what users changed since the last run is copied, and the mirror
 step removes what they deleted. ``reconcile`` applies the transfer gate
@@ -21,6 +24,7 @@ record it returns (it holds ids, states and counters only).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -65,7 +69,8 @@ class EngineDeltaTransfer:
             previous = latest_finished_run(session, pairing.pairing_id)
             if previous is None:
                 raise CutoverError("no transfer run of this pairing has finished: transfer the data first")
-            options = TransferOptions.from_json(session.get(TransferRun, previous).options or {})
+            options = dataclasses.replace(TransferOptions.from_json(session.get(TransferRun, previous).options),
+                                          recreate_shares=False)
             try:
                 run_id = planning.create_run(session, row, options).id
             except planning.TransferError as exc:

@@ -41,7 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from common.db import session_scope
 from common.models import (
@@ -288,6 +288,11 @@ def run_cutover(run_id: int, delta: DeltaTransfer, *, connect: HostConnector = c
             raise CutoverError(f"cutover run {run_id} is running; if the process driving it is gone, "
                                "resume with takeover")
         resumed = run.state == RunState.FAILED
+        # Conditional, so that two processes started at once can never both drive the run.
+        taken = session.execute(update(CutoverRun).where(CutoverRun.id == run_id, CutoverRun.state == run.state)
+                                .values(state=RunState.RUNNING).execution_options(synchronize_session=False))
+        if taken.rowcount != 1:
+            raise CutoverError(f"cutover run {run_id} was just taken by another process")
         run.state = RunState.RUNNING
         run.started_at = run.started_at or utcnow()
         run.ended_at = None

@@ -86,6 +86,7 @@ from common.settings import get_settings
 from common.smb import metadata as md
 from common.smb.connection import SmbTree, open_tree
 from common.smb.errors import SmbFileError
+from common.smb.paths import UnsafePath, safe_relative_path
 from common.smb.walk import DirEntry, ShareWalker, WalkError
 from common.transfer_options import TransferOptions
 from orchestrator.leases import Publisher, celery_publisher, dispatch_batch, reap_expired_leases
@@ -377,6 +378,52 @@ def _adapters(source: Server, destination: Server):
     return source_adapter, destination_adapter
 
 
+def _migrate_accounts(context: _Context, source: Server, destination: Server, source_adapter,
+                      destination_adapter, say: Progress) -> dict[str, str]:
+    """Migrate the source's local accounts once per run (a resumed run reuses its stored
+    SID map; accounts earlier runs of the pairing created are mapped again, not
+    re-created); returns the source SID -> destination SID map."""
+    from orchestrator.hosts import HostError
+    from orchestrator.transfer.principals import migrate_principals
+
+    with session_scope() as session:
+        stored = session.scalar(select(SidMap.entries).where(SidMap.run_id == context.run_id))
+        previous: dict[str, str] = {}
+        for entries in session.scalars(select(SidMap.entries).join(
+                TransferRun, TransferRun.id == SidMap.run_id).where(
+                TransferRun.pairing_id == context.pairing_id, TransferRun.id != context.run_id)
+                .order_by(SidMap.id)):
+            previous.update(entries)
+    if stored is not None:
+        say(f"local accounts already migrated by this run: {len(stored)} SIDs mapped")
+        return dict(stored)
+    try:
+        migration = migrate_principals(source_adapter, destination_adapter,
+                                       context.options.migrate_principals,
+                                       {source.username, destination.username}, previous)
+    except HostError as exc:
+        with session_scope() as session:
+            run = session.get(TransferRun, context.run_id)
+            _event(session, run, EVENT_PRINCIPALS, f"local accounts not migrated: {exc}",
+                   level=EventLevel.WARNING, server_id=context.destination_id)
+        say(f"local accounts not migrated: {exc}")
+        return {}
+    counts: dict[str, int] = {}
+    for account in migration.accounts:
+        counts[account.status] = counts.get(account.status, 0) + 1
+    with session_scope() as session:
+        session.add(SidMap(run_id=context.run_id, entries=migration.sid_map,
+                           accounts=[a.to_json() for a in migration.accounts]))
+        run = session.get(TransferRun, context.run_id)
+        _event(session, run, EVENT_PRINCIPALS,
+               f"local accounts: {counts or 'none migrated'}; {len(migration.sid_map)} SIDs mapped",
+               level=EventLevel.WARNING if counts.get("failed") else EventLevel.INFO,
+               server_id=context.destination_id, counts=counts)
+    if migration.accounts:
+        say(f"local accounts: {counts}, {len(migration.sid_map)} SIDs mapped")
+    return migration.sid_map
+
+
 def _prepare_destination(context: _Context, source: Server, destination: Server,
                          say: Progress) -> tuple[_ShareTarget, ...]:
     """Accounts and shares on a manageable destination; returns the shares to transfer
@@ -391,35 +438,14 @@ def _prepare_destination(context: _Context, source: Server, destination: Server,
     if adapters is None:
         return _check_existing_shares(context, destination)
     from orchestrator.hosts import HostError
-    from orchestrator.transfer.principals import migrate_principals
     from orchestrator.transfer.shares import recreate_shares
 
     source_adapter, destination_adapter = adapters
     with source_adapter, destination_adapter:
-        sid_map: dict[str, str] = {}
-        try:
-            migration = migrate_principals(source_adapter, destination_adapter,
-                                           context.options.migrate_principals)
-            sid_map = migration.sid_map
-            with session_scope() as session:
-                session.add(SidMap(run_id=context.run_id, entries=sid_map,
-                                   accounts=[a.to_json() for a in migration.accounts]))
-                run = session.get(TransferRun, context.run_id)
-                counts: dict[str, int] = {}
-                for account in migration.accounts:
-                    counts[account.status] = counts.get(account.status, 0) + 1
-                _event(session, run, EVENT_PRINCIPALS,
-                       f"local accounts: {counts or 'none migrated'}; {len(sid_map)} SIDs mapped",
-                       level=EventLevel.WARNING if counts.get("failed") else EventLevel.INFO,
-                       server_id=context.destination_id, counts=counts)
-            if migration.accounts:
-                say(f"local accounts: {counts}, {len(sid_map)} SIDs mapped")
-        except HostError as exc:
-            with session_scope() as session:
-                run = session.get(TransferRun, context.run_id)
-                _event(session, run, EVENT_PRINCIPALS, f"local accounts not migrated: {exc}",
-                       level=EventLevel.WARNING, server_id=context.destination_id)
-            say(f"local accounts not migrated: {exc}")
+        sid_map = _migrate_accounts(context, source, destination, source_adapter,
+                                    destination_adapter, say)
+        if not context.options.recreate_shares:
+            return _check_existing_shares(context, destination)
         with session_scope() as session:
             pairing = session.get(Pairing, context.pairing_id)
             path_mapping = dict(pairing.path_mapping or {})
@@ -583,6 +609,21 @@ def _already_recorded(session: Session, context: _Context, share_id: int, paths:
     return found
 
 
+def _refusal(path: str) -> WalkError | None:
+    """A walk error for an entry that must not be transferred: a path that could leave the
+    destination's root (common.smb.paths), or a name the job database cannot store (an
+    unpaired UTF-16 surrogate; the error names it as an ASCII escape). None otherwise."""
+    try:
+        safe_relative_path(path)
+        path.encode("utf-8")
+    except UnsafePath as exc:
+        return WalkError(ascii(path), 0, exc.status_name, str(exc))
+    except UnicodeEncodeError:
+        return WalkError(ascii(path), 0, "UNSUPPORTED_NAME",
+                         "refused a name holding an unpaired UTF-16 surrogate")
+    return None
+
+
 def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
                        publish: Publisher, say: Progress, *, resuming: bool = False) -> None:
     """Walk the share and dispatch its file batches; with ``resuming``, entries this run
@@ -634,6 +675,10 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
     walk_errors: list[WalkError] = []
     counts = {"listed": 0, "excluded": 0}
     for entry in _source_entries(context, tree, walk_errors, counts):
+        refusal = _refusal(entry.path)
+        if refusal is not None:
+            walk_errors.append(refusal)
+            continue
         if entry.is_dir:
             directories.append(_record(context, target.share_id, entry))
             if len(directories) >= DIRECTORY_BATCH_MAX:
@@ -910,7 +955,16 @@ def _finish(context: _Context) -> RunState:
         run.bytes_copied = (bytes_by_state.get(FileState.COPIED, 0)
                             + bytes_by_state.get(FileState.VERIFIED, 0))
         run.ended_at = utcnow()
-        if problems or run_errors:
+        transferred = sum(count for state, _is_dir, count, _size in rows
+                          if state in (FileState.COPIED, FileState.VERIFIED, FileState.SKIPPED))
+        if (problems or run_errors) and not transferred and not stopped:
+            # Nothing at all reached the destination (e.g. it refused the credentials):
+            # that is a failure, not a run that merely "completed with errors". A run its
+            # maximum duration stopped did what it was allowed to: completed with errors.
+            run.state = RunState.FAILED
+            run.error = (f"nothing transferred: {problems} entries not transferred, "
+                         f"{run_errors} walk, share or mirror errors")
+        elif problems or run_errors:
             run.state = RunState.COMPLETED_WITH_ERRORS
             run.error = (f"completed with errors: {problems} entries not transferred, "
                          f"{run_errors} walk, share or mirror errors")

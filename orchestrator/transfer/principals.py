@@ -12,6 +12,11 @@
   default) or **merged** with the destination's account of that name (mode ``merge``);
 - built-in accounts (RID below 1000: Administrator, Guest, Domain Users ...) are merged
   with the destination's account of the same RID when it has one, never created;
+- the migration's own service accounts (the accounts the transfer logs on with) are
+  merged with the destination's account of the same name, never duplicated;
+- an account an earlier run of the pairing already migrated (``previous`` SID map) is
+  mapped to that destination account again while it still exists, so re-runs never
+  create it twice;
 - mode ``skip`` migrates nothing.
 
 Groups are created with their members (the migrated users, under their destination
@@ -92,13 +97,21 @@ def _free_name(name: str, taken: set[str]) -> str:
 
 
 def plan_accounts(source: LocalPrincipals, destination: LocalPrincipals, mode: str,
-                  unavailable_names: set[str] = frozenset()) -> list[AccountOutcome]:
+                  unavailable_names: set[str] = frozenset(),
+                  service_accounts: set[str] = frozenset(),
+                  previous: dict[str, str] | None = None) -> list[AccountOutcome]:
     """Decide what happens to each source account (nothing is changed here).
 
     Outcomes have status created / renamed (to be created under ``destination_name``) /
     merged (``destination_sid`` set) / skipped. ``unavailable_names`` are further names a
-    renamed account must not take (e.g. Unix accounts of the destination host).
+    renamed account must not take (e.g. Unix accounts of the destination host);
+    ``service_accounts`` (the migration's logon accounts) are merged by name, whatever
+    the mode; ``previous`` (source SID -> destination SID of earlier runs) maps accounts
+    already migrated to the same destination account while it exists.
     """
+    present = {p.sid: p.name for p in [*destination.users, *destination.groups] if p.sid}
+    earlier = {sid: target for sid, target in (previous or {}).items() if target in present}
+    service = {name.casefold() for name in service_accounts if name}
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     if mode == "skip":
@@ -127,11 +140,20 @@ def plan_accounts(source: LocalPrincipals, destination: LocalPrincipals, mode: s
             else:
                 outcome.reason = f"built-in account (RID {rid}) the destination does not have"
             continue
+        if principal.sid in earlier:
+            outcome.status, outcome.destination_sid = "merged", earlier[principal.sid]
+            outcome.destination_name = present[earlier[principal.sid]]
+            outcome.reason = "migrated by an earlier run of this pairing"
+            if kind == "user":
+                renamed[principal.name.casefold()] = outcome.destination_name
+            continue
         match = existing.get(principal.name.casefold())
-        if match is not None and mode == "merge":
+        if match is not None and (mode == "merge" or principal.name.casefold() in service):
             outcome.status, outcome.destination_name = "merged", match.name
             outcome.destination_sid = match.sid
             outcome.reason = f"merged with the destination's {kind} of the same name"
+            if principal.name.casefold() in service:
+                outcome.reason += " (the migration's own account)"
             continue
         if match is not None or principal.name.casefold() in taken:
             outcome.status = "renamed"
@@ -281,9 +303,13 @@ def _apply_windows(host: WindowsWinRmHost, outcomes: list[AccountOutcome]) -> No
             outcome.status, outcome.reason = "failed", f"could not be created on {host.host}: {error}"
 
 
-def migrate_principals(source: HostAdapter, destination: HostAdapter, mode: str) -> PrincipalMigration:
+def migrate_principals(source: HostAdapter, destination: HostAdapter, mode: str,
+                       service_accounts: set[str] = frozenset(),
+                       previous: dict[str, str] | None = None) -> PrincipalMigration:
     """Create the source's local users and groups on ``destination`` (see the module
-    docstring) and return the SID map with one outcome per account.
+    docstring) and return the SID map with one outcome per account. ``service_accounts``
+    are the migration's logon accounts (merged by name, never duplicated); ``previous``
+    the SID map of the pairing's earlier runs (those accounts are not created again).
 
     Raises HostError when either side's accounts cannot be read, or the destination is
     neither a Samba-over-SSH nor a Windows-over-WinRM host.
@@ -296,7 +322,7 @@ def migrate_principals(source: HostAdapter, destination: HostAdapter, mode: str)
     source_accounts = source.local_principals()
     destination_accounts = destination.local_principals()
     unix = _SambaAccounts(destination).unix_names() if isinstance(destination, SambaSshHost) else set()
-    outcomes = plan_accounts(source_accounts, destination_accounts, mode, unix)
+    outcomes = plan_accounts(source_accounts, destination_accounts, mode, unix, service_accounts, previous)
     if isinstance(destination, SambaSshHost):
         _apply_samba(destination, outcomes)
     else:

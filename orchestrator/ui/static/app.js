@@ -526,7 +526,8 @@ function startForm(job, pairings, onStarted) {
     event.preventDefault();
     act(form.querySelector('button'), async () => {
       const v = formValues(form);
-      const body = {checksum: v.checksum, retries: v.retries ?? 3, copy_sacl: v.copy_sacl};
+      const body = {checksum: v.checksum, retries: v.retries ?? 3, copy_sacl: v.copy_sacl,
+                    migrate_principals: v.migrate_principals, max_duration: v.max_duration ?? 0};
       if (v.pairing) body.pairing_ids = [Number(v.pairing)];
       const started = await post(`${jobPath(job.name)}/transfers`, body);
       notice(`Transfer run(s) ${started.run_ids.join(', ')} started.`, 'ok');
@@ -538,6 +539,9 @@ function startForm(job, pairings, onStarted) {
   field('Validation', select('checksum', [['none', 'none (hash while copying)'], ['fast', 'fast hash, re-read'],
                                           ['sha256', 'SHA-256, re-read']], 'fast')),
   field('Retries', h('input', {type: 'number', name: 'retries', min: '0', max: '100', value: '3'})),
+  field('Local users and groups', select('migrate_principals', [['rename', 'migrate, rename conflicts'],
+    ['merge', 'migrate, merge with existing'], ['skip', 'do not migrate']], 'rename')),
+  field('Max duration (s)', h('input', {type: 'number', name: 'max_duration', min: '0', value: '0'}), '0: no limit'),
   field('Copy SACL', h('input', {type: 'checkbox', name: 'copy_sacl'})),
   h('button', {type: 'submit', disabled: !pairings.length}, 'Start transfer'));
   return form;
@@ -673,6 +677,7 @@ function cutoverForm(job, sources, onPlanned) {
       if (v.maintenance) body.maintenance_hosts = v.maintenance.split(/[\s,]+/).filter(Boolean);
       const run = await post(`${jobPath(job.name)}/cutovers`, body);
       notice(`Cutover #${run.id} planned: start it when users are ready to move.`, 'ok');
+      form.reset();
       await onPlanned();
     });
   }},
@@ -715,8 +720,7 @@ function cutoverRun(job, run, refresh) {
     h('div', {class: 'actions'},
       run.state === 'pending' ? action('Start cutover', 'start') : null,
       run.state === 'failed' ? action('Resume at the failed stage', 'resume') : null,
-      ['failed', 'cancelled', 'succeeded', 'completed_with_errors'].includes(run.state)
-        ? action('Roll back', 'rollback', 'danger') : null));
+      ['failed', 'succeeded'].includes(run.state) ? action('Roll back', 'rollback', 'danger') : null));
 }
 
 async function cutoverTab(node, job) {

@@ -1,0 +1,120 @@
+"""Faults (issue 8): hostile names from a source.
+
+- Unpaired UTF-16 surrogates. NTFS allows them in names; Samba maps such a name to the
+  bytes CESU-8 would give it on disk (``\xed\xa0\x80`` for U+D800) and lists it as the
+  lone surrogate, so the test creates those bytes on the source's disk. The job database
+  stores paths as UTF-8 text, which cannot hold a lone surrogate: such an entry crashed
+  the whole run before; now the walk refuses it with UNSUPPORTED_NAME (naming it as an
+  ASCII escape), the run ends "completed with errors", nothing of it is written and the
+  rest arrives intact. (A name that is not UTF-8 at all, e.g. ``\xff``, is not listed by
+  Samba: no SMB client can see or move it; see docs/faults.md.) tests.lab.smbio cannot
+  open such a name (smbprotocol encodes paths strictly), so the other folders are
+  compared one by one.
+- Names that would leave the destination root if joined naively (``..``, absolute paths, a
+  drive, a ``:`` stream suffix, a trailing or doubled separator). No real Samba lists such
+  a name, so they are put where a broken walker or a tampered job database would put them:
+  file records of a batch that a real worker then copies. Each is refused with
+  UNSAFE_PATH (common.smb.paths) and nothing is written, inside the share or outside it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from sqlalchemy import select
+
+import common  # noqa: F401  (keeps impacket's bin/smbclient.py off the import path)
+from common.db import bulk_insert_file_records, session_scope
+from common.models import Batch, FileRecord, FileState, Share
+from common.settings import get_settings
+from common.smb.paths import UNSAFE_PATH, UnsafePath, safe_relative_path
+from orchestrator.leases import dispatch_batch
+from orchestrator.transfer import planning
+from tests.fault_support import FaultLab, wait_until
+from tests.lab.compare import compare_trees, snapshot_times
+from tests.lab.smbio import LabTree
+
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(240), pytest.mark.filterwarnings(
+    "ignore:The ``noload`` loader strategy is deprecated:DeprecationWarning")]
+
+SURROGATE_NAMES = [b"lone high \xed\xa0\x80.txt", b"lone low \xed\xb0\x80.txt",
+                   b"\xed\xa0\x80\xed\xa0\x81 two highs"]
+HOSTILE_PATHS = ["..\\escape.txt", "plain\\..\\..\\escape.txt", "\\absolute.txt", "/absolute.txt",
+                 "C:\\drive.txt", "C:drive.txt", "\\\\server\\share\\unc.txt", "plain\\a.txt:evil",
+                 "plain\\a.txt::$DATA", "plain\\", "plain\\\\a.txt", ".\\plain\\a.txt", "plain\\a.txt\x00x"]
+
+
+def test_the_validator_refuses_every_escape_and_keeps_names_exact():
+    for path in HOSTILE_PATHS:
+        with pytest.raises(UnsafePath):
+            safe_relative_path(path)
+    assert safe_relative_path("") == ""
+    assert safe_relative_path("a/b\\c.txt") == "a\\b\\c.txt"
+    assert safe_relative_path("..a\\b..\\...x") == "..a\\b..\\...x"
+    assert safe_relative_path("lone \ud800 surrogate") == "lone \ud800 surrogate"
+    assert safe_relative_path("A\u030a and \u212b") == "A\u030a and \u212b"
+
+
+def tree_listing(root) -> set[str]:
+    """Every path under ``root`` on the local disk (names as raw bytes, decoded losslessly)."""
+    return {os.fsdecode(os.path.relpath(os.path.join(top, name), os.fsencode(root)))
+            for top, dirs, files in os.walk(os.fsencode(root)) for name in dirs + files}
+
+
+def test_hostile_names_from_a_source(samba_factory, worker_factory, tmp_path, monkeypatch):
+    lab = FaultLab(samba_factory, worker_factory, tmp_path, monkeypatch)
+    lab.fill(folders=1, files=4)
+    with LabTree(lab.src.address, "data") as tree:
+        tree.mkdir("plain")
+        tree.write_file("plain\\a.txt", b"a plain file\n")
+        tree.write_file("escape.txt", b"must never be written outside the share\n")
+        tree.mkdir("surrogates")
+    for number, name in enumerate(SURROGATE_NAMES):
+        with open(os.path.join(os.fsencode(lab.source_path("surrogates")), name), "wb") as out:
+            out.write(b"surrogate %d\n" % number)
+    with LabTree(lab.src.address, "data") as src:
+        times = {folder: snapshot_times(src, folder) for folder in ("plain", "dir0")}
+    lab.worker()
+
+    run_id, state = lab.run()
+    assert state == "completed_with_errors"
+    with session_scope() as session:
+        errors = [event.detail for event in planning.run_events(
+            session, run_id, lab.run_row(run_id).job_id, (planning.EVENT_WALK_ERROR,))]
+    refused_names = [ascii("surrogates\\" + name.decode("utf-8", "surrogatepass"))
+                     for name in SURROGATE_NAMES]
+    assert sorted((e["path"], e["status"]) for e in errors) == \
+        sorted((name, "UNSUPPORTED_NAME") for name in refused_names)
+    assert os.listdir(lab.destination_path("surrogates")) == []
+    with LabTree(lab.src.address, "data") as src, LabTree(lab.dst.address, "data") as dst:
+        for folder in ("plain", "dir0"):
+            assert compare_trees(src, folder, dst, folder, source_times=times[folder]) == []
+    assert lab.leftovers() == []
+
+    # Hostile paths in a batch of a new run: each refused, nothing written anywhere.
+    outside = lab.destination_path().parent
+    before = tree_listing(outside)
+    with session_scope() as session:
+        pairing = session.get(planning.Pairing, lab.pairing_id)
+        run = planning.create_run(session, pairing, planning.TransferOptions(retries=0))
+        run.state = planning.RunState.RUNNING
+        share_id = session.scalar(select(Share.id).where(Share.name == "data"))
+        batch = Batch(run_id=run.id, share_id=share_id, file_count=len(HOSTILE_PATHS))
+        session.add(batch)
+        session.flush()
+        bulk_insert_file_records(session, [
+            {"share_id": share_id, "run_id": run.id, "batch_id": batch.id, "relative_path": path,
+             "is_dir": False, "size": 1, "creation_time": 0, "last_write_time": 0,
+             "last_access_time": 0, "change_time": 0, "attributes": 0x20,
+             "state": FileState.SCANNED} for path in HOSTILE_PATHS])
+        dispatch_batch(session, batch, planning.default_publisher(), task_name=planning.COPY_TASK,
+                       queue=get_settings().destination_queue("dst"))
+        run_id, batch_id = run.id, batch.id
+    wait_until(lambda: lab.batches(run_id).get(planning.BatchState.DONE), 60, "the hostile batch")
+    with session_scope() as session:
+        refused = dict(session.execute(select(FileRecord.relative_path, FileRecord.error_code)
+                                       .where(FileRecord.batch_id == batch_id)).all())
+    assert refused == {path: UNSAFE_PATH for path in HOSTILE_PATHS}
+    assert tree_listing(outside) == before
+    assert not (outside / "escape.txt").exists() and not (outside.parent / "escape.txt").exists()

@@ -1,0 +1,294 @@
+"""A transfer to a Samba destination managed over SSH: accounts, share, SIDs, system
+folders, owner in the log; then resume after a dead driver and the maximum duration.
+
+Two lab smbd instances are managed as root over the real lab sshd. The source has a
+local account (``smsxalice``), a share with its own settings and share permissions naming
+that account, a file owned by it with an ACE for it, and SMS's system folders at the
+share root. The destination has no share at all. After ``sms transfer drive`` (embedded
+broker, a local worker process):
+
+- the destination has the account (renamed: the host already knows the name), disabled;
+- the destination share exists at the mapped folder with the source's settings (every
+  carried parameter, field by field) and its permissions, the account's SID translated;
+- the trees compare equal field by field (tests.lab.compare) except the security of
+  entries naming the source account, whose descriptor is exactly the source's with the
+  SIDs translated (the file is owned by the destination's account), and the system
+  folders, which were not copied;
+- the transfer CSV has the owner column with the source owner SID.
+
+Resume: a run whose driver died after walking and recording its batches (their
+messages lost) is finished by ``sms transfer drive`` from the database state. Maximum
+duration: a run past its limit dispatches nothing more, its queued batches are given
+up by the worker, and it ends completed with errors with the reason.
+"""
+
+from __future__ import annotations
+
+import common  # noqa: F401  (keeps impacket's bin/smbclient.py off the import path)
+
+import csv
+import re
+import subprocess
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select, update
+
+from common.db import session_scope
+from common.models import (
+    Batch,
+    BatchState,
+    FileRecord,
+    Job,
+    Pairing,
+    RunState,
+    Server,
+    ServerKind,
+    ServerRole,
+    SidMap,
+    TransferRun,
+    utcnow,
+)
+from common.settings import get_settings
+from common.transfer_options import TransferOptions
+from orchestrator.database import upgrade_to_head
+from orchestrator.hosts.samba_shares import NOT_CARRIED
+from orchestrator.hosts.samba_ssh import parse_sharesec_view_all, parse_testparm
+from orchestrator.transfer import planning
+from orchestrator.transfer.logs import export_run_logs
+from orchestrator.transfer.reconcile import reconcile
+from tests.lab.compare import split_security_descriptor
+from tests.lab.samba import MIGRATION_PASSWORD, MIGRATION_USER
+from tests.lab.smbio import LabTree
+from tests.test_transfer_accounts import ace, descriptor, sid_bytes
+from tests.transfer_support import sms, unexplained_differences, use_settings
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:The ``noload`` loader strategy is deprecated:DeprecationWarning")
+
+USER = "smsxalice"
+SHARE_SETTINGS = {"comment": "Team data (managed)", "hide dot files": "no", "oplocks": "no",
+                  "max connections": "9"}
+SYSTEM = ("Windows", "Windows\\system.ini", "pagefile.sys", "$Recycle.Bin")
+
+
+def _run(*argv: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, text=True, capture_output=True, **kwargs)
+
+
+def _sid_of(conf, user: str) -> str:
+    out = _run("pdbedit", "-s", str(conf), "-L", "-v", "-u", user, check=True).stdout
+    return re.search(r"User SID:\s+(\S+)", out).group(1)
+
+
+def _management(sshd, server) -> dict:
+    return {"ssh_host": sshd.host, "ssh_port": sshd.port, "ssh_user": sshd.root_user,
+            "key_file": str(sshd.client_key), "known_hosts": str(sshd.known_hosts),
+            "smb_conf": str(server.conf)}
+
+
+def _register(job_name: str, servers: dict) -> None:
+    from common.crypto import encrypt_secret
+
+    with session_scope() as session:
+        job = Job(name=job_name)
+        session.add(job)
+        session.flush()
+        for name, (samba, role, management) in servers.items():
+            session.add(Server(job_id=job.id, name=name, role=role, kind=ServerKind.SAMBA,
+                               address=samba.address, port=445, username=MIGRATION_USER,
+                               credential=encrypt_secret(MIGRATION_PASSWORD), management=management))
+
+
+def _pair_and_create_run(job: str, options: TransferOptions, path_mapping: dict) -> int:
+    with session_scope() as session:
+        servers = {s.name: s for s in session.scalars(
+            select(Server).join(Job).where(Job.name == job))}
+        pairing = planning.create_pairing(session, servers["src"], servers["dst"], ["data"], path_mapping)
+        return planning.create_run(session, pairing, options).id
+
+
+def _created_accounts(run_id: int) -> list[dict]:
+    with session_scope() as session:
+        return list(session.scalar(select(SidMap.accounts).where(SidMap.run_id == run_id)) or [])
+
+
+@pytest.fixture
+def managed_lab(samba_factory, sshd_server, tmp_path, monkeypatch):
+    """Source with the account, share settings, permissions and files; empty destination."""
+    use_settings(monkeypatch, SMS_STATE_DIR=str(tmp_path / "state"), SMS_BATCH_MAX_FILES="4",
+                 SMS_WORKER_CONCURRENCY="1")
+    upgrade_to_head(get_settings().database_url)
+    src = samba_factory("msrc", **SHARE_SETTINGS)
+    dst = samba_factory("mdst", shares=())
+    created: list[dict] = []
+    try:
+        src.add_user(USER, "Alice-Passw0rd!")
+        yield {"src": src, "dst": dst, "sshd": sshd_server, "created": created}
+    finally:
+        for account in created:
+            if account["status"] in ("created", "renamed") and account["destination_name"]:
+                tool = "userdel" if account["kind"] == "user" else "groupdel"
+                _run(tool, account["destination_name"])
+        _run("userdel", USER)
+
+
+def _fill_source(src, alice: str) -> bytes:
+    """The source tree; returns the security descriptor given to owned.txt."""
+    with LabTree(src.address, "data") as lab:
+        lab.mkdir("docs")
+        for index in range(6):
+            lab.write_file(f"docs\\note{index}.txt", f"note {index}\n".encode() * (index + 1))
+        lab.write_file("owned.txt", b"alice's file\n")
+        for path in SYSTEM:
+            if path in ("Windows", "$Recycle.Bin"):
+                lab.mkdir(path)
+            else:
+                lab.write_file(path, b"system\n")
+        everyone_read = ace(0, 0, 0x001200A9, "S-1-1-0")
+        owned = descriptor(alice, alice, [ace(0, 0, 0x001F01FF, alice), everyone_read])
+        lab.set_security_descriptor("owned.txt", owned)
+        return lab.security_descriptor("owned.txt")
+
+
+def test_managed_samba_destination(managed_lab, tmp_path):
+    src, dst, sshd = managed_lab["src"], managed_lab["dst"], managed_lab["sshd"]
+    alice = _sid_of(src.conf, USER)
+    _run("sharesec", "-s", str(src.conf), "data", "-R",
+         f"S-1-1-0:ALLOWED/0x0/FULL,{alice}:ALLOWED/0x0/READ", check=True)
+    owned_source_sd = _fill_source(src, alice)
+    _register("managed", {"src": (src, ServerRole.SOURCE, _management(sshd, src)),
+                          "dst": (dst, ServerRole.DESTINATION, _management(sshd, dst))})
+    mapping = {str(src.root / "shares"): str(dst.root / "shares")}
+    run_id = _pair_and_create_run("managed", TransferOptions(retries=0), mapping)
+
+    result = sms("transfer", "drive", str(run_id))
+    managed_lab["created"].extend(_created_accounts(run_id))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    # The account: renamed (the host already has a Unix account of that name), disabled.
+    accounts = {(a["kind"], a["source_name"]): a for a in _created_accounts(run_id)}
+    account = accounts[("user", USER)]
+    assert (account["status"], account["destination_name"]) == ("renamed", f"{USER}-1")
+    out = _run("pdbedit", "-s", str(dst.conf), "-L", "-v", "-u", account["destination_name"], check=True).stdout
+    destination_alice = re.search(r"User SID:\s+(\S+)", out).group(1)
+    assert "D" in re.search(r"Account Flags:\s+\[(.*)\]", out).group(1)
+    assert destination_alice == account["destination_sid"] != alice
+
+    # The share: settings field by field, permissions with the SID translated.
+    sections = parse_testparm(_run("testparm", "-s", "-v", str(src.conf), check=True).stdout)
+    dsections = parse_testparm(_run("testparm", "-s", "-v", str(dst.conf), check=True).stdout)
+    source_share = {**sections["global"], **sections["data"]}
+    destination_share = {**dsections["global"], **dsections["data"]}
+    assert destination_share["path"] == str(dst.root / "shares" / "data")
+    carried = [k for k in sections["data"] if k not in NOT_CARRIED]
+    assert "comment" in carried and "max connections" in carried
+    assert {k: (source_share[k], destination_share.get(k)) for k in carried
+            if destination_share.get(k) != source_share[k]} == {}
+    acl = parse_sharesec_view_all(_run("sharesec", "-s", str(dst.conf), "--view-all", check=True).stdout)
+    assert sorted((a.sid, a.mask) for a in acl["data"]) == sorted(
+        [("S-1-1-0", 0x001F01FF), (destination_alice, 0x001200A9)])
+
+    # The trees: equal except the system folders and the translated security of owned.txt.
+    differences = unexplained_differences(src, dst)
+    system = {d.path for d in differences if d.field == "missing"}
+    assert system == {"Windows", "pagefile.sys", "$Recycle.Bin"}
+    with session_scope() as session:
+        sid_map = session.scalar(select(SidMap.entries).where(SidMap.run_id == run_id))
+    assert sid_map[alice] == destination_alice
+
+    def translated(raw: bytes) -> bytes:  # the expected bytes, by plain substitution
+        for source_sid, destination_sid in sid_map.items():
+            raw = raw.replace(sid_bytes(source_sid), sid_bytes(destination_sid))
+        return raw
+
+    rest = [d for d in differences if d.field not in ("missing", "last_access_time")]
+    assert rest and {d.field for d in rest} <= {"owner", "group", "dacl"}
+    with LabTree(src.address, "data") as source_lab, LabTree(dst.address, "data") as destination_lab:
+        for path in {d.path for d in rest}:
+            expected = split_security_descriptor(source_lab.security_descriptor(path))[1:]
+            actual = split_security_descriptor(destination_lab.security_descriptor(path))[1:]
+            assert actual == tuple(translated(part) for part in expected), path
+        _control, owner, group, dacl = split_security_descriptor(destination_lab.security_descriptor("owned.txt"))
+    assert owner == group == sid_bytes(destination_alice)
+    assert dacl == split_security_descriptor(owned_source_sd)[3].replace(sid_bytes(alice), sid_bytes(destination_alice))
+
+    # Reconciliation clean, owner in the CSV (the source's owner SID).
+    with session_scope() as session:
+        assert reconcile(session, run_id).clean
+        full, _errors = export_run_logs(session, run_id, tmp_path / "logs")
+    rows = {row["path"]: row for row in csv.DictReader(open(full, encoding="utf-8"))}
+    assert rows["owned.txt"]["owner"] == alice
+    assert all(row["owner"].startswith("S-1-") for row in rows.values())
+    assert not any(path.split("\\")[0] in ("Windows", "pagefile.sys", "$Recycle.Bin") for path in rows)
+
+    # A re-run creates no account again (the earlier run's are mapped) and updates the share.
+    with session_scope() as session:
+        rerun_id = planning.create_run(session, session.scalar(select(Pairing)), TransferOptions(retries=0)).id
+    result = sms("transfer", "drive", str(rerun_id))
+    managed_lab["created"].extend(_created_accounts(rerun_id))
+    assert result.returncode == 0, result.stdout + result.stderr
+    again = {(a["kind"], a["source_name"]): a for a in _created_accounts(rerun_id)}
+    assert not [a for a in again.values() if a["status"] in ("created", "renamed")]
+    assert again[("user", USER)]["destination_sid"] == destination_alice
+    with session_scope() as session:
+        assert reconcile(session, rerun_id).clean
+
+
+def test_resume_after_dead_driver_and_maximum_duration(managed_lab):
+    src, dst = managed_lab["src"], managed_lab["dst"]
+    dst.add_share("data")
+    with LabTree(src.address, "data") as lab:
+        for index in range(10):
+            lab.write_file(f"f{index:02d}.txt", b"x" * (index + 1))
+    _register("resume", {"src": (src, ServerRole.SOURCE, {}), "dst": (dst, ServerRole.DESTINATION, {})})
+    run_id = _pair_and_create_run("resume", TransferOptions(retries=0, migrate_principals="skip"), {})
+
+    # A driver that took the run, walked the share and recorded its batches, then died
+    # before any message reached a worker.
+    lost = []
+    context = planning._start(run_id)
+    with session_scope() as session:
+        source, destination = session.get(Server, context.source_id), session.get(Server, context.destination_id)
+    for target in context.shares:
+        planning._plan_share(context, target, source, destination, lambda *a, **k: lost.append(a), print)
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(Batch).where(Batch.run_id == run_id)) == 3
+        assert session.get(TransferRun, run_id).state == RunState.RUNNING
+    assert len(lost) == 3
+
+    result = sms("transfer", "drive", str(run_id))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 queued batches published again" in result.stdout
+    with session_scope() as session:
+        paths = session.scalars(select(FileRecord.relative_path).where(FileRecord.run_id == run_id)).all()
+        assert len(paths) == len(set(paths)) == 11  # ten files and the root, each recorded once
+        assert reconcile(session, run_id).clean
+    # The copy read each source file (relatime moved its last-access time afterwards).
+    assert unexplained_differences(src, dst, ignore_access_times_of={f"f{i:02d}.txt" for i in range(10)}) == []
+
+    # Maximum duration: a run already past its limit dispatches nothing more; the batch
+    # still queued from before is given up by the worker with the reason.
+    with LabTree(src.address, "data") as lab:
+        lab.write_file("late.txt", b"late\n")
+    with session_scope() as session:
+        pairing = session.scalar(select(Pairing))
+        run_id = planning.create_run(session, pairing, TransferOptions(
+            retries=0, migrate_principals="skip", max_duration=30)).id
+    context = planning._start(run_id)
+    for target in context.shares:
+        planning._plan_share(context, target, source, destination, lambda *a, **k: None, print)
+    with session_scope() as session:
+        session.execute(update(TransferRun).where(TransferRun.id == run_id).values(
+            started_at=utcnow() - timedelta(seconds=60)))
+    result = sms("transfer", "drive", str(run_id))
+    assert result.returncode == 1, result.stdout + result.stderr
+    with session_scope() as session:
+        run = session.get(TransferRun, run_id)
+        assert run.state == RunState.COMPLETED_WITH_ERRORS
+        assert "maximum duration of 30 s exceeded" in run.error
+        codes = set(session.scalars(select(FileRecord.error_code).where(
+            FileRecord.run_id == run_id, FileRecord.is_dir.is_(False))))
+        assert codes == {"MAX_DURATION_EXCEEDED"}
+        assert {b.state for b in session.scalars(select(Batch).where(Batch.run_id == run_id))} == {BatchState.FAILED}
+        assert not reconcile(session, run_id).clean
