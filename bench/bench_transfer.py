@@ -265,14 +265,18 @@ class Lab:
                                            session.get(Server, destination_id), [share]).id
 
 
-def run_orchestrator(pairing_id: int, options: TransferOptions) -> tuple[float, int, str]:
-    """Create and drive a run of the pairing to its end; (seconds, run id, note)."""
+def run_orchestrator(pairing_id: int, options: TransferOptions, *, verbose: bool = False) -> tuple[float, int, str]:
+    """Create and drive a run of the pairing to its end; (seconds, run id, note). ``verbose``
+    prints the run's stages with the seconds since it started."""
     with session_scope() as session:
         run_id = planning.create_run(session, session.get(Pairing, pairing_id), options).id
-    lines: list[str] = []
     started = time.perf_counter()
-    state = planning.execute_run(run_id, progress=lines.append)
+    stages: list[str] = []
+    state = planning.execute_run(
+        run_id, progress=lambda line: stages.append(f"{time.perf_counter() - started:7.2f} s  {line}"))
     seconds = time.perf_counter() - started
+    if verbose:
+        print("\n".join(f"      {stage}" for stage in stages), flush=True)
     with session_scope() as session:
         report = reconcile(session, run_id)
     note = "" if state == RunState.SUCCEEDED and report.clean else \
@@ -314,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                              "(the orchestrator always runs)")
     parser.add_argument("--checksum", default="none", help="transfer checksum option: none|fast|sha256")
     parser.add_argument("--transfers", type=int, default=16, help="rclone --transfers/--checkers")
+    parser.add_argument("--stages", action="store_true", help="print each orchestrator run's stages, timed")
     parser.add_argument("--workdir", type=Path, default=None, help="where servers keep files")
     parser.add_argument("--keep", action="store_true", help="keep the servers' files")
     args = parser.parse_args(argv)
@@ -368,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         os.sync()
         print(f"datasets {sizes} written in {time.perf_counter() - started:.1f} s; servers "
               f"{source.address} -> {destination.address}; {os.cpu_count()} cores shared", flush=True)
-        env = rclone_environment(source, destination, workdir)
+        env = rclone_environment(source, destination, workdir) if "rclone" in tools else {}
 
         def endpoint(server_address: str, share: str) -> SmbEndpoint:
             return SmbEndpoint(server_address, share, MIGRATION_USER, MIGRATION_PASSWORD)
@@ -399,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
                     workers.append(worker)
                     load = load_average()
                     seconds, _run_id, note = run_orchestrator(
-                        pairing_id, TransferOptions(**{**options.to_json(), "share_map": {name: f"{name}{count}"}}))
+                        pairing_id, TransferOptions(**{**options.to_json(), "share_map": {name: f"{name}{count}"}}),
+                        verbose=args.stages)
                     note += check_copy(endpoint(destination.address, f"{name}{count}"), "", (files, total))
                     record(Figure("orchestrator", name, count, files, total, seconds, load, note))
                     last_pairing[name] = (pairing_id, count, worker)
@@ -422,22 +428,24 @@ def main(argv: list[str] | None = None) -> int:
                         shutil.rmtree(destination.shares[f"{name}{count}"].path / "large", ignore_errors=True)
                 if name == "small" and "rerun" in parts:
                     pairing_id, count, worker = last_pairing[name]
-                    if "datasets" not in parts:
+                    if "rclone" in tools and "datasets" not in parts:
                         load = load_average()
                         seconds = run_rclone(env, name, f"data/rclone/{name}", args.transfers)
-                        record(Figure("rclone", name, args.transfers, files, total, seconds, load, "first copy"))
+                        record(Figure("rclone", name, args.transfers, files, total, seconds, load, "; first copy"))
                     if worker.process.poll() is not None:
                         worker = start_proxy_worker(f"d-{name}-{count}", count, workdir / "logs")
                         workers.append(worker)
                     load = load_average()
                     seconds, _run_id, note = run_orchestrator(
-                        pairing_id, TransferOptions(**{**options.to_json(), "share_map": {name: f"{name}{count}"}}))
+                        pairing_id, TransferOptions(**{**options.to_json(), "share_map": {name: f"{name}{count}"}}),
+                        verbose=args.stages)
                     note += check_copy(endpoint(destination.address, f"{name}{count}"), "", (files, total))
                     record(Figure("orchestrator re-run", name, count, files, total, seconds, load, note))
                     worker.stop()
-                    load = load_average()
-                    seconds = run_rclone(env, name, f"data/rclone/{name}", args.transfers)
-                    record(Figure("rclone re-run", name, args.transfers, files, total, seconds, load, ""))
+                    if "rclone" in tools:
+                        load = load_average()
+                        seconds = run_rclone(env, name, f"data/rclone/{name}", args.transfers)
+                        record(Figure("rclone re-run", name, args.transfers, files, total, seconds, load, ""))
                 for worker in workers:
                     worker.stop()
                 if name == "large":
@@ -458,16 +466,18 @@ def main(argv: list[str] | None = None) -> int:
                     workers.append(worker)
                     load = load_average()
                     seconds, _run_id, note = run_orchestrator(
-                        pairing_id, TransferOptions(**{**options.to_json(), "share_map": {"slowset": f"slow{count}"}}))
+                        pairing_id, TransferOptions(**{**options.to_json(), "share_map": {"slowset": f"slow{count}"}}),
+                        verbose=args.stages)
                     note += check_copy(endpoint(destination.address, f"slow{count}"), "", (files, total))
                     record(Figure("orchestrator", "slowset", count, files, total, seconds, load, note))
                     worker.stop()
-                slow_env = rclone_environment(SimpleNamespace(address=via_source),
-                                              SimpleNamespace(address=via_destination), workdir)
-                load = load_average()
-                seconds = run_rclone(slow_env, "slowset", "data/rclone/slowset", args.transfers)
-                note = check_copy(endpoint(destination.address, "data"), "rclone\\slowset", (files, total))
-                record(Figure("rclone", "slowset", args.transfers, files, total, seconds, load, note))
+                if "rclone" in tools:
+                    slow_env = rclone_environment(SimpleNamespace(address=via_source),
+                                                  SimpleNamespace(address=via_destination), workdir)
+                    load = load_average()
+                    seconds = run_rclone(slow_env, "slowset", "data/rclone/slowset", args.transfers)
+                    note = check_copy(endpoint(destination.address, "data"), "rclone\\slowset", (files, total))
+                    record(Figure("rclone", "slowset", args.transfers, files, total, seconds, load, note))
         print_summary(figures)
         print(f"ended {time.strftime('%H:%M:%S')}; load {load_average()}")
         return 0

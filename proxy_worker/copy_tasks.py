@@ -43,14 +43,25 @@ from common.crypto import InvalidToken
 from common.db import session_scope
 from common.endpoints import server_endpoint
 from common.leases import claim_batch, complete_batch, lease_duration, renew_lease
-from common.models import Batch, FileRecord, FileState, Pairing, RunState, Server, Share, SidMap, TransferRun, utcnow
+from common.models import (
+    Batch,
+    FileRecord,
+    FileState,
+    Pairing,
+    RunState,
+    Server,
+    Share,
+    SidMap,
+    TransferRun,
+    utcnow,
+)
 from common.smb import copy as engine
 from common.smb import fastpath as fp
 from common.smb import messages as m
 from common.smb import metadata as md
 from common.smb.connection import SmbEndpoint, get_tree
-from common.smb.paths import UnsafePath, safe_relative_path
 from common.smb.errors import SmbFileError
+from common.smb.paths import UnsafePath, safe_relative_path
 from common.smb.security import owner_sid, translate_descriptor
 from common.transfer_options import TransferOptions
 from proxy_worker.tasks import LeaseLost, worker_identity
@@ -200,7 +211,18 @@ def _copy_with_retries(work: _Work, keeper: LeaseKeeper) -> list[engine.FileResu
         if round_number:
             _sleep(work.options.retry_delay, keeper)
         keeper.check()
-        for index, result in zip(todo, _copy(work, todo)):
+        try:
+            copied = _copy(work, todo)
+        except (OSError, ValueError) as exc:
+            # A server unreachable (restarting, network cut; smbprotocol wraps the socket's
+            # error in a ValueError): the whole round failed, retry it.
+            unreachable = isinstance(exc, OSError) or isinstance(exc.__cause__, OSError)
+            if not unreachable or round_number == work.options.retries:
+                raise
+            logger.warning("batch round %s: a server is unreachable (%s); retrying",
+                           round_number + 1, exc)
+            continue
+        for index, result in zip(todo, copied):
             if _source_changed(work, result, copy_options):
                 result.outcome = engine.Outcome.FAILED
                 result.status_name = SOURCE_CHANGED

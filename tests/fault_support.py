@@ -23,6 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from common.db import session_scope
@@ -37,6 +38,17 @@ from tests.lab.smbio import ATTRIBUTE_DIRECTORY, LabTree
 from tests.transfer_support import register_servers, use_settings
 
 JOB = "faults"
+_started_workers: list = []
+
+
+@pytest.fixture(autouse=True)
+def kill_fault_workers(worker_factory):
+    """SIGKILL the workers a fault test started when it ends (import this fixture into the
+    test module): worker_factory's warm shutdown costs about 5 s a test, and a vanished
+    worker is what these tests are built to survive anyway."""
+    yield
+    while _started_workers:
+        _started_workers.pop().kill()
 
 
 @dataclass
@@ -130,7 +142,9 @@ class FaultLab:
     # --- workers and runs --------------------------------------------------------------------
     def worker(self, concurrency: int = 1, **extra: str):
         """Start one more real ``sms-worker`` for the destination."""
-        return self.worker_factory("dst", {**self.env, **extra}, concurrency=concurrency)
+        worker = self.worker_factory("dst", {**self.env, **extra}, concurrency=concurrency)
+        _started_workers.append(worker)
+        return worker
 
     def start_run(self, **options) -> Driver:
         """Create a run of the pairing and drive it in a thread (execute_run, with its reaper)."""

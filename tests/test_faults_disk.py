@@ -19,7 +19,7 @@ from sqlalchemy import select
 import common  # noqa: F401  (keeps impacket's bin/smbclient.py off the import path)
 from common.db import session_scope
 from common.models import FileRecord
-from tests.fault_support import FaultLab
+from tests.fault_support import FaultLab, kill_fault_workers  # noqa: F401  (kill_fault_workers: a fixture)
 from tests.lab.smbio import LabTree
 from tests.test_smb_copy import tmpfs  # noqa: F401  (the fixture)
 

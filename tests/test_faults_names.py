@@ -31,7 +31,7 @@ from common.settings import get_settings
 from common.smb.paths import UNSAFE_PATH, UnsafePath, safe_relative_path
 from orchestrator.leases import dispatch_batch
 from orchestrator.transfer import planning
-from tests.fault_support import FaultLab, wait_until
+from tests.fault_support import FaultLab, kill_fault_workers, wait_until  # noqa: F401  (kill_fault_workers: a fixture)
 from tests.lab.compare import compare_trees, snapshot_times
 from tests.lab.smbio import LabTree
 

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 
 import common  # noqa: F401  (keeps impacket's bin/smbclient.py off the import path)
-from tests.fault_support import FaultLab, finish, when_copying
+from tests.fault_support import FaultLab, finish, kill_fault_workers, when_copying  # noqa: F401  (kill_fault_workers: a fixture)
 
 pytestmark = [pytest.mark.faults, pytest.mark.netns, pytest.mark.timeout(240),
               pytest.mark.filterwarnings(

@@ -29,7 +29,7 @@ from common.crypto import encrypt_secret
 from common.db import session_scope
 from common.models import Server
 from orchestrator.transfer import planning
-from tests.fault_support import FaultLab, wait_until
+from tests.fault_support import FaultLab, kill_fault_workers, wait_until  # noqa: F401  (kill_fault_workers: a fixture)
 from tests.lab.samba import SambaServer
 from tests.lab.smbio import FILE_READ_DATA, FILE_WRITE_DATA, SYNCHRONIZE, LabTree
 

@@ -15,7 +15,7 @@ import pytest
 
 import common  # noqa: F401  (keeps impacket's bin/smbclient.py off the import path)
 from common.models import BatchState
-from tests.fault_support import FaultLab, wait_until
+from tests.fault_support import FaultLab, kill_fault_workers, wait_until  # noqa: F401  (kill_fault_workers: a fixture)
 from tests.lab.smbio import LabTree
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240), pytest.mark.filterwarnings(

@@ -35,7 +35,7 @@ from sqlalchemy import select
 
 from common.db import session_scope
 from common.models import Server
-from tests.fault_support import FaultLab
+from tests.fault_support import FaultLab, kill_fault_workers  # noqa: F401  (kill_fault_workers: a fixture)
 from tests.lab.samba import MIGRATION_PASSWORD
 from tests.lab.services import PrivateRedis
 

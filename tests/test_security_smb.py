@@ -21,7 +21,7 @@ import pytest
 
 from common.settings import get_settings
 from common.smb.connection import SmbEndpoint, open_tree
-from tests.fault_support import FaultLab
+from tests.fault_support import FaultLab, kill_fault_workers  # noqa: F401  (kill_fault_workers: a fixture)
 from tests.lab.samba import MIGRATION_PASSWORD, MIGRATION_USER
 from tests.transfer_support import use_settings
 

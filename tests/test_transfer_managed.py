@@ -16,7 +16,8 @@ broker, a local worker process):
   folders, which were not copied;
 - the transfer CSV has the owner column with the source owner SID.
 
-Resume: a run whose driver died after walking and recording its batches (their
+Retries: a file locked on the source is tried again ``retries`` times, ``retry_delay``
+apart, within its batch. Resume: a run whose driver died after walking and recording its batches (their
 messages lost) is finished by ``sms transfer drive`` from the database state. Maximum
 duration: a run past its limit dispatches nothing more, its queued batches are given
 up by the worker, and it ends completed with errors with the reason.
@@ -27,11 +28,13 @@ from __future__ import annotations
 import common  # noqa: F401  (keeps impacket's bin/smbclient.py off the import path)
 
 import csv
+import json
 import re
 import subprocess
 from datetime import timedelta
 
 import pytest
+from smbprotocol.open import CreateDisposition, CreateOptions, ImpersonationLevel, Open
 from sqlalchemy import func, select, update
 
 from common.db import session_scope
@@ -59,7 +62,7 @@ from orchestrator.transfer.logs import export_run_logs
 from orchestrator.transfer.reconcile import reconcile
 from tests.lab.compare import split_security_descriptor
 from tests.lab.samba import MIGRATION_PASSWORD, MIGRATION_USER
-from tests.lab.smbio import LabTree
+from tests.lab.smbio import FILE_READ_DATA, FILE_WRITE_DATA, SYNCHRONIZE, LabTree
 from tests.test_transfer_accounts import ace, descriptor, sid_bytes
 from tests.transfer_support import sms, unexplained_differences, use_settings
 
@@ -73,6 +76,7 @@ SYSTEM = ("Windows", "Windows\\system.ini", "pagefile.sys", "$Recycle.Bin")
 
 
 def _run(*argv: str, **kwargs) -> subprocess.CompletedProcess:
+    kwargs.setdefault("check", False)
     return subprocess.run(argv, text=True, capture_output=True, **kwargs)
 
 
@@ -159,8 +163,11 @@ def test_managed_samba_destination(managed_lab, tmp_path):
     owned_source_sd = _fill_source(src, alice)
     _register("managed", {"src": (src, ServerRole.SOURCE, _management(sshd, src)),
                           "dst": (dst, ServerRole.DESTINATION, _management(sshd, dst))})
-    mapping = {str(src.root / "shares"): str(dst.root / "shares")}
-    run_id = _pair_and_create_run("managed", TransferOptions(retries=0), mapping)
+    paired = sms("transfer", "pair", "--job", "managed", "--source", "src", "--destination", "dst",
+                 "--share", "data", "--path-map", f"{src.root / 'shares'}={dst.root / 'shares'}", "--json")
+    assert json.loads(paired.stdout)["path_mapping"] == {str(src.root / "shares"): str(dst.root / "shares")}
+    with session_scope() as session:
+        run_id = planning.create_run(session, session.scalar(select(Pairing)), TransferOptions(retries=0)).id
 
     result = sms("transfer", "drive", str(run_id))
     managed_lab["created"].extend(_created_accounts(run_id))
@@ -217,7 +224,8 @@ def test_managed_samba_destination(managed_lab, tmp_path):
     with session_scope() as session:
         assert reconcile(session, run_id).clean
         full, _errors = export_run_logs(session, run_id, tmp_path / "logs")
-    rows = {row["path"]: row for row in csv.DictReader(open(full, encoding="utf-8"))}
+    with open(full, encoding="utf-8") as log:
+        rows = {row["path"]: row for row in csv.DictReader(log)}
     assert rows["owned.txt"]["owner"] == alice
     assert all(row["owner"].startswith("S-1-") for row in rows.values())
     assert not any(path.split("\\")[0] in ("Windows", "pagefile.sys", "$Recycle.Bin") for path in rows)
@@ -235,7 +243,7 @@ def test_managed_samba_destination(managed_lab, tmp_path):
         assert reconcile(session, rerun_id).clean
 
 
-def test_resume_after_dead_driver_and_maximum_duration(managed_lab):
+def test_resume_after_dead_driver_maximum_duration_and_retries(managed_lab):
     src, dst = managed_lab["src"], managed_lab["dst"]
     dst.add_share("data")
     with LabTree(src.address, "data") as lab:
@@ -292,3 +300,27 @@ def test_resume_after_dead_driver_and_maximum_duration(managed_lab):
         assert codes == {"MAX_DURATION_EXCEEDED"}
         assert {b.state for b in session.scalars(select(Batch).where(Batch.run_id == run_id))} == {BatchState.FAILED}
         assert not reconcile(session, run_id).clean
+
+    # Retries: a file locked on the source is tried 1 + 2 times, 1 s apart, within its
+    # batch; the other files are copied; the file fails with the NTSTATUS name.
+    with LabTree(src.address, "data") as lab:
+        lab.write_file("f03.txt", b"changed\n")
+    with session_scope() as session:
+        run_id = planning.create_run(session, session.scalar(select(Pairing)), TransferOptions(
+            retries=2, retry_delay=1, migrate_principals="skip")).id
+    with LabTree(src.address, "data") as locker:
+        held = Open(locker.tree, "f03.txt")
+        held.create(ImpersonationLevel.Impersonation, FILE_READ_DATA | FILE_WRITE_DATA | SYNCHRONIZE,
+                    0, 0, CreateDisposition.FILE_OPEN, CreateOptions.FILE_NON_DIRECTORY_FILE)
+        result = sms("transfer", "drive", str(run_id))
+        held.close()
+    assert result.returncode == 1, result.stdout + result.stderr
+    with session_scope() as session:
+        record = session.scalar(select(FileRecord).where(FileRecord.run_id == run_id,
+                                                         FileRecord.relative_path == "f03.txt"))
+        assert (record.state.value, record.error_code) == ("failed", "STATUS_SHARING_VIOLATION")
+        batch = session.get(Batch, record.batch_id)
+        assert (batch.finished_at - batch.dispatched_at).total_seconds() >= 2.0  # two delays of 1 s
+        late = session.scalar(select(FileRecord).where(FileRecord.run_id == run_id,
+                                                       FileRecord.relative_path == "late.txt"))
+        assert late.state.value == "copied"

@@ -29,7 +29,7 @@ _SID_TEXT_PREFIX = "S-1-"
 def _parse(descriptor: bytes) -> ldaptypes.SR_SECURITY_DESCRIPTOR:
     try:
         parsed = ldaptypes.SR_SECURITY_DESCRIPTOR(data=descriptor)
-    except Exception as exc:  # impacket raises assorted errors on bad input
+    except Exception as exc:  # noqa: BLE001 - impacket raises assorted errors on bad input
         raise ValueError(f"not a self-relative security descriptor: {exc}") from None
     # impacket leaves the trailing bytes in an absent ACL's field: an offset of 0 means none.
     if parsed["OffsetDacl"] == 0:

@@ -88,18 +88,24 @@ def pair(job: str = typer.Option(..., help="Job name."),
          source: str = typer.Option(..., help="Source server name."),
          destination: str = typer.Option(..., help="Destination server name."),
          share: list[str] = typer.Option([], "--share", help="Share to transfer (repeat); default all."),
+         path_map: list[str] = typer.Option([], "--path-map",
+                                            help="SOURCE_PREFIX=DESTINATION_PREFIX folder mapping (repeat) "
+                                                 "used to recreate shares on a manageable destination."),
          as_json: bool = typer.Option(False, "--json")):
     """Pair a source server with a destination server and choose the shares to move."""
+    if any("=" not in item for item in path_map):
+        _fail("--path-map takes SOURCE_PREFIX=DESTINATION_PREFIX")
+    mapping = dict(item.split("=", 1) for item in path_map)
     _prepare_database()
     with session_scope() as session:
         job_row = _job(session, job)
         try:
             pairing = planning.create_pairing(session, _server(session, job_row, source),
-                                              _server(session, job_row, destination), share)
+                                              _server(session, job_row, destination), share, mapping)
         except planning.TransferError as exc:
             _fail(str(exc))
         result = {"pairing_id": pairing.id, "source": source, "destination": destination,
-                  "shares": list(pairing.shares)}
+                  "shares": list(pairing.shares), "path_mapping": dict(pairing.path_mapping)}
     if as_json:
         print(json.dumps(result))
     else:

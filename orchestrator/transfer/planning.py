@@ -89,7 +89,12 @@ from common.smb.errors import SmbFileError
 from common.smb.paths import UnsafePath, safe_relative_path
 from common.smb.walk import DirEntry, ShareWalker, WalkError
 from common.transfer_options import TransferOptions
-from orchestrator.leases import Publisher, celery_publisher, dispatch_batch, reap_expired_leases
+from orchestrator.leases import (
+    Publisher,
+    celery_publisher,
+    dispatch_batch,
+    reap_expired_leases,
+)
 from orchestrator.transfer import destination as dest_ops
 
 # Host adapters (SSH, WinRM) are imported where the accounts-and-shares stage runs, so a
@@ -454,17 +459,23 @@ def _prepare_destination(context: _Context, source: Server, destination: Server,
         except HostError as exc:
             facts = {}
             say(f"source shares could not be read: {exc}")
-        chosen = []
+        chosen, recreated, existing = [], [], []
         for target in context.shares:
             share = facts.get(target.name)
+            if share is not None and share.path and not _mapped(share.path, path_mapping):
+                existing.append(target)  # no mapping covers it: use the share as it is
+                continue
+            recreated.append(target)
             chosen.append(dataclasses.replace(share, name=target.destination_share) if share
                           else target.name)
         outcomes = recreate_shares(source_adapter, destination_adapter, chosen, path_mapping,
                                    sid_map, replace=True)
-    kept = []
+    kept = list(_check_existing_shares(context, destination, existing,
+                                       "no entry of the pairing's path mapping covers its folder, "
+                                       "so it was not recreated"))
     with session_scope() as session:
         run = session.get(TransferRun, context.run_id)
-        for target, outcome in zip(context.shares, outcomes):
+        for target, outcome in zip(recreated, outcomes):
             ok = outcome.status in ("created", "updated")
             _event(session, run, EVENT_SHARE_RECREATED if ok else EVENT_SHARE_ERROR,
                    f"share {target.destination_share}: {outcome.status}: {outcome.reason}",
@@ -478,11 +489,25 @@ def _prepare_destination(context: _Context, source: Server, destination: Server,
     return tuple(kept)
 
 
-def _check_existing_shares(context: _Context, destination: Server) -> tuple[_ShareTarget, ...]:
-    """smb-only destination: each share must exist already; one that does not is left out
-    with an error an administrator can act on."""
+def _mapped(path: str, path_mapping: dict[str, str]) -> bool:
+    from orchestrator.transfer.shares import PathNotMapped, map_path
+
+    try:
+        map_path(path, path_mapping)
+        return True
+    except PathNotMapped:
+        return False
+
+
+def _check_existing_shares(context: _Context, destination: Server,
+                           targets: Iterable[_ShareTarget] | None = None,
+                           why: str = "an smb-only destination's shares must be created "
+                                      "beforehand") -> tuple[_ShareTarget, ...]:
+    """Shares that must exist already on the destination (smb-only destination, or no
+    path mapping to recreate them): one that does not is left out with an error an
+    administrator can act on (``why`` says why it was not created)."""
     kept = []
-    for target in context.shares:
+    for target in context.shares if targets is None else targets:
         try:
             open_tree(server_endpoint(destination, target.destination_share)).close()
             kept.append(target)
@@ -491,8 +516,8 @@ def _check_existing_shares(context: _Context, destination: Server) -> tuple[_Sha
                 run = session.get(TransferRun, context.run_id)
                 _event(session, run, EVENT_SHARE_ERROR,
                        f"share {target.destination_share} cannot be opened on {destination.name} "
-                       f"({type(exc).__name__}: {exc}); an smb-only destination's shares must be "
-                       "created beforehand", level=EventLevel.ERROR, server_id=context.destination_id,
+                       f"({type(exc).__name__}: {exc}); {why}", level=EventLevel.ERROR,
+                       server_id=context.destination_id,
                        share=target.name, share_id=target.share_id)
     return tuple(kept)
 

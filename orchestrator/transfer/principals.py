@@ -333,5 +333,12 @@ def migrate_principals(source: HostAdapter, destination: HostAdapter, mode: str,
     return PrincipalMigration(sid_map, outcomes)
 
 
-__all__ = ["AccountOutcome", "MODES", "PrincipalMigration", "migrate_principals", "parse_windows_accounts_output",
-           "plan_accounts", "windows_accounts_script"]
+__all__ = [
+    "MODES",
+    "AccountOutcome",
+    "PrincipalMigration",
+    "migrate_principals",
+    "parse_windows_accounts_output",
+    "plan_accounts",
+    "windows_accounts_script",
+]
