@@ -29,7 +29,6 @@ from sqlalchemy import func, select
 from common.db import session_scope
 from common.models import Batch, BatchState, FileRecord, Server, ServerRole, TransferRun
 from common.settings import get_settings
-from common.smb.copy import is_temp_name
 from common.transfer_options import TransferOptions
 from orchestrator.database import upgrade_to_head
 from orchestrator.transfer import planning
@@ -196,10 +195,10 @@ class FaultLab:
 
     # --- the proof ----------------------------------------------------------------------------
     def leftovers(self) -> list[str]:
-        """In-progress temporary files anywhere under the destination share (on disk)."""
+        """In-progress temporary files (``~sms-*``, docs/copy-engine.md) anywhere under the
+        destination share, found on its disk without our data plane."""
         root = self.destination_path()
-        return sorted(str(path.relative_to(root)) for path in root.rglob("*")
-                      if is_temp_name(path.name))
+        return sorted(str(path.relative_to(root)) for path in root.rglob("~sms-*"))
 
     def proof(self, *, expected_missing: set[str] = frozenset(), rerun: bool = False) -> Proof:
         """Compare source and destination field by field (source times from ``snapshot``).
