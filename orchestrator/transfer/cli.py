@@ -30,6 +30,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import func, select
 
@@ -174,14 +175,46 @@ def drive_runs(run_ids: list[int], *, start_workers: bool | None = None,
                    for run_id in run_ids]
         for thread in threads:
             thread.start()
-        for thread in threads:
-            thread.join()
+        if quiet:
+            for thread in threads:
+                thread.join()
+        else:
+            _show_progress_bars(run_ids, threads)
     finally:
         if workers is not None:
             workers.stop()
     for run_id, exc in failures.items():
         console.print(f"[red]run {run_id} failed:[/red] {type(exc).__name__}: {exc}")
     return states
+
+
+def _batch_counts(run_ids: list[int]) -> dict[int, tuple[int, int]]:
+    """(finished batches, all batches) of each run, from the job database."""
+    counts = {run_id: (0, 0) for run_id in run_ids}
+    finished = Batch.state.in_((BatchState.DONE, BatchState.FAILED))
+    with session_scope() as session:
+        rows = session.execute(
+            select(Batch.run_id, func.count(), func.count().filter(finished))
+            .where(Batch.run_id.in_(run_ids)).group_by(Batch.run_id)).all()
+    for run_id, total, done in rows:
+        counts[run_id] = (done, total)
+    return counts
+
+
+def _show_progress_bars(run_ids: list[int], threads: list[threading.Thread]) -> None:
+    """A Rich progress bar per run (finished / planned batches, read from the database)
+    until every driving thread has ended; the drivers' own lines print above the bars."""
+    columns = (TextColumn("run {task.fields[run_id]}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("batches"), TimeElapsedColumn())
+    with Progress(*columns, console=console) as bars:
+        tasks = {run_id: bars.add_task("", total=None, run_id=run_id) for run_id in run_ids}
+        while any(thread.is_alive() for thread in threads):
+            for run_id, (done, total) in _batch_counts(run_ids).items():
+                bars.update(tasks[run_id], completed=done, total=total or None)
+            for thread in threads:
+                thread.join(timeout=0.5 / len(threads))
+        for run_id, (done, total) in _batch_counts(run_ids).items():
+            bars.update(tasks[run_id], completed=done, total=total or None)
 
 
 def _print_reconciliation(report: RunReconciliation) -> None:
