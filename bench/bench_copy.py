@@ -11,12 +11,16 @@ its own directory of the destination share:
   obscured in ``RCLONE_CONFIG_*_PASS``, never on the command line.
 * ``engine``: common.smb.copy (full metadata: streams, attributes, 100 ns times, owner,
   group, DACL; a checksum of every byte read). The source is walked with
-  common.smb.walk, files are copied in batches by ``--processes`` worker processes (each
-  opens its own sessions), then directories, deepest first, so their times are final.
-  When the engine cannot be imported the run says "engine not available" and goes on.
+  common.smb.walk; then, as prefork proxy workers do, each of ``--processes`` forked
+  worker processes takes its own slice of the files, opens its own sessions after the
+  fork and copies its slice in batches of ``--batch-files``; then directories, deepest
+  first, so their times are final. ``--processes 1,2`` measures each count in the same
+  run (``engine1``, ``engine2``). When the engine cannot be imported the run says
+  "engine not available" and goes on.
 
-Prints files/s and MB/s per tool and dataset, and the engine/rclone ratios from the same
-run. After each copy the destination is walked and its file count and bytes checked
+Prints files/s and MB/s per tool and dataset, the machine's 1-minute load average at the
+end of each copy, the CPU seconds both smbd instances spent on it, and the engine/rclone
+ratios from the same run. After each copy the destination is walked and its file count and bytes checked
 against the source (outside the timed part). Not a test: run it by hand (see
 bench/README.md). Loopback only; it stops every smbd it started and removes its files
 unless ``--keep``.
@@ -41,7 +45,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 
-from common.smb.connection import SmbEndpoint, open_tree  # noqa: E402
+from common.smb.connection import SmbEndpoint, close_pool, open_tree  # noqa: E402
 from common.smb.walk import ShareWalker  # noqa: E402
 from tests.lab.samba import MIGRATION_PASSWORD, MIGRATION_USER, SambaServer  # noqa: E402
 from tests.lab.trees import make_dataset  # noqa: E402
@@ -59,6 +63,8 @@ class Run:
     bytes: int
     seconds: float
     note: str = ""
+    load: float = 0.0
+    smbd_cpu: float = 0.0
 
     @property
     def files_per_second(self) -> float:
@@ -124,18 +130,6 @@ def load_engine():
         return None
 
 
-def _copy_chunk(job) -> tuple[int, int, list[str]]:
-    """Worker: copy one batch; (files copied, bytes, failure messages)."""
-    source, destination, paths, prefix = job
-    engine = load_engine()
-    results = engine.copy_batch(source, destination, paths,
-                                engine.CopyOptions(destination_prefix=prefix))
-    failed = [f"{r.path}: {r.status_name} {r.message}" for r in results
-              if r.outcome == engine.Outcome.FAILED]
-    copied = [r for r in results if r.outcome != engine.Outcome.FAILED]
-    return len(copied), sum(r.size for r in copied), failed
-
-
 def batches(entries: list, max_files: int, max_bytes: int) -> list[list[str]]:
     """Group file entries into batches of at most max_files files / max_bytes bytes."""
     grouped, current, size = [], [], 0
@@ -150,11 +144,29 @@ def batches(entries: list, max_files: int, max_bytes: int) -> list[list[str]]:
     return grouped
 
 
-def run_engine(pool, source: SmbEndpoint, destination: SmbEndpoint, dataset: str,
-               processes: int) -> tuple[float, list[str]]:
-    """Walk the source dataset, copy its files with the worker pool, then its
-    directories; returns (wall-clock seconds, failure messages)."""
+def _worker(source: SmbEndpoint, destination: SmbEndpoint, work: list[list[str]], options, report) -> None:
+    """A forked worker: copy its batches over sessions it opens itself; report failures."""
     engine = load_engine()
+    failed = []
+    try:
+        for paths in work:
+            failed += [f"{r.path}: {r.status_name} {r.message}"
+                       for r in engine.copy_batch(source, destination, paths, options)
+                       if r.outcome == engine.Outcome.FAILED]
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the run
+        failed.append(f"worker: {type(exc).__name__}: {exc}")
+    finally:
+        close_pool()
+    report.put(failed)
+
+
+def run_engine(source: SmbEndpoint, destination: SmbEndpoint, dataset: str, processes: int,
+               prefix: str, checksum: str, batch_files: int) -> tuple[float, list[str]]:
+    """Walk the source dataset, copy its files in ``processes`` forked workers (each its
+    own contiguous slice and its own sessions), then its directories; returns
+    (wall-clock seconds, failure messages)."""
+    engine = load_engine()
+    options = engine.CopyOptions(destination_prefix=prefix, checksum=checksum)
     started = time.perf_counter()
     tree = open_tree(source)
     try:
@@ -165,34 +177,67 @@ def run_engine(pool, source: SmbEndpoint, destination: SmbEndpoint, dataset: str
     finally:
         tree.close()
     files = [e for e in entries if not e.is_dir]
-    per_process = max(1, len(files) // (processes * 4))
-    jobs = [(source, destination, chunk, "engine")
-            for chunk in batches(files, min(500, per_process), 64 << 20)]
+    share = -(-len(files) // processes)
+    context = multiprocessing.get_context("fork")  # no session is open in this process now
+    report = context.Queue()
+    workers = []
+    for number in range(processes):
+        work = batches(files[number * share:(number + 1) * share], batch_files, 256 << 20)
+        worker = context.Process(target=_worker, args=(source, destination, work, options, report))
+        worker.start()
+        workers.append(worker)
     failures: list[str] = []
-    for _copied, _bytes, failed in pool.imap_unordered(_copy_chunk, jobs):
-        failures += failed
+    for _worker_process in workers:
+        failures += report.get()
+    for worker in workers:
+        worker.join()
     directories = [dataset] + [e.path for e in entries if e.is_dir]
     results = engine.copy_batch(source, destination,
-                                [engine.FileEntry(path, True) for path in directories],
-                                engine.CopyOptions(destination_prefix="engine"))
+                                [engine.FileEntry(path, True) for path in directories], options)
+    close_pool()
     failures += [f"{r.path}: {r.status_name}" for r in results if r.outcome == engine.Outcome.FAILED]
     return time.perf_counter() - started, failures
+
+
+def smbd_cpu_seconds(*servers: SambaServer) -> float:
+    """CPU seconds (user + system, exited children included) of every process started
+    with one of ``servers``' smb.conf; waits a moment first so that the per-connection
+    smbd processes of sessions just closed have exited and been counted."""
+    time.sleep(1.0)
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                command = handle.read()
+            if not any(str(server.conf).encode() in command for server in servers):
+                continue
+            with open(f"/proc/{pid}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 # --- the run ----------------------------------------------------------------------------
 def print_table(runs: list[Run]) -> None:
     """The figures, then engine/rclone ratios per dataset."""
-    print(f"{'tool':8} {'dataset':8} {'files':>7} {'MB':>9} {'seconds':>8} {'files/s':>9} {'MB/s':>8}  note")
+    print(f"{'tool':8} {'dataset':8} {'files':>7} {'MB':>9} {'seconds':>8} {'files/s':>9} {'MB/s':>8}"
+          f" {'smbd CPU s':>10} {'load':>5}  note")
     for run in runs:
         print(f"{run.tool:8} {run.dataset:8} {run.files:7d} {run.bytes / 1e6:9.1f} "
-              f"{run.seconds:8.2f} {run.files_per_second:9.1f} {run.megabytes_per_second:8.1f}  {run.note}")
+              f"{run.seconds:8.2f} {run.files_per_second:9.1f} {run.megabytes_per_second:8.1f}"
+              f" {run.smbd_cpu:10.1f} {run.load:5.2f}  {run.note}")
     by_key = {(run.tool, run.dataset): run for run in runs}
     for dataset, measure, unit in (("small", "files_per_second", "files/s"),
                                    ("large", "megabytes_per_second", "MB/s")):
-        ours, theirs = by_key.get(("engine", dataset)), by_key.get(("rclone", dataset))
-        if ours and theirs and getattr(theirs, measure):
-            print(f"ratio engine/rclone, {dataset} files ({unit}): "
-                  f"{getattr(ours, measure) / getattr(theirs, measure):.2f}x")
+        theirs = by_key.get(("rclone", dataset))
+        for ours in [run for run in runs if run.tool.startswith("engine") and run.dataset == dataset]:
+            if theirs and getattr(theirs, measure):
+                print(f"ratio {ours.tool}/rclone, {dataset} files ({unit}): "
+                      f"{getattr(ours, measure) / getattr(theirs, measure):.2f}x")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -202,18 +247,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large", type=int, default=8, help="large files")
     parser.add_argument("--large-mib", type=int, default=256, help="size of each large file")
     parser.add_argument("--transfers", type=int, default=16, help="rclone --transfers")
-    parser.add_argument("--processes", type=int, default=2, help="engine worker processes")
+    parser.add_argument("--processes", default="2",
+                        help="engine worker processes; a list (1,2) measures each in turn")
+    parser.add_argument("--batch-files", type=int, default=500, help="files per engine batch")
+    parser.add_argument("--checksum", default="xxh3_128", help="engine checksum (docs/checksums.md)")
     parser.add_argument("--tools", default="rclone,engine", help="comma-separated: rclone,engine")
     parser.add_argument("--workdir", type=Path, default=None, help="where servers keep files")
     parser.add_argument("--keep", action="store_true", help="keep the servers' files")
     args = parser.parse_args(argv)
     tools = [tool.strip() for tool in args.tools.split(",") if tool.strip()]
+    process_counts = [int(count) for count in str(args.processes).split(",") if count.strip()]
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="sms-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     source = SambaServer("benchsrc", workdir / "src")
     destination = SambaServer("benchdst", workdir / "dst")
-    pool = None
     try:
         for server in (source, destination):
             # Synchronous I/O: rclone 1.60's go-smb2 rejects Samba's unsigned-looking async
@@ -245,32 +293,33 @@ def main(argv: list[str] | None = None) -> int:
         engine_ready = "engine" in tools and load_engine() is not None
         if "engine" in tools and not engine_ready:
             print("engine not available (common.smb.copy cannot be imported): rclone only")
-        if engine_ready:
-            # Spawned workers start clean (no inherited receive threads); each opens its
-            # own sessions on first use, inside the timed part.
-            pool = multiprocessing.get_context("spawn").Pool(args.processes)
         for name in datasets:
             files, total = expected[name]
             if env is not None:
+                cpu = smbd_cpu_seconds(source, destination)
                 seconds = run_rclone(env, name, args.transfers)
+                cpu = smbd_cpu_seconds(source, destination) - cpu
+                load = os.getloadavg()[0]
                 got = tree_totals(dst, f"rclone\\{name}")
                 runs.append(Run("rclone", name, files, total, seconds,
-                                "data + mtime" + ("" if got == (files, total) else f"; MISMATCH {got}")))
-            if engine_ready:
-                seconds, failures = run_engine(pool, src, dst, name, args.processes)
-                got = tree_totals(dst, f"engine\\{name}")
-                note = "full metadata + checksum"
+                                "data + mtime" + ("" if got == (files, total) else f"; MISMATCH {got}"),
+                                load, cpu))
+            for count in process_counts if engine_ready else []:
+                tool = f"engine{count}" if len(process_counts) > 1 else "engine"
+                cpu = smbd_cpu_seconds(source, destination)
+                seconds, failures = run_engine(src, dst, name, count, tool, args.checksum, args.batch_files)
+                cpu = smbd_cpu_seconds(source, destination) - cpu
+                load = os.getloadavg()[0]
+                got = tree_totals(dst, f"{tool}\\{name}")
+                note = f"full metadata + {args.checksum}, {count} process{'es' if count > 1 else ''}"
                 if failures:
                     note += f"; {len(failures)} FAILED, first: {failures[0]}"
                 if got != (files, total):
                     note += f"; MISMATCH {got}"
-                runs.append(Run("engine", name, files, total, seconds, note))
+                runs.append(Run(tool, name, files, total, seconds, note, load, cpu))
         print_table(runs)
         return 0
     finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
         for server in (source, destination):
             server.stop()
         if not args.keep:

@@ -55,10 +55,10 @@ import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, replace  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
-from bench.bench_copy import _copy_chunk, rclone_environment, tree_totals  # noqa: E402
+from bench.bench_copy import rclone_environment, tree_totals  # noqa: E402
 from bench.lab_env import Services, load_average, start_proxy_worker  # noqa: E402
 from common.crypto import encrypt_secret  # noqa: E402
 from common.db import session_scope  # noqa: E402
@@ -206,12 +206,25 @@ def plan_batches(entries: list, max_files: int, max_bytes: int) -> list[list[str
     return grouped
 
 
+def _copy_chunk(job) -> tuple[int, int, list[str]]:
+    """Pool task: copy one batch with the options a proxy worker uses; (files copied,
+    bytes, failure messages)."""
+    source, destination, paths, prefix, checksum = job
+    options = replace(TransferOptions(checksum=checksum).copy_options(), destination_prefix=prefix)
+    results = engine.copy_batch(source, destination, paths, options)
+    failed = [f"{r.path}: {r.status_name} {r.message}" for r in results
+              if r.outcome == engine.Outcome.FAILED]
+    copied = [r for r in results if r.outcome != engine.Outcome.FAILED]
+    return len(copied), sum(r.size for r in copied), failed
+
+
 def _warm(_: int) -> int:
     """Pool initialisation task: the engine imported, as in a started worker."""
     return os.getpid()
 
 
-def run_bare(pool, source: SmbEndpoint, destination: SmbEndpoint, prefix: str) -> tuple[float, list[str]]:
+def run_bare(pool, source: SmbEndpoint, destination: SmbEndpoint, prefix: str,
+             checksum: str) -> tuple[float, list[str]]:
     """Walk the source share, copy its files batch by batch in the pool, then its folders
     (deepest first, the root last) under ``prefix``; (seconds, failure messages)."""
     settings = get_settings()
@@ -225,14 +238,14 @@ def run_bare(pool, source: SmbEndpoint, destination: SmbEndpoint, prefix: str) -
     finally:
         tree.close()
     files = [e for e in entries if not e.is_dir]
-    jobs = [(source, destination, chunk, prefix)
+    jobs = [(source, destination, chunk, prefix, checksum)
             for chunk in plan_batches(files, settings.batch_max_files, settings.batch_max_bytes)]
     failures: list[str] = []
     for _copied, _bytes, failed in pool.imap_unordered(_copy_chunk, jobs):
         failures += failed
     folders = [engine.FileEntry(e.path, True) for e in entries if e.is_dir] + [engine.FileEntry("", True)]
-    results = engine.copy_batch(source, destination, folders,
-                                engine.CopyOptions(destination_prefix=prefix))
+    results = engine.copy_batch(source, destination, folders, replace(
+        TransferOptions(checksum=checksum).copy_options(), destination_prefix=prefix))
     failures += [f"{r.path}: {r.status_name}" for r in results if r.outcome == engine.Outcome.FAILED]
     return time.perf_counter() - started, failures
 
@@ -416,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
                         pool.map(_warm, range(count))
                         load = load_average()
                         seconds, failures = run_bare(pool, endpoint(source.address, name),
-                                                     endpoint(destination.address, "data"), f"bare{count}-{name}")
+                                                     endpoint(destination.address, "data"), f"bare{count}-{name}",
+                                                     args.checksum)
                         note = (f"; {len(failures)} FAILED, first: {failures[0]}" if failures else "")
                         note += check_copy(endpoint(destination.address, "data"), f"bare{count}-{name}",
                                            (files, total))

@@ -99,11 +99,16 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
     """A session whose transaction commits on success and rolls back on error."""
     session = session_factory(url)()
     try:
-        yield session
+        try:
+            yield session
+        except BaseException:
+            session.rollback()
+            raise
+        # Not under the rollback above: once the transaction has committed, an error raised
+        # by an after-commit callback must surface as itself, never as the "session is in
+        # 'committed' state" error a rollback of a committed transaction raises. A failed
+        # commit is rolled back by close().
         session.commit()
-    except BaseException:
-        session.rollback()
-        raise
     finally:
         session.close()
 

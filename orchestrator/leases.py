@@ -67,8 +67,16 @@ def _publish_after_commit(
         return
 
     def publish_all() -> None:
+        # The rows are committed: a broker that is down (Redis restarting) loses nothing,
+        # the reaper publishes every unclaimed queued batch again after the visibility
+        # timeout. So a failed publish is logged, never raised into the committing code.
         for dispatch in dispatches:
-            publish(dispatch)
+            try:
+                publish(dispatch)
+            except Exception as exc:  # noqa: BLE001 - any broker error; the reaper retries
+                logger.warning("batch %s: publishing to %s failed (%s: %s); the reaper will "
+                               "dispatch it again", dispatch.batch_id, dispatch.queue,
+                               type(exc).__name__, exc)
 
     after_commit(session, publish_all)
 

@@ -198,6 +198,22 @@ def test_after_commit_publishes_only_after_commit_and_never_on_rollback(tmp_path
     assert seen == [("committed", True)]
     assert not job_is_visible("rolled back")
 
+    # A callback that fails (the broker is down) surfaces as its own error, never as the
+    # "session is in 'committed' state" error of rolling back a committed transaction;
+    # what was committed stays committed.
+    class BrokerDown(Exception):
+        pass
+
+    def fail() -> None:
+        raise BrokerDown("redis is restarting")
+
+    with pytest.raises(BrokerDown):
+        with session_scope(url) as session:
+            session.add(Job(name="committed, publish failed"))
+            session.flush()
+            after_commit(session, fail)
+    assert job_is_visible("committed, publish failed")
+
 
 def test_sqlite_runs_in_wal_with_a_busy_timeout_and_enforced_foreign_keys(tmp_path):
     url = f"sqlite:///{tmp_path / 'jobs.sqlite'}"
