@@ -28,6 +28,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from common.models import FileRecord
 from common.settings import get_settings
@@ -61,10 +62,16 @@ def make_engine(url: str) -> Engine:
     """A new engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
+        if parsed.database and parsed.database != ":memory:":  # a file: make its folder
             os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
+        # No pooling: a pooled pysqlite connection can stay in an implicit read transaction
+        # (a statement left unreset by a cursor not yet garbage-collected) and then sees,
+        # in WAL mode, a snapshot older than other processes' commits. A connection per
+        # session costs well under a millisecond and always reads the latest commit.
+        in_memory = not parsed.database or parsed.database == ":memory:"
         engine = create_engine(
-            parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+            parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            **({} if in_memory else {"poolclass": NullPool}),
         )
         event.listen(engine, "connect", _configure_sqlite)
         return engine

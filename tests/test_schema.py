@@ -225,3 +225,25 @@ def test_sqlite_runs_in_wal_with_a_busy_timeout_and_enforced_foreign_keys(tmp_pa
     with pytest.raises(IntegrityError, match="FOREIGN KEY"):
         with session_scope(url) as session:
             bulk_insert_file_records(session, [{"share_id": 424242, "relative_path": "orphan"}])
+
+
+def test_sqlite_reader_sees_other_connections_commits_after_a_result_left_open(tmp_path):
+    """A long-lived process (the API, a test) must never read an old WAL snapshot: a result
+    left unconsumed in one session must not pin what the next session reads."""
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'jobs.sqlite'}"
+    upgrade_to_head(url)
+    with session_scope(url) as session:
+        session.add_all([Job(name=f"job {i}") for i in range(3)])
+    with session_scope(url) as session:
+        left_open = session.connection().exec_driver_sql("SELECT name FROM jobs")
+        left_open.fetchone()  # the driver's cursor stays open until garbage-collected
+    other = sqlite3.connect(tmp_path / "jobs.sqlite")
+    other.execute("INSERT INTO jobs (name, description, state, created_at, updated_at) "
+                  "SELECT 'added elsewhere', description, state, created_at, updated_at FROM jobs LIMIT 1")
+    other.commit()
+    other.close()
+    with session_scope(url) as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 4
+    del left_open
