@@ -53,7 +53,10 @@ def celery_config(settings: Settings) -> dict:
         # Orchestrator tasks to their queue; proxy-worker tasks are sent to a destination's.
         "task_routes": {"orchestrator.*": {"queue": settings.orchestrator_queue}},
         "worker_enable_remote_control": not settings.broker_is_embedded,
-        "worker_send_task_events": False,
+        # Task events feed Flower's task list; the embedded broker has no fanout exchange
+        # to carry them. Events name tasks and their arguments (ids, paths), never secrets.
+        "worker_send_task_events": not settings.broker_is_embedded,
+        "task_send_sent_event": not settings.broker_is_embedded,
         "timezone": "UTC",
         "enable_utc": True,
     }

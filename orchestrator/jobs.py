@@ -23,7 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from common.crypto import decrypt_secret, encrypt_secret
-from common.models import Event, EventLevel, Job, Server, ServerKind, ServerRole
+from common.models import Event, EventLevel, Job, JobState, Server, ServerKind, ServerRole
 
 # Keys of Server.management that hold Fernet tokens (as ASCII text), never clear text.
 SECRET_MANAGEMENT_KEYS = ("ssh_password", "winrm_password")
@@ -123,6 +123,18 @@ def get_job(session: Session, ref: str | int) -> Job:
     if job is None:
         raise JobError(f"no job {text!r} (give its name or id; `sms job list` shows them)")
     return job
+
+
+JOB_PHASES = (JobState.DRAFT, JobState.INVENTORY, JobState.TRANSFER, JobState.CUTOVER, JobState.DONE)
+
+
+def advance_job(session: Session, job_id: int, state: JobState) -> None:
+    """Move the job to phase ``state`` if that is further than where it stands: a new
+    inventory after a transfer does not send the job back, and a job's phase only says how
+    far the migration has come (its runs say how each went)."""
+    job = session.get(Job, job_id)
+    if job is not None and JOB_PHASES.index(state) > JOB_PHASES.index(job.state):
+        job.state = state
 
 
 def list_jobs(session: Session) -> list[Job]:

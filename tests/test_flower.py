@@ -1,7 +1,8 @@
 """``sms flower``: the real Flower process on a real Redis broker, with basic auth required.
 
 Unauthenticated and wrongly authenticated requests get 401, the configured credentials
-get 200; the credentials are in neither the process's command line nor its output.
+get 200, and a batch run by a proxy worker on the same broker shows in Flower's task list
+(task events on); the credentials are in neither the process's command line nor its output.
 Without credentials (or with ones Flower cannot parse) it refuses to start.
 """
 
@@ -16,7 +17,9 @@ from pathlib import Path
 
 import httpx
 
+from common.models import BatchState
 from tests.lab.services import free_port
+from tests.test_celery_pipeline import PROBE_TASK, make_batches, make_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 USER = "flower-admin"
@@ -42,10 +45,12 @@ def test_flower_refuses_to_start_without_credentials(tmp_path):
         assert expected in " ".join((result.stdout + result.stderr).split())
 
 
-def test_flower_requires_basic_auth(redis_url, tmp_path):
+def test_flower_requires_basic_auth_and_shows_the_workers_tasks(redis_url, tmp_path, worker_factory):
     port = free_port()
     log = tmp_path / "flower.log"
+    database_url = f"sqlite:///{tmp_path / 'jobs.sqlite'}"
     env = environment(SMS_STATE_DIR=str(tmp_path / "state"), SMS_BROKER_URL=redis_url,
+                      SMS_DATABASE_URL=database_url,
                       SMS_FLOWER_USER=USER, SMS_FLOWER_PASSWORD=PASSWORD, SMS_FLOWER_PORT=str(port))
     with open(log, "wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "flower"], cwd=tmp_path,
@@ -68,6 +73,24 @@ def test_flower_requires_basic_auth(redis_url, tmp_path):
         assert httpx.get(f"{base}/", auth=(USER, PASSWORD), timeout=10).status_code == 200
         workers = httpx.get(f"{base}/api/workers", auth=(USER, PASSWORD), timeout=20)
         assert workers.status_code == 200 and isinstance(workers.json(), dict)
+        # A proxy worker on the same broker runs a batch: Flower lists the worker and the task.
+        pipeline = make_pipeline(tmp_path, database_url, redis_url)
+        worker = worker_factory(pipeline.destination, pipeline.worker_env)
+        [batch_id] = make_batches(database_url, 1, 3)
+        pipeline.dispatch([batch_id])
+        pipeline.wait_for(batch_id, lambda b: b.state == BatchState.DONE, timeout=60)
+        deadline = time.monotonic() + 60
+        while True:
+            tasks = httpx.get(f"{base}/api/tasks", auth=(USER, PASSWORD), timeout=20).json()
+            done = [t for t in tasks.values() if t.get("name") == PROBE_TASK and t.get("state") == "SUCCESS"]
+            if done:
+                break
+            assert time.monotonic() < deadline, f"Flower never showed the task: {tasks}"
+            time.sleep(0.5)
+        assert str(batch_id) in done[0]["args"] + done[0]["kwargs"]
+        assert done[0]["worker"] in httpx.get(f"{base}/api/workers?refresh=1", auth=(USER, PASSWORD), timeout=20).json()
+        assert worker.process.poll() is None
+        pipeline.app.close()
         cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
         assert PASSWORD not in cmdline and "flower" in cmdline
     finally:

@@ -48,6 +48,7 @@ from common.models import (
     CutoverRun,
     CutoverStage,
     EventLevel,
+    JobState,
     Pairing,
     RunState,
     Server,
@@ -58,7 +59,7 @@ from common.models import (
 )
 from orchestrator.cutover.plan import MAINTENANCE, NORMAL, READ_ONLY, CutoverPlan
 from orchestrator.cutover.verify import verify_share, verify_server_name
-from orchestrator.jobs import record_event, server_password
+from orchestrator.jobs import advance_job, record_event, server_password
 from orchestrator.transfer.reconcile import cutover_allowed, reconcile
 
 STAGES: tuple[tuple[str, str], ...] = (
@@ -187,6 +188,7 @@ def create_cutover(session, pairing: Pairing, plan: CutoverPlan) -> CutoverRun:
                      options={"plan": plan.to_json(), "state": {}})
     session.add(run)
     session.flush()
+    advance_job(session, pairing.job_id, JobState.CUTOVER)
     for position, (name, _title) in enumerate(STAGES, start=1):
         session.add(CutoverStage(cutover_run_id=run.id, position=position, name=name, state=RunState.PENDING))
     record_event(session, "cutover.created", f"cutover run {run.id} created", job_id=pairing.job_id,
@@ -352,12 +354,24 @@ def _mark_stage(context: _Context, state: RunState, progress: float | None, mess
                      detail={"cutover_run_id": context.run_id, "stage": stage.name})
 
 
+def _finish_job_when_every_source_cut_over(session, job_id: int) -> None:
+    """The job is done once each of its pairings has a cutover that succeeded."""
+    pairings = set(session.scalars(select(Pairing.id).where(Pairing.job_id == job_id)))
+    cut_over = set(session.scalars(select(CutoverRun.pairing_id).where(
+        CutoverRun.job_id == job_id, CutoverRun.state == RunState.SUCCEEDED)))
+    if pairings and pairings <= cut_over:
+        advance_job(session, job_id, JobState.DONE)
+
+
 def _finish_run(context: _Context, state: RunState, error: str, level: EventLevel, kind: str) -> None:
     with session_scope(context.url) as session:
         run = session.get(CutoverRun, context.run_id)
         run.state = state
         run.error = error
         run.ended_at = utcnow()
+        if state == RunState.SUCCEEDED:
+            session.flush()
+            _finish_job_when_every_source_cut_over(session, context.job_id)
         record_event(session, kind, f"cutover run {context.run_id}: {error or state.value}",
                      job_id=context.job_id, level=level, detail={"cutover_run_id": context.run_id})
 

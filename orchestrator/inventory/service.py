@@ -68,6 +68,7 @@ from orchestrator.inventory.scan import (
 )
 from orchestrator.jobs import (
     JobError,
+    advance_job,
     get_job,
     list_servers,
     management_secret,
@@ -550,8 +551,7 @@ def run_inventory(
         job = get_job(session, job_ref)
         job_id, job_name = job.id, job.name
         server_ids = [s.id for s in list_servers(session, job, ServerRole.SOURCE)]
-        if job.state is JobState.DRAFT:
-            job.state = JobState.INVENTORY
+        advance_job(session, job_id, JobState.INVENTORY)
         record_event(session, "inventory.started",
                      f"inventory of job {job_name!r} started ({len(server_ids)} source servers)",
                      job_id=job_id, detail={"options": asdict(options)})
