@@ -1,6 +1,6 @@
 """The orchestrator's own Celery worker: it serves ``settings.orchestrator_queue``.
 
-The file scan of the inventory fans out there, one task per directory
+The file scan of the inventory fans out there, one task per batch of folders
 (``orchestrator.inventory.tasks``). Start it with ``sms orchestrator-worker`` or
 ``python -m orchestrator.worker [--concurrency N]``; scale out by starting more, on any
 machine that reaches the job database, the broker and the file servers. On the embedded

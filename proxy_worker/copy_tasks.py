@@ -7,22 +7,25 @@ credentials (decrypted here with this worker's own key), the batch's file record
 hands the entries to the copy engine (common.smb.copy). Failed entries are tried again
 ``retries`` times, ``retry_delay`` seconds apart.
 
-After the copy, a security pass reads each entry's source security descriptor (files in
-one pipelined pass, ``read_small_files`` with no data) for its owner SID, which goes into
-the file record (the log's owner column). When the run migrated local accounts (a
-``SidMap`` row for the run: only its id-bearing run travels, never a credential), every
-descriptor naming a mapped SID is rewritten with common.smb.security and set on the
-destination entry, so ACLs name the destination's accounts. A batch claimed after its
-run's maximum duration has passed is given up (``MAX_DURATION_EXCEEDED`` per file). A file whose source changed while a
-multi-request copy was reading it is recorded failed with that reason. Per-file results
-(state copied / verified / skipped / mismatch / failed, hashes, NTSTATUS name and message)
-are written in bulk in the same transaction that completes the batch, so a worker that
-lost its lease changes nothing. A batch delivered twice is copied once: the second claim
-fails. A locked file never blocks the batch: it is recorded failed and the next run
-picks it up. A batch that cannot be copied at all (the source refuses the logon ...) has
-every file recorded failed with the reason, and a batch claimed more than
-``MAX_ATTEMPTS`` times (its workers keep dying) is given up the same way, so a run
-always ends.
+Each entry's owner SID (the log's owner column) comes from the source security descriptor
+the engine read while copying it and returned in its ``FileResult``: the source is read
+once. When the run migrated local accounts (a ``SidMap`` row for the run: only its
+id-bearing run travels, never a credential), every descriptor naming a mapped SID is
+rewritten with common.smb.security and set on the destination entry, so ACLs name the
+destination's accounts.
+
+A batch claimed after its run's maximum duration has passed is given up
+(``MAX_DURATION_EXCEEDED`` per file). A file whose source moved while it was copied is
+failed by the engine (SOURCE_CHANGED) and tried again like any failed entry. Per-file
+results (state copied / verified / skipped / mismatch / failed, hashes, NTSTATUS name and
+message) are written in bulk - PostgreSQL: COPY into a temporary table and one
+``UPDATE ... FROM``; SQLite: one UPDATE statement run for every row (executemany) - in the
+same transaction that completes the batch, so a worker that lost its lease changes
+nothing. A batch delivered twice is copied once: the second claim fails. A locked file
+never blocks the batch: it is recorded failed and the next run picks it up. A batch that
+cannot be copied at all (the source refuses the logon ...) has every file recorded failed
+with the reason, and a batch claimed more than ``MAX_ATTEMPTS`` times (its workers keep
+dying) is given up the same way, so a run always ends.
 
 Tasks here receive only a batch id through the broker; they must never receive a
 credential in a message, never log one, and never import the orchestrator.
@@ -30,17 +33,19 @@ credential in a message, never log one, and never import the orchestrator.
 
 from __future__ import annotations
 
+import io
 import threading
 import time
 from dataclasses import dataclass
 
 from celery import shared_task
 from celery.utils.log import get_task_logger
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session
 
 from common.crypto import InvalidToken
-from common.db import session_scope
+from common.db import _copy_field, session_scope
 from common.endpoints import server_endpoint
 from common.leases import claim_batch, complete_batch, lease_duration, renew_lease
 from common.models import (
@@ -70,14 +75,19 @@ logger = get_task_logger(__name__)
 
 COPY_TASK_NAME = "proxy_worker.copy_tasks.copy_batch"
 HASH_LOOKUP_CHUNK = 500
-SOURCE_CHANGED = "SOURCE_CHANGED"
 # A batch claimed more often than this (each worker died or lost the lease) is failed.
 MAX_ATTEMPTS = 5
 MAX_DURATION_CODE = "MAX_DURATION_EXCEEDED"
 SECURITY_TRANSLATION_FAILED = "SECURITY_TRANSLATION_FAILED"
-OWNER_READ_DEPTH = 32
 # How long a worker keeps trying to claim a batch while the job database is unreachable.
 CLAIM_OUTAGE_GRACE = 60.0
+# Columns of a file record that a batch's results overwrite, and those (what was copied)
+# that a failed entry leaves as the walk recorded them.
+RESULT_COLUMNS = ("state", "owner", "hash_algorithm", "source_hash", "destination_hash",
+                  "error_code", "error_message")
+COPIED_COLUMNS = ("size", "creation_time", "last_write_time", "last_access_time", "attributes")
+# The temporary table a batch's results are COPied into on PostgreSQL (dropped at commit).
+RESULTS_TABLE = "batch_file_results"
 
 
 class LeaseKeeper:
@@ -193,18 +203,7 @@ def _sleep(seconds: float, keeper: LeaseKeeper) -> None:
         time.sleep(min(remaining, 1.0))
 
 
-def _source_changed(work: _Work, result: engine.FileResult, copy_options: engine.CopyOptions) -> bool:
-    """For a file read in several requests: did its size or last-write time move meanwhile?"""
-    if result.outcome != engine.Outcome.COPIED or result.is_directory \
-            or result.size <= copy_options.compound_limit:
-        return False
-    after = md.stat(get_tree(work.source), result.path)
-    return (after.end_of_file != result.size
-            or after.basic.last_write_time != result.last_write_time)
-
-
 def _copy_with_retries(work: _Work, keeper: LeaseKeeper) -> list[engine.FileResult]:
-    copy_options = work.options.copy_options()
     results: list[engine.FileResult | None] = [None] * len(work.records)
     todo = list(range(len(work.records)))
     for round_number in range(work.options.retries + 1):
@@ -223,10 +222,6 @@ def _copy_with_retries(work: _Work, keeper: LeaseKeeper) -> list[engine.FileResu
                            round_number + 1, exc)
             continue
         for index, result in zip(todo, copied):
-            if _source_changed(work, result, copy_options):
-                result.outcome = engine.Outcome.FAILED
-                result.status_name = SOURCE_CHANGED
-                result.message = f"the source changed while it was being copied: {result.path!r}"
             results[index] = result
         todo = [i for i in todo if results[i].outcome == engine.Outcome.FAILED]
         if not todo:
@@ -249,31 +244,10 @@ class _Channel:
         self.channel.release()
 
 
-def _source_descriptors(work: _Work, wanted: list[tuple[int, engine.FileResult]]) -> dict[int, bytes]:
-    """{result index: source SD bytes} for the given results (unreadable ones left out)."""
-    found: dict[int, bytes] = {}
-    secinfo = md.security_information(work.options.copy_sacl)
-    sacl = fp.ACCESS_SYSTEM_SECURITY if work.options.copy_sacl else 0
-    with _Channel(work.source) as channel:
-        files = [(i, r) for i, r in wanted if not r.is_directory]
-        by_path = {m.smb_path(r.path): i for i, r in files}
-        for read in channel.read_small_files(list(by_path), max_bytes=0, security=True,
-                                             sacl=work.options.copy_sacl, depth=OWNER_READ_DEPTH):
-            if read.status == 0 and read.security and read.path in by_path:
-                found[by_path[read.path]] = read.security
-        for index, result in wanted:
-            if not result.is_directory:
-                continue
-            try:
-                handle = channel.open(m.smb_path(result.path), fp.FILE_READ_ATTRIBUTES | fp.READ_CONTROL
-                                      | fp.SYNCHRONIZE | sacl, options=fp.FILE_DIRECTORY_FILE)
-                try:
-                    found[index] = channel.query_security(handle, secinfo)
-                finally:
-                    channel.close(handle, query=False)
-            except SmbFileError:
-                continue
-    return found
+def _source_descriptors(results: list[engine.FileResult]) -> dict[int, bytes]:
+    """{result index: the source SD the engine read while copying} of the entries not failed."""
+    return {index: result.security_descriptor for index, result in enumerate(results)
+            if result.outcome != engine.Outcome.FAILED and result.security_descriptor}
 
 
 def _translate_on_destination(work: _Work, descriptors: dict[int, bytes],
@@ -307,14 +281,12 @@ def _translate_on_destination(work: _Work, descriptors: dict[int, bytes],
                 result.message = f"translated security descriptor not set on {result.path!r}: {exc}"
 
 
-def _security_pass(work: _Work, results: list[engine.FileResult]) -> list[str | None]:
-    """Owner SIDs of the batch's entries (None where unknown or failed), after translating
-    destination descriptors with the run's SID map."""
-    wanted = [(i, r) for i, r in enumerate(results) if r.outcome != engine.Outcome.FAILED]
-    if not wanted or not work.options.copy_options().copy_security:
-        return [None] * len(results)
-    descriptors = _source_descriptors(work, wanted)
-    if work.sid_map:
+def _owners(work: _Work, results: list[engine.FileResult]) -> list[str | None]:
+    """Owner SIDs of the batch's entries (None where unknown or failed), from the source
+    descriptors the engine read while copying (no second pass over the source); with the
+    run's SID map, destination descriptors are translated first."""
+    descriptors = _source_descriptors(results)
+    if work.sid_map and descriptors:
         _translate_on_destination(work, descriptors, results)
     owners: list[str | None] = [None] * len(results)
     for index, descriptor in descriptors.items():
@@ -338,25 +310,63 @@ def _state(result: engine.FileResult, verify: bool) -> FileState:
 
 
 def _updates(work: _Work, results: list[engine.FileResult], owners: list[str | None]) -> list[dict]:
+    """One row per record of the batch: its id, RESULT_COLUMNS and COPIED_COLUMNS (None for
+    a failed entry, whose record keeps what the walk saw)."""
     rows = []
     for (record_id, _path, _is_dir), result, owner in zip(work.records, results, owners):
-        row = {
+        copied = result.outcome != engine.Outcome.FAILED
+        rows.append({
             "id": record_id,
-            "owner": owner,
             "state": _state(result, work.options.verify),
+            "owner": owner,
             "hash_algorithm": result.hash_algorithm or None,
             "source_hash": result.source_hash,
             "destination_hash": result.destination_hash,
             "error_code": result.status_name,
             "error_message": result.message,
-        }
-        if result.outcome != engine.Outcome.FAILED:
             # What was actually copied (a file may have changed since the walk saw it).
-            row.update(size=result.size, creation_time=result.creation_time,
-                       last_write_time=result.last_write_time,
-                       last_access_time=result.last_access_time, attributes=result.attributes)
-        rows.append(row)
+            "size": result.size if copied else None,
+            "creation_time": result.creation_time if copied else None,
+            "last_write_time": result.last_write_time if copied else None,
+            "last_access_time": result.last_access_time if copied else None,
+            "attributes": result.attributes if copied else None,
+        })
     return rows
+
+
+def _store_results(session: Session, rows: list[dict]) -> None:
+    """Write the batch's per-file results (rows of ``_updates``) in the session's transaction.
+
+    PostgreSQL: COPY into a temporary table dropped at commit, then one ``UPDATE ... FROM``
+    it (psycopg2's executemany would send one UPDATE per file, a round trip each). Other
+    databases (SQLite): one UPDATE statement, compiled once and executed for every row
+    (executemany). A NULL in COPIED_COLUMNS leaves the record's value as it was.
+    """
+    connection = session.connection()
+    table = FileRecord.__table__
+    columns = ("id", *RESULT_COLUMNS, *COPIED_COLUMNS)
+    if connection.dialect.name == "postgresql":
+        column_list = ", ".join(columns)
+        connection.exec_driver_sql(
+            f"CREATE TEMPORARY TABLE {RESULTS_TABLE} ON COMMIT DROP AS "
+            f"SELECT {column_list} FROM {table.name} WITH NO DATA")
+        data = io.StringIO("".join("\t".join(_copy_field(row[name]) for name in columns) + "\n"
+                                   for row in rows))
+        cursor = connection.connection.driver_connection.cursor()
+        try:
+            cursor.copy_expert(f"COPY {RESULTS_TABLE} ({column_list}) FROM STDIN", data)
+        finally:
+            cursor.close()
+        assignments = ([f"{name} = r.{name}" for name in RESULT_COLUMNS]
+                       + [f"{name} = COALESCE(r.{name}, f.{name})" for name in COPIED_COLUMNS])
+        connection.exec_driver_sql(f"UPDATE {table.name} AS f SET {', '.join(assignments)} "
+                                   f"FROM {RESULTS_TABLE} AS r WHERE f.id = r.id")
+        return
+    values = {name: bindparam(f"new_{name}", type_=table.c[name].type) for name in RESULT_COLUMNS}
+    values.update({name: func.coalesce(bindparam(f"new_{name}", type_=table.c[name].type), table.c[name])
+                   for name in COPIED_COLUMNS})
+    statement = table.update().where(table.c.id == bindparam("new_id")).values(values)
+    connection.execute(statement, [{f"new_{name}": value for name, value in row.items()} for row in rows])
 
 
 def _fail_all(batch_id: int, owner: str, code: str, message: str) -> bool:
@@ -430,7 +440,7 @@ def copy_batch(batch_id: int) -> str:
                                     "or lost its lease")
                 results = _copy_with_retries(work, keeper)
                 keeper.check()
-                owners = _security_pass(work, results)
+                owners = _owners(work, results)
             except LeaseLost:
                 raise
             except Exception as exc:  # noqa: BLE001 - the whole batch failed: record why, go on
@@ -443,7 +453,7 @@ def copy_batch(batch_id: int) -> str:
             copied_bytes = sum(r.size for r in done if r.outcome == engine.Outcome.COPIED)
             with session_scope() as session:
                 if rows:
-                    session.execute(update(FileRecord), rows)
+                    _store_results(session, rows)
                 if not complete_batch(session, batch_id, owner, files_done=len(done),
                                       bytes_done=copied_bytes):
                     raise LeaseLost(f"batch {batch_id}: lease lost before completion")

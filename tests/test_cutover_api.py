@@ -96,6 +96,10 @@ def test_plan_start_preflight_failure_resume_and_rollback(api):
     assert answer.status_code == 400 and "is one of the addresses to move" in answer.json()["detail"]
     answer = api.post("/api/jobs/j/cutovers", json=plan_body(source="fs9"), headers=AUTH)
     assert answer.status_code == 400 and "no server 'fs9'" in answer.json()["detail"]
+    answer = api.post("/api/jobs/j/cutovers", json=plan_body(source_new_address="dhcp"), headers=AUTH)
+    assert answer.status_code == 400 and "comes from DHCP: give no prefix length" in answer.json()["detail"]
+    answer = api.post("/api/jobs/j/cutovers", json=plan_body(source_new_prefix_length=None), headers=AUTH)
+    assert answer.status_code == 400 and "needs its prefix length (or use dhcp)" in answer.json()["detail"]
     assert api.post("/api/jobs/j/cutovers", json=plan_body(addresses=[]), headers=AUTH).status_code == 422
     assert api.post("/api/jobs/nope/cutovers", json=plan_body(), headers=AUTH).status_code == 404
 
@@ -136,10 +140,13 @@ def test_plan_start_preflight_failure_resume_and_rollback(api):
     assert kinds.count("cutover.failed") == 1 and "cutover.rolled_back" in kinds
 
     # Resume: pre-flight again (the failed stage), same outcome; the older view agrees.
-    answer = api.post(f"/api/jobs/j/cutovers/{cutover_id}/resume", json={"takeover": False}, headers=AUTH)
+    # A resume may replace the plan's timeout.
+    answer = api.post(f"/api/jobs/j/cutovers/{cutover_id}/resume", json={"takeover": False, "timeout_seconds": 45},
+                      headers=AUTH)
     assert answer.status_code == 202, answer.text
     status = wait_until_stopped(api, cutover_id, before=status["ended_at"])
     assert status["state"] == "failed" and status["error"].startswith("stage preflight failed")
+    assert status["plan"]["timeout_seconds"] == 45
     kinds = [event["kind"] for event in api.get("/api/jobs/j", headers=AUTH).json()["events"]]
     assert kinds.count("cutover.failed") == 2 and "cutover.resumed" in kinds
     shown = api.get(f"/api/jobs/j/cutovers/{cutover_id}", headers=AUTH).json()
@@ -163,9 +170,19 @@ def test_plan_start_preflight_failure_resume_and_rollback(api):
     assert SSH_SECRET not in log and SMB_SECRET not in log
 
 
+def test_a_dhcp_plan_through_the_api(api):
+    answer = api.post("/api/jobs/j/cutovers", json=plan_body(source_new_address="dhcp", source_new_prefix_length=None),
+                      headers=AUTH)
+    assert answer.status_code == 201, answer.text
+    planned = answer.json()
+    assert (planned["plan"]["source_new_address"], planned["plan"]["source_new_prefix_length"]) == ("dhcp", 0)
+    assert planned["source_new_address"] is None  # not leased before stage 4
+
+
 def test_plan_parsing_of_the_cli():
     assert parse_move("198.18.5.21/24:eth0=ens1") == AddressMove("198.18.5.21", 24, "eth0", "ens1")
     assert parse_address("198.18.5.31/23") == ("198.18.5.31", 23)
+    assert parse_address("DHCP") == parse_address("dhcp") == ("dhcp", 0)
     for bad in ("198.18.5.21:eth0=eth0", "198.18.5.21/24", "198.18.5.21/24:eth0", "x/24:a=b"):
         with pytest.raises(CutoverError):
             parse_move(bad)

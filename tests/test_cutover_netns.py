@@ -14,13 +14,20 @@ which only the cutover's final delta transfer (``EngineDeltaTransfer``: a real t
 run through the embedded broker and local ``sms-worker`` processes) can bring over. The
 first test wraps that delta to check, just before it runs, that a user can no longer
 write to the source, and to inject a failure (the destination's sshd stops) while the
-delta is reconciled; the rollback test drives the ``sms cutover`` CLI end to end.
+delta is reconciled; the rollback test drives the ``sms cutover`` CLI end to end. The
+DHCP test gives the source its new address from a DHCP server on the lab's network
+(dnsmasq in the client namespace) and rolls back; the timeout test lets the plan's limit
+pass during the final delta, then resumes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import subprocess
+import time
+from pathlib import Path
 
 import common  # noqa: F401  (keeps impacket's bin/smbclient.py off the import path)
 import pytest
@@ -45,7 +52,7 @@ from common.smb.rpc import SrvsvcClient
 from common.transfer_options import TransferOptions
 from orchestrator.cutover.delta import EngineDeltaTransfer
 from orchestrator.cutover.plan import AddressMove, CutoverPlan
-from orchestrator.cutover.service import drive_cutover
+from orchestrator.cutover.service import drive_cutover, rollback_cutover
 from orchestrator.cutover.stages import (
     CutoverPairing,
     DeltaReconciliation,
@@ -54,7 +61,7 @@ from orchestrator.cutover.stages import (
 from orchestrator.database import upgrade_to_head
 from orchestrator.jobs import SambaManagement, add_server, create_job
 from orchestrator.transfer.cli import drive_runs
-from orchestrator.transfer.planning import create_pairing, create_run
+from orchestrator.transfer.planning import cancel_run, create_pairing, create_run
 from orchestrator.transfer.reconcile import reconcile
 from tests.lab.fixtures import unavailable
 from tests.lab.netns import ClientError, NetnsLab
@@ -74,6 +81,7 @@ FILES = {
 LATE = ("data", "late.txt")
 LATE_BYTES = b"written just before cutover"
 STATUS_ACCESS_DENIED = 0xC0000022
+DELTA_TIMEOUT = 20  # seconds: more than stage 2 needs before the transfer starts (workers up)
 
 
 # --- reading and writing over SMB from the orchestrator's place ----------------------------
@@ -133,14 +141,14 @@ class ObservedDelta(EngineDeltaTransfer):
         self.lab, self.source, self.on_reconcile = lab, source, on_reconcile
         self.calls: list[str] = []
 
-    def run(self, pairing: CutoverPairing) -> dict:
+    def run(self, pairing: CutoverPairing, deadline: float) -> dict:
         self.calls.append("run")
         refused = {}
         for share in pairing.shares:
             with pytest.raises(ClientError) as caught:
                 self.lab.client_write(self.source, share, "written-during-cutover.txt", b"lost?")
             refused[share] = caught.value.status
-        return {**super().run(pairing), "user_write_refused": refused}
+        return {**super().run(pairing, deadline), "user_write_refused": refused}
 
     def reconcile(self, pairing: CutoverPairing, record: dict) -> DeltaReconciliation:
         self.calls.append("reconcile")
@@ -149,6 +157,26 @@ class ObservedDelta(EngineDeltaTransfer):
             hook, self.on_reconcile = self.on_reconcile, None
             hook()
         return result
+
+
+class SlowDelta(EngineDeltaTransfer):
+    """The real final delta, whose first progress line (the transfer engine reports its
+    destination's accounts before walking) is held until the cutover's deadline has
+    passed: a delta that takes longer than the plan allows, whatever the machine's speed."""
+
+    def __init__(self):
+        super().__init__(progress=self._hold_first_line)
+        self.deadline = float("inf")
+        self.held: list[str] = []
+
+    def run(self, pairing: CutoverPairing, deadline: float) -> dict:
+        self.deadline = deadline
+        return super().run(pairing, deadline)
+
+    def _hold_first_line(self, line: str) -> None:
+        if not self.held:
+            self.held.append(line)
+            time.sleep(max(0.0, self.deadline - time.monotonic()) + 0.5)
 
 
 # --- the lab -------------------------------------------------------------------------------
@@ -450,3 +478,110 @@ def test_preflight_refuses_a_transfer_that_does_not_reconcile(cutover_lab):
     assert "does not reconcile clean" in message and "1 failed" in message
     assert lab.old_address in lab.src.addresses()
     lab.lab.client_write(lab.old_address, "data", "still-writable.txt", b"ok")
+
+
+def _dhclients_in(host) -> list[int]:
+    """Pids of dhclient processes running in the host's namespace."""
+    listed = subprocess.run(["ip", "netns", "pids", host.namespace], capture_output=True, text=True).stdout.split()
+    found = []
+    for pid in listed:
+        with contextlib.suppress(OSError):
+            if os.path.basename(os.readlink(f"/proc/{pid}/exe")) == "dhclient":
+                found.append(int(pid))
+    return found
+
+
+def test_source_new_address_from_dhcp_then_rollback_gives_the_old_address_back(cutover_lab):
+    lab = cutover_lab
+    client = lab.lab
+    old = lab.old_address
+    pool = {client.address(number) for number in range(100, 120)}
+    leases = client.start_dhcp_server(100, 119)
+    client.client_write(old, *LATE, LATE_BYTES)
+    resolv_conf = Path("/etc/resolv.conf").read_bytes()
+
+    run_id = lab.create(lab.plan(source_new_address="dhcp", source_new_prefix_length=0))
+    assert drive_cutover(run_id, delta=EngineDeltaTransfer()) == RunState.SUCCEEDED, lab.run_row(run_id).error
+    state = lab.run_row(run_id).options["state"]
+    leased = state["source_new_address"]
+    assert leased in pool and state["source_new_prefix_length"] == 24
+    assert leased in leases.read_text()  # the lab's DHCP server gave it
+    stages = lab.stages(run_id)
+    assert "a DHCP client is on the source" in stages["preflight"].message
+    assert f"at {leased} (DHCP)" in stages["source_identity"].message
+    assert f"the source answers as FS1-OLD at {leased}" in stages["verification"].message
+    # The source: at its leased address under its new name, every file intact, shares in maintenance.
+    assert leased in lab.src.addresses() and old not in lab.src.addresses()
+    assert lab.src.management_address in lab.src.addresses()
+    assert lab.server_name(leased) == "FS1-OLD"
+    for share in SHARES:
+        assert files_of(smb_tree(leased, share)) == {
+            rel: data for (s, rel), data in {**FILES, LATE: LATE_BYTES}.items() if s == share}
+        with pytest.raises(ClientError) as refused:
+            client.client_list(leased, share)
+        assert refused.value.status == STATUS_ACCESS_DENIED
+    # The destination answers at the old address, with the user's late file.
+    assert old in lab.dst.addresses() and lab.server_name(old) == "FS1"
+    assert client.client_read(old, *LATE) == LATE_BYTES
+    with session_scope(lab.url) as session:
+        assert session.get(Server, lab.source_id).address == leased
+    assert len(_dhclients_in(lab.src)) == 1  # it stays to renew the lease
+
+    assert rollback_cutover(run_id) == []
+    assert old in lab.src.addresses() and leased not in lab.src.addresses()
+    assert lab.src.management_address in lab.src.addresses()
+    assert old not in lab.dst.addresses() and lab.server_name(old) == "FS1"
+    assert _dhclients_in(lab.src) == [] and leased not in leases.read_text()  # released to the server
+    client.client_write(old, "data", "after-rollback.txt", b"users write again")
+    assert (lab.src.shares["data"] / "after-rollback.txt").read_bytes() == b"users write again"
+    assert "source released its DHCP lease" in lab.run_row(run_id).error
+    with session_scope(lab.url) as session:
+        assert session.get(Server, lab.source_id).address == old
+    assert Path("/etc/resolv.conf").read_bytes() == resolv_conf  # the lab's DHCP never touched the machine
+
+
+def test_the_plan_timeout_bounds_the_final_delta_and_a_resume_goes_on(cutover_lab):
+    lab = cutover_lab
+    client = lab.lab
+    old = lab.old_address
+    client.client_write(old, *LATE, LATE_BYTES)
+    # A transfer run nobody drives blocks the final delta: the first call stops at stage 2.
+    with session_scope(lab.url) as session:
+        blocker = create_run(session, session.get(Pairing, lab.pairing_id), TransferOptions(checksum="fast")).id
+    run_id = lab.create(lab.plan())
+    delta = EngineDeltaTransfer()
+    assert drive_cutover(run_id, delta=delta) == RunState.FAILED
+    stages = lab.stages(run_id)
+    assert stages["preflight"].state == RunState.SUCCEEDED
+    assert "cannot start the final delta transfer" in stages["final_delta_transfer"].message
+    with session_scope(lab.url) as session:
+        cancel_run(session, blocker)
+
+    # A resume whose limit passes while the delta runs: the stage fails, saying so.
+    slow = SlowDelta()
+    started = time.monotonic()
+    assert drive_cutover(run_id, resume=True, delta=slow, timeout_seconds=DELTA_TIMEOUT) == RunState.FAILED
+    assert slow.held and time.monotonic() - started < DELTA_TIMEOUT + 30  # stopped soon after the limit
+    stage = lab.stages(run_id)["final_delta_transfer"]
+    assert stage.state == RunState.FAILED and "cutover timed out during the final delta transfer" in stage.message
+    run = lab.run_row(run_id)
+    assert run.error.startswith("stage final_delta_transfer failed: cutover timed out")
+    assert run.options["plan"]["timeout_seconds"] == DELTA_TIMEOUT
+    with session_scope(lab.url) as session:
+        runs = session.scalars(select(TransferRun).order_by(TransferRun.id)).all()
+        stopped = runs[-1]
+        assert [r.state for r in runs] == [RunState.SUCCEEDED, RunState.CANCELLED, RunState.COMPLETED_WITH_ERRORS]
+        assert stopped.options["max_duration"] <= DELTA_TIMEOUT
+        assert "maximum duration" in " ".join(e.message for e in session.scalars(
+            select(Event).where(Event.kind == "transfer.max_duration")))
+    assert old in lab.src.addresses()  # nothing of the identity moved
+    with pytest.raises(ClientError):
+        client.client_write(old, "data", "during.txt", b"refused: the source stays read-only")
+
+    # Resumed with time enough: a new delta run finishes and the cutover completes.
+    assert drive_cutover(run_id, resume=True, delta=delta, timeout_seconds=180) == RunState.SUCCEEDED, \
+        lab.run_row(run_id).error
+    record = lab.run_row(run_id).options["state"]["delta"]
+    assert record["previous_transfer_run_id"] == stopped.id and record["state"] == "succeeded"
+    assert client.client_read(old, *LATE) == LATE_BYTES
+    assert {key: client.client_read(old, *key) for key in FILES} == FILES

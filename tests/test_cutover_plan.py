@@ -152,3 +152,12 @@ def test_run_cutover_refuses_a_running_run_without_takeover(pairing_db):
         session.get(CutoverRun, run_id).state = RunState.SUCCEEDED
     with pytest.raises(CutoverError, match="succeeded"):
         run_cutover(run_id, delta=None, url=url)
+
+
+def test_a_dhcp_plan_needs_no_prefix_length():
+    dhcp = plan(source_new_address="dhcp", source_new_prefix_length=0)
+    assert dhcp.problems() == [] and dhcp.source_new_address_by_dhcp
+    assert CutoverPlan.from_json(dhcp.to_json()) == dhcp
+    assert any("give no prefix length" in problem
+               for problem in plan(source_new_address="dhcp", source_new_prefix_length=24).problems())
+    assert any("is not an IP address" in problem for problem in plan(source_new_address="DHCP?").problems())

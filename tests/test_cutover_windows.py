@@ -108,3 +108,22 @@ def test_share_security_and_modes():
     assert "(A;OICI;0x1200a9;;;S-1-5-21-1004336348-1177238915-682003330-1106)" in inherited
     with pytest.raises(ValueError):
         windows.share_sddl_for("closed", original)
+
+
+def test_dhcp_scripts_and_answers():
+    enable = windows.script_enable_dhcp("Ethernet 1'; Stop-Computer; '")
+    assert enable.startswith("Set-NetIPInterface -InterfaceAlias 'Ethernet 1''; Stop-Computer; ''' "
+                             "-AddressFamily IPv4 -Dhcp Enabled\n")
+    assert "-PrefixOrigin Dhcp" in enable and enable.endswith("| ConvertTo-Json -Depth 4")
+    disable = windows.script_disable_dhcp("Ethernet1")
+    assert "ipconfig /release 'Ethernet1'" in disable and "-Dhcp Disabled" in disable
+    assert windows.script_dhcp_client().startswith("Get-Service -Name Dhcp")
+    # The leased address is the preferred one of origin Dhcp, not the autoconfiguration one.
+    assert windows.parse_dhcp_address(recording("dhcp_enabled_addresses.json"), "Ethernet1") == ("198.18.5.140", 24)
+    with pytest.raises(ValueError, match="no address from DHCP on Ethernet1"):
+        windows.parse_dhcp_address(recording("dhcp_enabled_no_lease.json"), "Ethernet1")
+    windows.parse_dhcp_disabled(recording("dhcp_disabled.json"))
+    with pytest.raises(ValueError, match="still enabled"):
+        windows.parse_dhcp_disabled(recording("dhcp_disabled.json").replace('"Dhcp":  0', '"Dhcp":  1'))
+    assert windows.parse_dhcp_client_running(recording("dhcp_client_running.json")) is True
+    assert windows.parse_dhcp_client_running(recording("dhcp_client_stopped.json")) is False

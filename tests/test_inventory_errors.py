@@ -28,7 +28,7 @@ from common.settings import reset_settings_cache
 from orchestrator.database import upgrade_to_head
 from orchestrator.inventory.scan import DirectoryTask, ScanOptions
 from orchestrator.inventory.service import InventoryOptions, inventory_view, run_inventory
-from orchestrator.inventory.tasks import run_scans_inline
+from orchestrator.inventory.tasks import run_scans_inline, task_messages
 from orchestrator.jobs import SambaManagement, add_server, create_job
 from tests.inventory_lab import sms
 from tests.lab.fixtures import unavailable
@@ -219,11 +219,12 @@ def test_scan_messages_carry_no_secret(database, lab):
     published: list[dict] = []
 
     def capture(tasks: list[DirectoryTask], options: ScanOptions) -> None:
-        published.extend(task.kwargs(options) for task in tasks)
+        published.extend(task_messages(tasks, options))
 
     run_inventory(job_id, InventoryOptions(), url=database, publish=capture)
-    assert published == [{"share_id": published[0]["share_id"], "path": "", "fresh": True,
-                          "ancestors": [], "options": {"skip_excluded_folders": True}}]
+    assert published == [{"share_id": published[0]["share_id"],
+                          "folders": [{"path": "", "fresh": True, "ancestors": []}],
+                          "options": {"skip_excluded_folders": True}}]
 
 
 def test_cli_inline_run_reports_scan_errors(lab, tmp_path):

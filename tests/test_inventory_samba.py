@@ -158,7 +158,7 @@ def test_run_reports_success_and_stops_its_worker(inventoried):
     assert server["errors"] == {}
     assert sorted(server["shares"]) == ["Team Docs", "finance", "public"]
     log = next((state / "logs").glob("orchestrator-worker-*.log")).read_text()
-    assert "ready." in log and "scan_directory" in log
+    assert "ready." in log and "scan_directories" in log
     pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
     for pid in pids:
         try:

@@ -11,6 +11,7 @@ changed and removed, and the second run must leave exactly the new tree's record
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -30,7 +31,7 @@ from tests.inventory_lab import ARCHIVE, DIRECTORY, HIDDEN, READONLY, SMS, build
 from tests.lab.samba import MIGRATION_PASSWORD, MIGRATION_USER
 from tests.lab.smbio import LabTree
 
-SCAN_TASK = "orchestrator.inventory.scan_directory"
+SCAN_TASK = "orchestrator.inventory.scan_directories"
 
 DIRECTORIES = [f"d{i}" for i in range(4)] + [f"d{i}\\s{j}" for i in range(4) for j in range(3)] + [
     "deep", "deep\\a", "deep\\a\\b", "deep\\a\\b\\c", "deep\\a\\b\\c\\d", "empty"]
@@ -159,11 +160,14 @@ def test_scan_fans_out_over_redis_into_postgresql_and_rerun_updates(production, 
             creation, access, write, attributes), path
         assert record.size == FILES.get(path, 0)
 
-    # One task per directory, spread over the worker processes (no single giant listing).
+    # Batches of folders spread over the worker processes (no single giant listing): every
+    # folder listed exactly once, by more than one task, on both workers.
     directories = len(DIRECTORIES) + 1
-    done = [w.log().count(f"Task {SCAN_TASK}[") for w in workers]
-    assert sum(log.count("succeeded in") for log in (w.log() for w in workers)) >= directories
-    assert sum(done) >= directories and all(count > 0 for count in done), done
+    logs = [w.log() for w in workers]
+    done = [log.count(f"Task {SCAN_TASK}[") for log in logs]
+    listed = [int(n) for log in logs for n in re.findall(r"succeeded in [^:]*: 'listed (\d+) folders", log)]
+    assert sum(listed) == directories and len(listed) > 1, listed
+    assert all(count > 0 for count in done), done
 
     # Change the tree: remove a file and a whole subtree, add a folder and files, rewrite one.
     with LabTree(lab.address, "data") as tree:

@@ -15,6 +15,7 @@ import hashlib
 import multiprocessing
 import os
 import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 import xxhash
 from smbprotocol.connection import Connection
+from smbprotocol.exceptions import SMBResponseException
 from smbprotocol.session import Session
 from smbprotocol.tree import TreeConnect
 
@@ -38,6 +40,7 @@ from common.smb import (
     is_temp_name,
     temp_name,
 )
+from common.smb import fastpath as fp
 from tests.lab.compare import compare_trees, snapshot_times, split_security_descriptor
 from tests.lab.samba import MIGRATION_PASSWORD, MIGRATION_USER, LabUnavailable, SambaServer
 from tests.lab.smbio import LabTree
@@ -54,6 +57,7 @@ from tests.lab.trees import (
     READONLY,
     SYSTEM,
     TIME_BASE,
+    UNKNOWN_DOMAIN_USER,
     USERS,
     WRITE,
     build_hostile_tree,
@@ -109,6 +113,11 @@ def test_hostile_tree_is_copied_field_by_field(samba_pair, verify):
             continue
         unexplained.append(difference)
     assert unexplained == []
+    # Each result carries the source's security descriptor, byte for byte, as read for the
+    # copy: what a proxy worker logs the owner from without a second pass over the source.
+    with LabTree(src.address, "data") as source_lab:
+        assert {r.path: r.security_descriptor for r in results} == {
+            r.path: source_lab.security_descriptor(r.path) for r in results}
     for result in results:
         creation, access, write = tree.times[result.path]
         # The times the engine read and wrote are the ones the builder set, to the 100 ns.
@@ -203,9 +212,13 @@ def test_rerun_copies_only_changed_files(samba_pair):
         assert after[path].st_ino != before[path].st_ino
     assert on_disk(dst, "small\\b.bin").read_bytes() == b"new contents"
 
-    # A third run finds nothing to do at all.
+    # A third run finds nothing to do at all; skipped entries still carry the source's SD.
     third = copy_batch(endpoint(src), endpoint(dst), entries)
     assert {r.outcome for r in third} == {Outcome.SKIPPED}
+    with LabTree(src.address, "data") as lab:
+        assert [r.security_descriptor for r in third] == [lab.security_descriptor(path) for path in entries]
+    without_security = copy_batch(endpoint(src), endpoint(dst), entries, CopyOptions(copy_security=False))
+    assert [r.security_descriptor for r in without_security] == [None] * len(entries)
 
     with LabTree(src.address, "data") as source_lab, LabTree(dst.address, "data") as dest_lab:
         differences = [d for d in compare_trees(source_lab, "small", dest_lab, "small")
@@ -527,7 +540,10 @@ def test_copy_to_an_smb_2_0_2_server(samba_factory, tmp_path):
             differences = compare_trees(source_lab, "small", dest_lab, "small", source_times=source_times)
         assert differences == [], "\n".join(map(str, differences))
         again = copy_batch(endpoint(src), endpoint(old), entries)
-        assert {r.outcome for r in again} == {Outcome.SKIPPED}
+        # Files are skipped; the comparison listed the folders, which moved their last-access
+        # times (relatime), so the re-run sets their times again.
+        assert {r.path: r.outcome for r in again} == {
+            **{path: Outcome.SKIPPED for path in files}, "small\\sub": Outcome.COPIED, "small": Outcome.COPIED}
     finally:
         close_pool()
         old.stop()
@@ -551,3 +567,158 @@ def test_sacl_without_the_privilege_fails_each_entry_clearly(samba_pair):
     assert not on_disk(dst, "audit").exists()
     again = copy_batch(endpoint(src), endpoint(dst), entries)
     assert [r.outcome for r in again] == [Outcome.COPIED] * 3
+
+
+def test_file_rewritten_while_copied_never_reaches_its_real_name(samba_pair):
+    """A large file rewritten in place (same size, new first bytes) while it is copied:
+    the engine's last look at the source before the rename (its CLOSE) sees the new
+    last-write time, deletes the temporary file and reports SOURCE_CHANGED; nothing
+    appears under the real name. The next copy takes the file as it is now."""
+    src, dst = samba_pair
+    source_file = on_disk(src, "rewritten.bin")
+    source_file.write_bytes(os.urandom(48 << 20))
+    destination_root = on_disk(dst, "")
+    rewritten = threading.Event()
+
+    def rewrite_once_copying() -> None:  # a user's program on the server itself
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if temp_leftovers(destination_root):
+                with open(source_file, "r+b") as handle:
+                    handle.write(os.urandom(4096))
+                rewritten.set()
+                return
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=rewrite_once_copying)
+    watcher.start()
+    try:
+        [result] = copy_batch(endpoint(src), endpoint(dst), ["rewritten.bin"])
+    finally:
+        watcher.join()
+    assert rewritten.is_set()
+    assert (result.outcome, result.status_name) == (Outcome.FAILED, "SOURCE_CHANGED"), result
+    assert "rewritten.bin" in result.message
+    assert not on_disk(dst, "rewritten.bin").exists()
+    assert temp_leftovers(destination_root) == []
+
+    [again] = copy_batch(endpoint(src), endpoint(dst), ["rewritten.bin"])
+    assert again.outcome is Outcome.COPIED, again.message
+    assert on_disk(dst, "rewritten.bin").read_bytes() == source_file.read_bytes()
+
+
+def test_rerun_converges_on_every_directory_time(samba_pair):
+    """After a re-run each folder's creation, last-access, last-write and change times and
+    attributes equal the source's, field by field, although listing the destination
+    folders (anyone's listing, and the re-run's own) moved their last-access times
+    (relatime: the copy set times in the past, so the change time is later)."""
+    src, dst = samba_pair
+    folders = ["times", "times\\inner"]
+    files = [f"{folder}\\file{n}.txt" for folder in folders for n in range(5)]
+    with LabTree(src.address, "data") as lab:
+        for folder in folders:
+            lab.mkdir(folder)
+        for path in files:
+            lab.write_file(path, path.encode())
+        for index, folder in enumerate(folders):
+            lab.set_basic_info(folder, TIME_BASE + index, TIME_BASE + 30_000_000_000 + index,
+                               TIME_BASE + 20_000_000_000 + index, 0, HIDDEN if index else 0)
+    entries = files + [FileEntry(folder, is_directory=True) for folder in folders]
+
+    def times(server) -> dict[str, tuple[int, ...]]:  # (creation, access, write, change, attributes)
+        with LabTree(server.address, "data") as lab:
+            return {folder: lab.basic_info(folder) for folder in folders}
+
+    source_times = times(src)
+    first = copy_batch(endpoint(src), endpoint(dst), entries)
+    assert {r.outcome for r in first} == {Outcome.COPIED}
+    assert times(dst) == source_times
+    with LabTree(dst.address, "data") as lab:
+        for folder in folders:
+            list(lab.listdir(folder))
+    moved = times(dst)
+    assert all(moved[folder][1] != source_times[folder][1] for folder in folders)  # the premise
+
+    second = copy_batch(endpoint(src), endpoint(dst), entries)
+
+    outcomes = {r.path: r.outcome for r in second}
+    assert {outcomes[path] for path in files} == {Outcome.SKIPPED}
+    assert [outcomes[folder] for folder in folders] == [Outcome.COPIED] * len(folders)
+    assert times(src) == source_times  # the engine never lists (or moves) the source folders
+    assert times(dst) == source_times
+
+
+# A DACL of allow entries for one SID of 28 bytes (36 bytes per entry): 1814 entries make
+# the largest security descriptor Samba 4.17 stores (65,364 bytes; its NT ACL xattr, SD plus
+# about 170 bytes, must fit the kernel's 64 KiB xattr limit, on tmpfs).
+LARGEST_SAMBA_DACL = 1814
+
+
+def _many_aces(count: int, sid: str = UNKNOWN_DOMAIN_USER) -> bytes:
+    """A descriptor whose DACL holds ``count`` allow entries for ``sid``, masks varied."""
+    return security_descriptor(ADMINISTRATORS, USERS,
+                               [(ALLOW, 0, READ | (1 << (index % 7)), sid) for index in range(count)])
+
+
+def test_large_security_descriptors(samba_factory, tmpfs):
+    """Security descriptors near the 64 KiB limit.
+
+    Samba cannot hold what the issue asked for: a DACL of 3000 entries is refused on the
+    source (STATUS_INVALID_PARAMETER: Samba's NDR allows 2000 ACEs per ACL), and so would
+    be any SD over about 65,370 bytes. The largest SD Samba stores (1814 entries, 65,364
+    bytes) is copied byte for byte on a small file, a large file and a folder, between
+    shares on tmpfs; the reader grows its buffer when told STATUS_BUFFER_TOO_SMALL; a
+    destination that cannot store it (a share on ext4: all of a file's xattrs in one
+    4 KiB block) fails each entry with the NTSTATUS and the descriptor's size, and nothing
+    appears under the real name.
+    """
+    src = samba_factory("src", shares=())
+    src.add_share("data", path=tmpfs("source", "64m"))
+    dst = samba_factory("dst", shares=())
+    dst.add_share("data", path=tmpfs("destination", "64m"))
+    ext4 = samba_factory("ext4")
+    largest = _many_aces(LARGEST_SAMBA_DACL)
+    assert len(largest) == 65_364
+    entries = ["acl\\small.txt", "acl\\large.bin", FileEntry("acl", is_directory=True)]
+    with LabTree(src.address, "data") as lab:
+        lab.mkdir("acl")
+        lab.write_file("acl\\small.txt", b"many entries")
+        lab.write_file("acl\\large.bin", os.urandom(3 << 20))
+        with pytest.raises(SMBResponseException) as refused:
+            lab.set_security_descriptor("acl\\small.txt", _many_aces(3000, EVERYONE))
+        assert refused.value.status == 0xC000000D  # STATUS_INVALID_PARAMETER
+        for path in ("acl\\small.txt", "acl\\large.bin", "acl"):
+            lab.set_security_descriptor(path, largest)
+            assert lab.security_descriptor(path) == largest
+
+    results = copy_batch(endpoint(src), endpoint(dst), entries)
+
+    assert [(r.outcome, r.message) for r in results] == [(Outcome.COPIED, None)] * 3
+    with LabTree(dst.address, "data") as lab:
+        for path in ("acl\\small.txt", "acl\\large.bin", "acl"):
+            assert lab.security_descriptor(path) == largest, path
+    assert on_disk(dst, "acl\\large.bin").read_bytes() == on_disk(src, "acl\\large.bin").read_bytes()
+
+    over = _many_aces(LARGEST_SAMBA_DACL + 6)
+    assert len(over) > 65_536
+    tree = get_tree(endpoint(dst))
+    with fp.FastChannel.attach(tree.connection, tree.session, tree.tree) as channel:
+        handle = channel.open("acl\\small.txt", fp.READ_CONTROL | fp.WRITE_DAC | fp.WRITE_OWNER | fp.SYNCHRONIZE)
+        try:
+            assert channel.query_security(handle, max_length=4096) == largest  # asked again, larger
+            assert channel.query_security(handle, max_length=1 << 17) == largest  # credit charge 2
+            # Over 64 KiB, sent with credit charge 2, Samba takes the request and cannot store
+            # it (its NT ACL xattr would pass the 64 KiB xattr limit).
+            with pytest.raises(fp.FastPathError) as too_large:
+                channel.set_security(handle, over)
+            assert too_large.value.status_name == "STATUS_ACCESS_DENIED"
+            assert channel.query_security(handle) == largest
+        finally:
+            channel.close(handle)
+
+    refused_results = copy_batch(endpoint(src), endpoint(ext4), entries[:2])
+    for result in refused_results:
+        assert (result.outcome, result.status_name) == (Outcome.FAILED, "STATUS_DISK_FULL"), result
+        assert "security descriptor (65,364 bytes, 1,814 DACL entries)" in result.message, result.message
+    assert not on_disk(ext4, "acl\\small.txt").exists() and not on_disk(ext4, "acl\\large.bin").exists()
+    assert temp_leftovers(on_disk(ext4, "")) == []

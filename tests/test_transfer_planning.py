@@ -263,12 +263,18 @@ def test_a_worker_with_the_wrong_key_fails_its_batches_and_the_run_ends(samba_fa
 
 
 def test_directory_waves_keep_every_directory_after_its_children():
-    """Narrow levels merge into one batch, a wide level becomes parallel batches, and no
-    wave holds a directory shallower than one of a later wave."""
+    """Narrow levels merge into one batch, a wider level (even a few dozen folders)
+    becomes parallel batches, and no wave holds a directory shallower than one of a later
+    wave."""
     levels = [(5, [1]), (4, [2]), (3, list(range(100, 1100))), (2, [3, 4]), (1, [5]), (-1, [6])]
     waves = planning.directory_waves(levels)
     assert waves[0] == [[1, 2]]
-    assert len(waves[1]) == 5 and sorted(sum(waves[1], [])) == list(range(100, 1100))
-    assert waves[2] == [[3, 4, 5, 6]]
+    assert len(waves[1]) == planning.DIRECTORY_PARALLELISM
+    assert sorted(sum(waves[1], [])) == list(range(100, 1100))
+    assert waves[2:] == [[[3, 4, 5]], [[6]]]  # the share root last, on its own
+    # The slow-link case: 20 folders under the root are spread over several batches.
+    waves = planning.directory_waves([(0, list(range(20))), (-1, [99])])
+    assert len(waves) == 2 and len(waves[0]) >= 4 and sorted(sum(waves[0], [])) == list(range(20))
+    assert waves[1] == [[99]]
     assert planning.directory_waves([(level, [level + 10]) for level in range(40, -2, -1)]) == \
-        [[[level + 10 for level in range(40, -2, -1)]]]
+        [[[level + 10 for level in range(40, -1, -1)]], [[9]]]

@@ -14,15 +14,20 @@ account can never lock itself out:
    (``~sms-<digest>.partial``; not a dot name, which Samba would report hidden), opened
    with every access the later steps need (access is checked at open, so a DACL that
    denies the copying account cannot stop them);
-2. only once every WRITE has been answered with success: on the still-open handle the
-   security descriptor (given at CREATE for small files), a rename with ReplaceIfExists
-   onto the real name, then times and attributes (after the rename: Samba sets ARCHIVE
-   on a renamed file). Samba 4.17 carries on with a related compound after a failed
-   WRITE, so the rename is never sent in the same compound as the data;
+2. only once every WRITE has been answered with success, and the source has been looked
+   at once more (its size, last-write and change time, from the CLOSE of the compound
+   that read a small file, or from closing a large file's handle) and found unmoved: on
+   the still-open handle the security descriptor (given at CREATE for small files), a
+   rename with ReplaceIfExists onto the real name, then times and attributes (after the
+   rename: Samba sets ARCHIVE on a renamed file). Samba 4.17 carries on with a related
+   compound after a failed WRITE, so the rename is never sent in the same compound as
+   the data;
 3. a read-only file in the way is made writable just before the rename.
 
 A killed copier leaves at most a ``.partial`` file, which the next run replaces; a failed
-write (disk full ...) deletes its temporary file and reports the NTSTATUS.
+write (disk full ...) deletes its temporary file and reports the NTSTATUS; a source that
+moved while it was copied deletes it too and is reported SOURCE_CHANGED (a small file
+caught moving is first read again one at a time, as it is now).
 
 Speed: everything after logon travels over ``common.smb.fastpath.FastChannel``
 (pre-packed, signed or encrypted messages on the socket smbprotocol authenticated; about
@@ -62,6 +67,8 @@ from common.smb.fastpath import ChannelBroken, DestFile, FastChannel, FastPathEr
 
 STATUS_END_OF_FILE = 0xC0000011
 STATUS_ACCESS_DENIED = 0xC0000022
+STATUS_BUFFER_TOO_SMALL = 0xC0000023
+STATUS_BUFFER_OVERFLOW = 0x80000005
 STATUS_OBJECT_NAME_NOT_FOUND = 0xC0000034
 STATUS_OBJECT_NAME_COLLISION = 0xC0000035
 STATUS_OBJECT_PATH_NOT_FOUND = 0xC000003A
@@ -72,6 +79,8 @@ NOT_FOUND = (STATUS_OBJECT_NAME_NOT_FOUND, STATUS_OBJECT_PATH_NOT_FOUND)
 
 TEMP_PREFIX = "~sms-"
 TEMP_SUFFIX = ".partial"
+# status_name of a file whose source moved while it was copied (the next run copies it).
+SOURCE_CHANGED = "SOURCE_CHANGED"
 
 # Attributes compared when deciding that a destination is unchanged: the ones Samba and
 # NTFS both keep. NORMAL (0x80) and 0 both mean "none".
@@ -130,6 +139,9 @@ class FileResult:
 
     Times are raw FILETIMEs; ``status_name``/``status_code``/``message`` are set on
     failure only. ``destination_hash`` is set when the destination was re-read (verify).
+    ``security_descriptor`` is the source's self-relative descriptor as read for the copy
+    (None when security is not copied or the entry failed): the caller takes the owner
+    from it, or translates its SIDs, without reading the source a second time.
     """
 
     path: str
@@ -148,6 +160,24 @@ class FileResult:
     status_name: str | None = None
     status_code: str | None = None
     message: str | None = None
+    security_descriptor: bytes | None = None
+
+
+class SourceChanged(SmbFileError):
+    """The source file's size or last-write / change time moved while it was copied.
+
+    Not an NTSTATUS: ``status_name`` is SOURCE_CHANGED and ``status_hex`` None.
+    """
+
+    def __init__(self, path: str):
+        super().__init__(0, "the source changed while it was being copied", path)
+        self.status_name = SOURCE_CHANGED
+        self.args = (f"{SOURCE_CHANGED}: {self.message}: {path!r}",)
+
+    @property
+    def status_hex(self) -> None:
+        """None: there is no NTSTATUS code."""
+        return None
 
 
 def temp_name(path: str) -> str:
@@ -246,12 +276,13 @@ def _failed(entry: FileEntry, directory: bool, exc: SmbFileError, options: CopyO
 
 
 def _result(entry: FileEntry, info: FileInfo, outcome: Outcome, options: CopyOptions,
-            directory: bool) -> FileResult:
+            directory: bool, descriptor: bytes | None) -> FileResult:
     return FileResult(
         path=entry.path, is_directory=directory, outcome=outcome,
         size=0 if directory else info.end_of_file, creation_time=info.creation_time,
         last_access_time=info.last_access_time, last_write_time=info.last_write_time,
         attributes=info.attributes, hash_algorithm=options.checksum,
+        security_descriptor=descriptor if options.copy_security else None,
     )
 
 
@@ -262,6 +293,30 @@ def _unchanged(source: FileInfo, existing: FileInfo | None) -> bool:
         and existing.last_write_time == source.last_write_time
         and _compared(existing.attributes) == _compared(source.attributes)
     )
+
+
+def _moved(before: FileInfo, after: FileInfo | None) -> bool:
+    """True when a file's size, last-write or change time differs between two looks at it
+    (None: the second look found nothing). Last-access and creation times are left out:
+    reading moves the one, and Samba derives the other from the rest for files it did
+    not create."""
+    return after is None or (after.end_of_file, after.last_write_time, after.change_time) != (
+        before.end_of_file, before.last_write_time, before.change_time)
+
+
+def _directory_times(info: FileInfo) -> tuple[int, int, int, int]:
+    """What must match for a directory's times and attributes to count as unchanged:
+    creation, last-access and last-write times and the compared attributes. (The change
+    time is sent but not compared: Samba ignores a change time it is sent and reports the
+    last-write time, so from a source that keeps a true change time it would never match.)"""
+    return info.creation_time, info.last_access_time, info.last_write_time, _compared(info.attributes)
+
+
+def _descriptor_size(descriptor: bytes) -> str:
+    """'N bytes, M DACL entries' of a self-relative security descriptor, for messages."""
+    dacl = int.from_bytes(descriptor[16:20], "little") if len(descriptor) >= 20 else 0
+    entries = int.from_bytes(descriptor[dacl + 4:dacl + 6], "little") if dacl else 0
+    return f"{len(descriptor):,} bytes, {entries:,} DACL entries"
 
 
 def _digest(data: bytes, algorithm: str) -> str:
@@ -336,9 +391,13 @@ class _Copier:
             small = waiting[written.path].popleft()
             if written.status == 0:
                 results[small.index] = small.result
-            elif written.command == "CREATE" and written.status in (
-                    STATUS_OBJECT_PATH_NOT_FOUND, STATUS_ACCESS_DENIED, STATUS_OBJECT_NAME_COLLISION):
-                retry.append(small)  # a missing directory or a read-only leftover: repaired one by one
+            elif written.command == "CREATE" and (written.status in (
+                    STATUS_OBJECT_PATH_NOT_FOUND, STATUS_ACCESS_DENIED, STATUS_OBJECT_NAME_COLLISION)
+                    or (options.copy_security and small.source.security)):
+                # A missing directory or a read-only leftover: repaired one by one. A CREATE
+                # carrying the SD may have failed on the SD alone: one by one, its refusal is
+                # told apart (SET_INFO security) and named.
+                retry.append(small)
             else:
                 if small.readonly_cleared:
                     self._restore_attributes(small.target, small.existing)
@@ -356,21 +415,25 @@ class _Copier:
         if source.status == STATUS_FILE_IS_A_DIRECTORY and entry.is_directory is None:
             return None
         try:
-            if source.status:
+            # A descriptor over the compound's 64 KiB buffer is read again one file at a time.
+            large_descriptor = source.command == "QUERY_INFO security" and source.status in (
+                STATUS_BUFFER_TOO_SMALL, STATUS_BUFFER_OVERFLOW)
+            if source.status and not large_descriptor:
                 raise SmbFileError(source.status, f"read source ({source.command}) failed", path)
             info = source.info
             if existing is not None and existing.attributes & m.FILE_ATTRIBUTE_DIRECTORY:
                 raise SmbFileError(STATUS_FILE_IS_A_DIRECTORY, "destination is a directory", target)
             if options.skip_unchanged and _unchanged(info, existing) and not (entry.recorded_hash and options.verify):
-                result = _result(entry, info, Outcome.SKIPPED, options, directory=False)
+                result = _result(entry, info, Outcome.SKIPPED, options, directory=False, descriptor=source.security)
                 result.source_hash = entry.recorded_hash
                 return result
-            small = (not source.streams and source.complete
+            # A file that moved while the compound read it is copied one at a time, as it is now.
+            small = (not source.streams and source.complete and not _moved(info, source.after)
                      and info.end_of_file <= min(options.compound_limit, self.destination.max_write)
                      and not (options.skip_unchanged and _unchanged(info, existing)))
             if not small:
                 return self._copy_one(entry, target, source, existing)
-            result = _result(entry, info, Outcome.COPIED, options, directory=False)
+            result = _result(entry, info, Outcome.COPIED, options, directory=False, descriptor=source.security)
             result.source_hash = _digest(source.data, options.checksum)
             if options.verify:  # renamed only if the bytes read back were identical
                 result.destination_hash = result.source_hash
@@ -477,9 +540,10 @@ class _Copier:
             return _failed(entry, False, exc, options)
         try:
             info, first, descriptor, streams = known.info, known.data, known.security, known.streams
-            if (handle.info.end_of_file, handle.info.last_write_time) != (info.end_of_file, info.last_write_time):
-                # Changed since the pipelined read: copy it as it is now. (Otherwise keep the
-                # times seen before that read moved the last-access time.)
+            if known.status or _moved(info, known.after) or _moved(info, handle.info):
+                # Changed while or since the pipelined read, or its descriptor did not fit that
+                # read: copy it as it is now. (Otherwise keep the times seen before that read
+                # moved the last-access time.)
                 info, first = handle.info, b""
                 descriptor = (self.source.query_security(handle, self.security_information)
                               if options.copy_security else None)
@@ -489,11 +553,11 @@ class _Copier:
                 if entry.recorded_hash and options.verify:
                     destination_hash = self._hash_destination(target, existing.end_of_file)
                 if destination_hash is None or destination_hash == entry.recorded_hash:
-                    result = _result(entry, info, Outcome.SKIPPED, options, directory=False)
+                    result = _result(entry, info, Outcome.SKIPPED, options, directory=False, descriptor=descriptor)
                     result.source_hash = entry.recorded_hash
                     result.destination_hash = destination_hash
                     return result
-            result = _result(entry, info, Outcome.COPIED, options, directory=False)
+            result = _result(entry, info, Outcome.COPIED, options, directory=False, descriptor=descriptor)
             result.streams = len(streams)
             cleared = self._make_replaceable(target, existing)
             try:
@@ -507,7 +571,8 @@ class _Copier:
             return _failed(entry, False, exc, options)
         finally:
             try:
-                self.source.close(handle)
+                if not handle.closed:  # _write_file closes it to re-check the source
+                    self.source.close(handle)
             except FastPathError:
                 pass
 
@@ -535,8 +600,9 @@ class _Copier:
 
     def _write_file(self, path: str, target: str, source: Handle, info: FileInfo, first: bytes,
                     descriptor: bytes | None, streams: list[tuple[str, int]], result: FileResult) -> None:
-        """Temp file, pipelined (or server-side) data, streams, [verify], then SD, rename,
-        times and attributes on the open handle."""
+        """Temp file, pipelined (or server-side) data, streams, [verify]; then the source
+        handle is closed and its size and times compared (SourceChanged when they moved);
+        then SD, rename, times and attributes on the open handle."""
         options = self.options
         destination = self.destination
         temp = temp_name(target)
@@ -560,8 +626,14 @@ class _Copier:
                 copied = self._read_streams(destination, temp, [(name, len(data)) for name, data in stream_data])
                 if result.destination_hash != result.source_hash or copied != stream_data:
                     raise SmbFileError(STATUS_DATA_ERROR, "verify: destination bytes differ from source", target)
+            # Last look at the source before anything goes under the real name: its CLOSE
+            # reports size and times again. (Samba keeps reporting the write time a handle
+            # saw at open while it stays open: only a look after the close sees a same-size
+            # rewrite.)
+            if _moved(info, self.source.close(source)):
+                raise SourceChanged(path)
             if options.copy_security and descriptor is not None:
-                destination.set_security(handle, descriptor, self.security_information)
+                self._set_descriptor(handle, descriptor, target)
             destination.rename(handle, target, replace=True)
             renamed = True
             destination.set_basic_info(handle, info.creation_time, info.last_access_time, info.last_write_time,
@@ -573,6 +645,16 @@ class _Copier:
         except SmbFileError:
             self._abandon(handle, renamed)
             raise
+
+    def _set_descriptor(self, handle: Handle, descriptor: bytes, target: str) -> None:
+        """Set the source's SD on a destination handle; a refusal says how large it was
+        (Samba keeps at most 2000 ACEs per ACL and about 65,370 bytes of SD; on ext4 all of
+        a file's xattrs share one 4 KiB block)."""
+        try:
+            self.destination.set_security(handle, descriptor, self.security_information)
+        except FastPathError as exc:
+            raise SmbFileError(exc.status, f"the destination refused the security descriptor "
+                                           f"({_descriptor_size(descriptor)})", target) from None
 
     def _abandon(self, handle: Handle, renamed: bool) -> None:
         """Close a failed destination handle; a file not yet renamed into place is deleted."""
@@ -722,7 +804,7 @@ class _Copier:
         finally:
             source.close(handle)
         stream_data = dict(self._read_streams(source, path, streams))
-        result = _result(entry, info, Outcome.COPIED, options, directory=True)
+        result = _result(entry, info, Outcome.COPIED, options, directory=True, descriptor=descriptor)
         result.streams = len(streams)
 
         access = (fp.FILE_READ_ATTRIBUTES | fp.FILE_WRITE_ATTRIBUTES | fp.READ_CONTROL | fp.SYNCHRONIZE
@@ -735,27 +817,34 @@ class _Copier:
             self._make_parents(target)
             handle = destination.open(target, access, fp.FILE_OPEN_IF, options=fp.FILE_DIRECTORY_FILE)
         try:
-            existing = handle.info
-            if options.skip_unchanged and handle.create_action == FILE_OPENED \
-                    and (existing.creation_time, existing.last_write_time) == (info.creation_time, info.last_write_time) \
-                    and _compared(existing.attributes) == _compared(info.attributes) \
-                    and (not options.copy_security
-                         or destination.query_security(handle, self.security_information) == descriptor):
-                present = destination.query_streams(handle)
-                if sorted(present) == sorted(streams) \
-                        and dict(self._read_streams(destination, target, present)) == stream_data:
-                    result.outcome = Outcome.SKIPPED
-                    return result
-            for name, _size in destination.query_streams(handle):
-                if _stream_name(name) not in stream_data:
-                    stream = destination.open(target + _stream_name(name), fp.DELETE, options=0)
-                    destination.delete_on_close(stream)
-                    destination.close(stream, query=False)
-            self._write_streams(target, stream_data.items())
-            destination.set_basic_info(handle, info.creation_time, info.last_access_time, info.last_write_time,
-                                       0, m.wire_attributes(info.attributes))
-            if options.copy_security and descriptor is not None:
-                destination.set_security(handle, descriptor, self.security_information)
+            # Each part is compared and only what differs is set again: after a re-run listed
+            # the directory (which moves its last-access time), one SET_INFO puts it back.
+            opened = handle.create_action == FILE_OPENED
+            compare = opened and options.skip_unchanged
+            present = destination.query_streams(handle) if opened else []
+            times_match = compare and _directory_times(handle.info) == _directory_times(info)
+            security_match = (not options.copy_security or descriptor is None or (
+                compare and destination.query_security(handle, self.security_information) == descriptor))
+            streams_match = compare and sorted(present) == sorted(streams) \
+                and dict(self._read_streams(destination, target, present)) == stream_data
+            if times_match and security_match and streams_match:
+                result.outcome = Outcome.SKIPPED
+                return result
+            if not streams_match:
+                for name, _size in present:
+                    if _stream_name(name) not in stream_data:
+                        stream = destination.open(target + _stream_name(name), fp.DELETE, options=0)
+                        destination.delete_on_close(stream)
+                        destination.close(stream, query=False)
+                self._write_streams(target, stream_data.items())
+            if not security_match:
+                self._set_descriptor(handle, descriptor, target)
+            # Times last (writing a stream moves the last-write time; on NTFS setting the SD
+            # moves the change time, which is sent too: Samba ignores it and reports the
+            # last-write time instead).
+            if not (times_match and streams_match):
+                destination.set_basic_info(handle, info.creation_time, info.last_access_time, info.last_write_time,
+                                           info.change_time, m.wire_attributes(info.attributes))
             return result
         finally:
             destination.close(handle)

@@ -19,7 +19,9 @@ Per small file (``read_small_files`` / ``write_small_files``), many files in fli
 * source: one related compound CREATE + QUERY_INFO(security: owner|group|dacl) + READ +
   CLOSE. Times (100 ns FILETIME integers), size and attributes come from the CREATE
   response itself, which carries the same fields as FileNetworkOpenInformation, so no
-  separate QUERY_INFO(FileBasicInformation) is needed;
+  separate QUERY_INFO(FileBasicInformation) is needed; the CLOSE asks for the same
+  fields again (post-query), so a file that moved while it was read is seen without an
+  extra round trip;
 * destination: CREATE of a temporary name (carrying the security descriptor as an
   ``SecD`` create context) + WRITE in one compound; only when both succeeded, on the same
   handle SET_INFO(FileRenameInformation, ReplaceIfExists) + SET_INFO(FileBasicInformation,
@@ -81,6 +83,8 @@ STATUS_END_OF_FILE = 0xC0000011
 STATUS_NO_MORE_FILES = 0x80000006
 STATUS_NO_SUCH_FILE = 0xC000000F
 STATUS_DATA_ERROR = 0xC000003E
+STATUS_BUFFER_OVERFLOW = 0x80000005
+STATUS_BUFFER_TOO_SMALL = 0xC0000023
 
 INFO_FILE, INFO_SECURITY = 1, 3
 FILE_BASIC_INFORMATION = 4
@@ -192,7 +196,9 @@ class SourceFile:
     ``command`` the failing request. ``data`` holds at most ``max_bytes``; compare
     ``len(data)`` with ``info.end_of_file`` to see whether the file was read whole.
     ``streams`` (when asked for) lists the alternate data streams as (``":name:$DATA"``,
-    size), the unnamed data stream left out.
+    size), the unnamed data stream left out. ``after`` is what the compound's CLOSE
+    (post-query) says of the file once it was read: compare it with ``info`` to see
+    whether the file moved while it was read (size, last-write and change time).
     """
 
     path: str
@@ -202,6 +208,7 @@ class SourceFile:
     security: bytes | None
     data: bytes
     streams: list[tuple[str, int]] | None = None
+    after: FileInfo | None = None
 
     @property
     def status_name(self) -> str:
@@ -253,12 +260,14 @@ class WriteResult:
 @dataclass(slots=True)
 class Handle:
     """An open file on a FastChannel (from ``open``); ``create_action`` says whether the
-    CREATE opened (1), created (2) or overwrote (3) it."""
+    CREATE opened (1), created (2) or overwrote (3) it; ``closed`` turns True once
+    ``close`` was sent."""
 
     file_id: bytes
     path: str
     info: FileInfo
     create_action: int = 0
+    closed: bool = False
 
 
 class _Op:
@@ -331,9 +340,11 @@ class FastChannel:
         self._multi_credit = bool(connection.supports_multi_credit)
         self._max_read = connection.max_read_size
         self._max_write = connection.max_write_size
+        self._max_transact = connection.max_transact_size
         if not self._multi_credit:
             self._max_read = min(self._max_read, _MAX_PAYLOAD)
             self._max_write = min(self._max_write, _MAX_PAYLOAD)
+            self._max_transact = min(self._max_transact, _MAX_PAYLOAD)
         self._pending: dict[int, tuple[_Op, int]] = {}
         self._rbuf = bytearray()
         self._broken: BaseException | None = None
@@ -738,10 +749,23 @@ class FastChannel:
         name = _utf16(target)
         return _RENAME.pack(1 if replace else 0, 0, len(name)) + name
 
+    def _charge(self, length: int) -> int:
+        """The CreditCharge of a request sending or expecting ``length`` payload bytes
+        (always 1 without multi-credit, where nothing may exceed 64 KiB)."""
+        return _credit_charge(length) if self._multi_credit else 1
+
     # --- response parsing ---------------------------------------------------------------
     @staticmethod
     def _status(message: bytes) -> int:
         return int.from_bytes(message[8:12], "little")
+
+    @staticmethod
+    def _needed_length(message: bytes, asked: int) -> int:
+        """The output length an error response of STATUS_BUFFER_TOO_SMALL says it needs
+        (its 4-byte ErrorData), else twice ``asked``."""
+        if len(message) >= 76 and int.from_bytes(message[68:72], "little") >= 4:
+            return int.from_bytes(message[72:76], "little")
+        return asked * 2
 
     @staticmethod
     def _create_info(message: bytes) -> tuple[FileInfo, bytes]:
@@ -778,8 +802,8 @@ class FastChannel:
         """Read each path's metadata, security descriptor and first ``max_bytes`` bytes.
 
         One compound per file (CREATE + QUERY_INFO security [+ QUERY_INFO streams] + READ
-        + CLOSE), up to ``depth`` files in flight. Yields a ``SourceFile`` per path in
-        completion order (normally the order given); an NTSTATUS failure is that file's
+        + CLOSE with post-query, whose times and size become ``after``), up to ``depth``
+        files in flight. Yields a ``SourceFile`` per path in completion order (normally the order given); an NTSTATUS failure is that file's
         ``status``, never an exception. ``security=False`` skips the SD (for alternate
         data streams); ``streams=True`` also lists the file's alternate data streams;
         ``sacl=True`` adds the SACL to the SD (needs the privilege to read it).
@@ -790,7 +814,7 @@ class FastChannel:
         per_file = 2 + read_charge + (1 if security else 0) + (1 if streams else 0)
         options = FILE_NON_DIRECTORY_FILE | (FILE_OPEN_FOR_BACKUP_INTENT if backup_intent else 0)
         read_body = self._read_body(RELATED_FILE_ID, max_bytes, 0)
-        close_body = self._close_body(RELATED_FILE_ID)
+        close_body = self._close_body(RELATED_FILE_ID, True)
         query_body = self._query_security_body(
             RELATED_FILE_ID, additional=SECINFO_OWNER_GROUP_DACL | (SECINFO_SACL if sacl else 0)
         )
@@ -856,7 +880,7 @@ class FastChannel:
         status = self._status(responses[index + 1])
         if status:
             return SourceFile(path, status, "CLOSE", info, sd, data, stream_list)
-        return SourceFile(path, 0, "", info, sd, data, stream_list)
+        return SourceFile(path, 0, "", info, sd, data, stream_list, self._close_info(responses[index + 1]))
 
     # --- small files: destination side --------------------------------------------------
     def write_small_files(
@@ -897,12 +921,13 @@ class FastChannel:
                     raise ValueError(f"{item.path}: {len(item.data)} bytes exceed one WRITE; use write_range")
                 write_charge = _credit_charge(len(item.data)) if item.data else 0
                 verify = read_back and bool(item.data)
-                self._reserve(1 + write_charge * (2 if verify else 1))
                 temp = item.temp_path or item.path + ".sms-partial"
                 create = self._create_body(
                     temp, access, FILE_OVERWRITE_IF, options, 0, FILE_ATTRIBUTE_NORMAL, item.security
                 )
-                messages = [(CMD_CREATE, create, 1)]
+                create_charge = self._charge(len(create))  # over 1 only with an SD near 64 KiB
+                self._reserve(create_charge + write_charge * (2 if verify else 1))
+                messages = [(CMD_CREATE, create, create_charge)]
                 if item.data:
                     messages.append((CMD_WRITE, self._write_body(RELATED_FILE_ID, item.data, 0), write_charge))
                 if verify:
@@ -999,7 +1024,7 @@ class FastChannel:
     ) -> Handle:
         """Open (or create) ``path``; raises FastPathError with the NTSTATUS on failure."""
         body = self._create_body(path, access, disposition, options, share, attributes, security)
-        (response,) = self._call([(CMD_CREATE, body, 1)], path, ["CREATE"])
+        (response,) = self._call([(CMD_CREATE, body, self._charge(len(body)))], path, ["CREATE"])
         info, file_id = self._create_info(response)
         return Handle(file_id, path, info, int.from_bytes(response[68:72], "little"))
 
@@ -1007,20 +1032,42 @@ class FastChannel:
         """Close ``handle``; returns the file's final times, size and attributes (None with
         ``query=False``, which a handle marked delete-on-close needs: Samba 4.17 panics on
         a post-query CLOSE of a deleted directory stream)."""
+        handle.closed = True
         (response,) = self._call([(CMD_CLOSE, self._close_body(handle.file_id, query), 1)], handle.path, ["CLOSE"])
         return self._close_info(response) if query else None
 
-    def query_security(self, handle: Handle, additional: int = SECINFO_OWNER_GROUP_DACL) -> bytes:
+    def query_security(
+        self, handle: Handle, additional: int = SECINFO_OWNER_GROUP_DACL, *, max_length: int = 65535
+    ) -> bytes:
         """The SD parts named by ``additional`` (default owner, group and DACL) of ``handle``
-        as self-relative SD bytes."""
-        body = self._query_security_body(handle.file_id, additional=additional)
-        (response,) = self._call([(CMD_QUERY_INFO, body, 1)], handle.path, ["QUERY_INFO"])
-        return self._query_output(response)
+        as self-relative SD bytes.
+
+        A descriptor larger than ``max_length`` (possible from about 64 KiB: a DACL near the
+        64 KiB ACL limit plus owner and group, or a large SACL) is answered with
+        STATUS_BUFFER_TOO_SMALL and the size it needs; it is asked for again with that
+        output buffer (and the credit charge a buffer over 64 KiB takes), at most up to the
+        server's max_transact_size.
+        """
+        while True:
+            charge = self._charge(max_length)
+            body = self._query_security_body(handle.file_id, max_length, additional)
+            self._reserve(charge)
+            (response,) = self._wait(self._send_chain([(CMD_QUERY_INFO, body, charge)], None))
+            status = self._status(response)
+            if status in (STATUS_BUFFER_TOO_SMALL, STATUS_BUFFER_OVERFLOW):
+                needed = self._needed_length(response, max_length)
+                if max_length < needed <= self._max_transact:
+                    max_length = needed
+                    continue
+            if status:
+                raise FastPathError(status, handle.path, "QUERY_INFO security")
+            return self._query_output(response)
 
     def set_security(self, handle: Handle, security: bytes, additional: int = SECINFO_OWNER_GROUP_DACL) -> None:
-        """Set the SD parts named by ``additional`` (default owner|group|DACL) on ``handle``."""
+        """Set the SD parts named by ``additional`` (default owner|group|DACL) on ``handle``
+        (a descriptor over 64 KiB is sent with the credit charge its size takes)."""
         body = self._set_body(handle.file_id, INFO_SECURITY, 0, security, additional)
-        self._call([(CMD_SET_INFO, body, 1)], handle.path, ["SET_INFO security"])
+        self._call([(CMD_SET_INFO, body, self._charge(len(security)))], handle.path, ["SET_INFO security"])
 
     def set_basic_info(
         self, handle: Handle, creation_time: int, last_access_time: int, last_write_time: int,

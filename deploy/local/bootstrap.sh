@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-APT_PACKAGES=(samba samba-vfs-modules smbclient redis-server postgresql openssh-server iproute2 iputils-arping rclone attr acl chromium)
+APT_PACKAGES=(samba samba-vfs-modules smbclient redis-server postgresql openssh-server iproute2 iputils-arping isc-dhcp-client dnsmasq-base rclone attr acl chromium)
 WITH_SERVICES=0
 [[ "${1:-}" == "--services" ]] && WITH_SERVICES=1
 

@@ -59,8 +59,9 @@ class CutoverIn(BaseModel):
     destination: str | None = Field(None, description="Needed when the source has several pairings.")
     addresses: list[AddressMoveIn] = Field(min_length=1)
     source_new_name: str | None = Field(None, description="Default: a random name, SMS-XXXXXXXX.")
-    source_new_address: str
-    source_new_prefix_length: int = Field(ge=1, le=32)
+    source_new_address: str = Field(description="Static IPv4 address, or \"dhcp\": leased at cutover.")
+    source_new_prefix_length: int | None = Field(None, ge=1, le=32,
+                                                 description="Needed for a static address; none with dhcp.")
     source_new_interface: str | None = Field(None, description="Default: the first move's source interface.")
     maintenance_hosts: list[str] = Field(default_factory=list,
                                          description="Hosts still allowed on the source's shares (Samba).")
@@ -75,6 +76,7 @@ class ResumeIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     takeover: bool = Field(False, description="Take over a run whose driving process is gone.")
+    timeout_seconds: int | None = Field(None, gt=0, description="Replaces the plan's timeout from this resume on.")
 
 
 class StageStatusOut(BaseModel):
@@ -104,6 +106,7 @@ class CutoverStatusOut(BaseModel):
     started_at: datetime | None
     ended_at: datetime | None
     plan: dict[str, Any]
+    source_new_address: str | None = Field(None, description="Planned static address, or the one DHCP leased.")
     delta: dict[str, Any] | None
     stages: list[StageStatusOut]
 
@@ -153,11 +156,13 @@ def create_cutover_endpoint(job: str, body: CutoverIn, request: Request):
         return cutover_status(session, run.id)
 
 
-def _hand_to_driver(request: Request, job: str, cutover_id: int, *, resume: bool, takeover: bool):
+def _hand_to_driver(request: Request, job: str, cutover_id: int, *, resume: bool, takeover: bool,
+                    timeout_seconds: int | None = None):
     _status_of(request, job, cutover_id)
     settings: Settings = request.app.state.settings
     try:
-        process, log = start_driver(cutover_id, resume=resume, takeover=takeover, settings=settings,
+        process, log = start_driver(cutover_id, resume=resume, takeover=takeover, timeout_seconds=timeout_seconds,
+                                    settings=settings,
                                     environment=settings_environment(settings))
     except CutoverError as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
@@ -177,7 +182,9 @@ def start_cutover(job: str, cutover_id: int, request: Request):
              summary="Resume a failed cutover at its failed stage (in the background)")
 def resume_cutover(job: str, cutover_id: int, request: Request, body: ResumeIn | None = None):
     """Resume a failed cutover at its failed stage (in the background)."""
-    return _hand_to_driver(request, job, cutover_id, resume=True, takeover=(body or ResumeIn()).takeover)
+    options = body or ResumeIn()
+    return _hand_to_driver(request, job, cutover_id, resume=True, takeover=options.takeover,
+                           timeout_seconds=options.timeout_seconds)
 
 
 @router.post("/{cutover_id}/rollback", response_model=RollbackOut,

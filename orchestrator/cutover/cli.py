@@ -1,11 +1,13 @@
 """``sms cutover ...``: plan a cutover, run it, watch it, resume it, roll it back.
 
 Commands: ``plan`` (which of the source's addresses move to which destination interface,
-the source's new name, random unless given, and new address, the timeout; creates a
-pending run), ``run`` (start it: ``--wait`` drives it here and shows each stage's
-progress, otherwise a detached ``sms cutover run ID --wait`` does, logging to the state
-directory), ``resume`` (continue a failed run at its failed stage), ``rollback`` (give
-the source back its name, addresses and share access) and ``status``.
+the source's new name, random unless given, and new address, static or ``dhcp``, the
+timeout; creates a pending run), ``run`` (start it: ``--wait`` drives it here and shows
+each stage's progress, otherwise a detached ``sms cutover run ID --wait`` does, logging
+to the state directory), ``resume`` (continue a failed run at its failed stage),
+``rollback`` (give the source back its name, addresses and share access) and
+``status``. ``run`` and ``resume`` take ``--timeout`` to replace the plan's limit (e.g.
+for a final delta that needs longer).
 
 Exit codes: 0 done as asked (succeeded, rolled back, started); 1 the cutover stopped at a
 failed stage or a rollback is incomplete (resume or roll back); 2 refused (bad plan,
@@ -29,6 +31,7 @@ from sqlalchemy import select
 from common.db import session_scope
 from common.models import Job, RunState
 from orchestrator.cutover.delta import EngineDeltaTransfer
+from orchestrator.cutover.plan import DHCP
 from orchestrator.cutover.service import (
     EXIT_CODES,
     check_can_drive,
@@ -76,8 +79,11 @@ def _print_status(status: dict) -> None:
                   f"[bold]{status['state']}[/bold] {status['error']}")
     moves = ", ".join(f"{m['address']}/{m['prefix_length']} {m['source_interface']} -> "
                       f"{m['destination_interface']}" for m in plan.get("addresses", []))
-    console.print(f"moves: {moves}; source becomes {plan.get('source_new_name')} at "
-                  f"{plan.get('source_new_address')}/{plan.get('source_new_prefix_length')} on "
+    if plan.get("source_new_address") == DHCP:
+        new_address = f"an address from DHCP ({status['source_new_address'] or 'not leased yet'})"
+    else:
+        new_address = f"{plan.get('source_new_address')}/{plan.get('source_new_prefix_length')}"
+    console.print(f"moves: {moves}; source becomes {plan.get('source_new_name')} at {new_address} on "
                   f"{plan.get('source_new_interface')}; timeout {plan.get('timeout_seconds')} s")
     table = Table("#", "stage", "state", "progress", "message")
     for stage in status["stages"]:
@@ -93,7 +99,8 @@ def plan(job: str = typer.Option(..., help="Job name."),
          move: list[str] = typer.Option(..., "--move",
                                         help="ADDRESS/PREFIX:SOURCE_IF=DESTINATION_IF, an address of the source "
                                              "that moves to the destination's interface (repeat)."),
-         new_address: str = typer.Option(..., help="The source's new static address, ADDRESS/PREFIX."),
+         new_address: str = typer.Option(..., help="The source's new address: static ADDRESS/PREFIX, or dhcp "
+                                                   "(leased on the new interface at cutover)."),
          new_interface: str = typer.Option(None, help="Interface for it (default: the first move's)."),
          new_name: str = typer.Option(None, help="The source's new name (default: random, SMS-XXXXXXXX)."),
          maintenance_host: list[str] = typer.Option([], "--maintenance-host",
@@ -161,10 +168,13 @@ def _watch(run_id: int, drive, quiet: bool) -> RunState:
     return outcome["state"]
 
 
-def _drive(run_id: int, *, resume: bool, takeover: bool, wait: bool, as_json: bool) -> None:
+def _drive(run_id: int, *, resume: bool, takeover: bool, wait: bool, as_json: bool,
+           timeout: int | None) -> None:
+    if timeout is not None and timeout <= 0:
+        _fail("the timeout must be positive")
     if not wait:
         try:
-            process, log = start_driver(run_id, resume=resume, takeover=takeover)
+            process, log = start_driver(run_id, resume=resume, takeover=takeover, timeout_seconds=timeout)
         except (CutoverError, LookupError) as exc:
             _fail(str(exc))
         if as_json:
@@ -182,8 +192,8 @@ def _drive(run_id: int, *, resume: bool, takeover: bool, wait: bool, as_json: bo
             console.print(f"[dim]{time.strftime('%H:%M:%S')}   final delta transfer:[/dim] {line}")
 
     delta = EngineDeltaTransfer(progress=say)
-    state = _watch(run_id, lambda: drive_cutover(run_id, resume=resume, takeover=takeover, delta=delta),
-                   as_json)
+    state = _watch(run_id, lambda: drive_cutover(run_id, resume=resume, takeover=takeover, delta=delta,
+                                                 timeout_seconds=timeout), as_json)
     status = _status(run_id)
     if as_json:
         _print_json(status)
@@ -198,18 +208,20 @@ def _drive(run_id: int, *, resume: bool, takeover: bool, wait: bool, as_json: bo
 def run(run_id: int = typer.Argument(..., help="Cutover run id (from 'sms cutover plan')."),
         wait: bool = typer.Option(False, "--wait", help="Drive it here and show the stages' progress."),
         takeover: bool = typer.Option(False, help="Take over a run whose driving process is gone."),
+        timeout: int = typer.Option(None, help="Seconds this run may take (replaces the plan's timeout)."),
         as_json: bool = typer.Option(False, "--json")):
     """Start a planned cutover."""
-    _drive(run_id, resume=False, takeover=takeover, wait=wait, as_json=as_json)
+    _drive(run_id, resume=False, takeover=takeover, wait=wait, as_json=as_json, timeout=timeout)
 
 
 @cutover_app.command("resume")
 def resume(run_id: int = typer.Argument(..., help="Cutover run id."),
            wait: bool = typer.Option(False, "--wait", help="Drive it here and show the stages' progress."),
            takeover: bool = typer.Option(False, help="Take over a run whose driving process is gone."),
+           timeout: int = typer.Option(None, help="Seconds this resume may take (replaces the plan's timeout)."),
            as_json: bool = typer.Option(False, "--json")):
     """Continue a failed cutover at the stage that failed."""
-    _drive(run_id, resume=True, takeover=takeover, wait=wait, as_json=as_json)
+    _drive(run_id, resume=True, takeover=takeover, wait=wait, as_json=as_json, timeout=timeout)
 
 
 @cutover_app.command("rollback")

@@ -13,6 +13,13 @@ step removes what they deleted. ``reconcile`` applies the transfer gate
 (``reconcile.cutover_allowed``) to that run, never overridden: the override of the plan
 covers the earlier transfer only, not the last minutes' changes.
 
+The cutover's deadline (its plan's ``timeout_seconds`` per call) bounds the delta too:
+the time left when the workers are up becomes the transfer run's ``max_duration``, so
+the engine stops dispatching when the deadline passes and the run ends
+``completed_with_errors`` with the reason; ``run`` then raises ``CutoverError`` (the
+stage fails, a resume starts a new delta run, which skips what was already copied).
+When no time is left before the transfer starts, its run is cancelled unstarted.
+
 The transfer engine needs proxy workers for the destination. In embedded mode (SQLite
 broker) this module starts them for the duration of the run, as ``sms transfer run
 --wait`` does (``LocalWorkers``); otherwise the deployed workers serve the destination's
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -62,8 +70,9 @@ class EngineDeltaTransfer:
         self.concurrency = concurrency
         self.progress = progress
 
-    def run(self, pairing: CutoverPairing) -> dict[str, Any]:
-        """Create and drive the final delta run of ``pairing``; its id, state and counters."""
+    def run(self, pairing: CutoverPairing, deadline: float) -> dict[str, Any]:
+        """Create and drive the final delta run of ``pairing`` until ``deadline`` at the
+        latest (``time.monotonic()`` clock); its id, state and counters."""
         with session_scope() as session:
             row = session.get(Pairing, pairing.pairing_id)
             previous = latest_finished_run(session, pairing.pairing_id)
@@ -86,12 +95,28 @@ class EngineDeltaTransfer:
                     planning.cancel_run(session, run_id, f"not started: {exc}")
                 raise CutoverError(f"final delta transfer run {run_id} not started: {exc}") from None
         try:
+            time_left = deadline - time.monotonic()
+            if time_left <= 0:
+                with session_scope() as session:
+                    planning.cancel_run(session, run_id, "not started: the cutover's time limit had passed")
+                raise CutoverError(f"cutover timed out before the final delta transfer run {run_id} could start "
+                                   "(cancelled unstarted); resume to go on, with a longer timeout if needed")
+            with session_scope() as session:
+                run = session.get(TransferRun, run_id)
+                run.options = dataclasses.replace(TransferOptions.from_json(run.options),
+                                                  max_duration=time_left).to_json()
             state = planning.execute_run(run_id, progress=self.progress)
         finally:
             if workers is not None:
                 workers.stop()
         with session_scope() as session:
             run = session.get(TransferRun, run_id)
+            if planning.run_events(session, run_id, run.job_id, [planning.EVENT_MAX_DURATION]):
+                raise CutoverError(
+                    f"cutover timed out during the final delta transfer: run {run_id} stopped at the cutover's "
+                    f"limit ({time_left:.0f} s were left), {run.files_copied} file(s) copied, "
+                    f"{run.files_failed} not; resume to go on (what was copied is skipped), "
+                    "with a longer timeout if needed")
             record = {"transfer_run_id": run_id, "previous_transfer_run_id": previous, "state": state.value,
                       "files_total": run.files_total, "files_copied": run.files_copied,
                       "files_skipped": run.files_skipped, "files_failed": run.files_failed,

@@ -5,8 +5,11 @@ resumed or rolled-back run acts on exactly what was planned. ``CutoverPlan.probl
 checks what can be checked without a host (names, addresses, consistency); pre-flight
 checks the rest against the live hosts.
 
-Only static IPv4 addresses are supported for the source's new address (no DHCP yet).
-This module must never talk to a host or hold a credential.
+The source's new address is a static IPv4 address with its prefix length, or ``DHCP``
+(``"dhcp"``): the source then asks a DHCP server on its new interface at stage 4, and the
+address it obtains is recorded in the run's state (``source_new_address`` there), which
+later stages, resume and rollback use. This module must never talk to a host or hold a
+credential.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 # How a source share may be reached during and after cutover (see samba.py, windows.py).
 NORMAL, READ_ONLY, MAINTENANCE = "normal", "read-only", "maintenance"
 SHARE_MODES = (NORMAL, READ_ONLY, MAINTENANCE)
+# ``source_new_address`` when the source gets its new address from a DHCP server.
+DHCP = "dhcp"
 
 _NETBIOS = re.compile(r"^[A-Za-z0-9-]{1,15}$")
 
@@ -49,9 +54,11 @@ class CutoverPlan:
 
     ``addresses``: the source's addresses users reach it at, and where each goes on the
     destination. ``source_new_name`` / ``source_new_address`` (with prefix and interface):
-    the identity the source takes. ``maintenance_hosts``: who may still connect to the
+    the identity the source takes; ``source_new_address`` may be ``DHCP`` (prefix length
+    then unused, 0). ``maintenance_hosts``: who may still connect to the
     source's shares afterwards (administrators; default 127.0.0.1 only).
-    ``timeout_seconds`` bounds one call of ``run_cutover``. ``override_reconciliation``
+    ``timeout_seconds`` bounds one call of ``run_cutover``, the final delta transfer
+    included. ``override_reconciliation``
     lets pre-flight pass a transfer that does not reconcile clean (the operator accepts
     the loss). ``verify_files``: how many files per share verification reads in full.
     """
@@ -65,6 +72,11 @@ class CutoverPlan:
     timeout_seconds: int = 3600
     override_reconciliation: bool = False
     verify_files: int = 5
+
+    @property
+    def source_new_address_by_dhcp(self) -> bool:
+        """True when the source gets its new address from a DHCP server."""
+        return self.source_new_address == DHCP
 
     def to_json(self) -> dict:
         """Plain data for ``CutoverRun.options``."""
@@ -90,8 +102,11 @@ class CutoverPlan:
             seen.add(move.address)
             if not move.source_interface or not move.destination_interface:
                 found.append(f"address {move.address} needs a source and a destination interface")
-        found += _address_problems(self.source_new_address, self.source_new_prefix_length,
-                                   "source's new address")
+        if not self.source_new_address_by_dhcp:
+            found += _address_problems(self.source_new_address, self.source_new_prefix_length,
+                                       "source's new address")
+        elif self.source_new_prefix_length:
+            found.append("the source's new address comes from DHCP: give no prefix length (0)")
         if self.source_new_address in seen:
             found.append(f"the source's new address {self.source_new_address} is one of the addresses to move")
         if not self.source_new_interface:

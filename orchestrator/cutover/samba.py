@@ -7,6 +7,15 @@ rolled-back cutover can run it again:
   gratuitous ARP, ``arping -U -c 2 -I IF IP``, so neighbours update their caches at
   once instead of after about a minute); remove one (``ip addr del``); check that an
   address is free (duplicate address detection, ``arping -D``);
+- an address from DHCP (Debian's isc-dhcp-client): ``dhclient -1 -v`` on the interface,
+  with its pid file, lease file and script in ``sms-cutover/`` under Samba's state
+  directory (per Samba instance); the address obtained is the lease file's last
+  ``fixed-address``, read back with ``ip -j -4 addr``. The script given to dhclient
+  (``-sf``) only adds, renews and removes the leased address: Debian's own
+  dhclient-script flushes every address labelled with the interface on release or
+  expiry (``ip -4 addr flush dev IF label IF``), which would take the management address
+  and the restored addresses with it, and it rewrites resolv.conf and routes, which a
+  server keeping its static configuration must not get. Released with ``dhclient -r``;
 - the NetBIOS name: read from ``testparm``; changed by a reversible edit of smb.conf
   (``orchestrator.cutover.smbconf``), keeping the machine SID (Samba keeps one SID per
   name: ``net getlocalsid``, then ``net -n NEW setlocalsid`` before the edit), then
@@ -39,6 +48,30 @@ from orchestrator.hosts.base import CommandFailed, UnexpectedOutput
 from orchestrator.hosts.samba_ssh import SambaSshHost
 
 DEFAULT_SMB_CONF = "/etc/samba/smb.conf"
+DHCP_CLIENT = "dhclient"
+_LEASED = re.compile(r"^\s*fixed-address\s+([0-9.]+)\s*;", re.MULTILINE)
+
+# dhclient's script (-sf): only the leased IPv4 address is set, renewed or removed; no
+# flush, no routes, no resolv.conf (see the module docstring). dhclient passes the lease
+# in environment variables (dhclient-script(8)).
+DHCLIENT_SCRIPT = r"""#!/bin/sh
+# Written by sms-migrate's cutover: keeps only the leased address on the interface.
+case "$reason" in
+    PREINIT)
+        ip link set dev "$interface" up ;;
+    BOUND|RENEW|REBIND|REBOOT)
+        if [ -n "$old_ip_address" ] && [ "$old_ip_address" != "$new_ip_address" ]; then
+            ip -4 addr del "$old_ip_address/$old_subnet_mask" dev "$interface" 2>/dev/null
+        fi
+        ip -4 addr replace "$new_ip_address/$new_subnet_mask" dev "$interface" \
+            valid_lft "$new_dhcp_lease_time" preferred_lft "$new_dhcp_lease_time" ;;
+    EXPIRE|FAIL|RELEASE|STOP)
+        if [ -n "$old_ip_address" ]; then
+            ip -4 addr del "$old_ip_address/$old_subnet_mask" dev "$interface" 2>/dev/null
+        fi ;;
+esac
+exit 0
+"""
 _SID = re.compile(r"\bS-1-5-21-\d+-\d+-\d+\b")
 
 # Replace smb.conf with stdin, atomically, only if it still has the expected SHA-256 and
@@ -57,6 +90,12 @@ if [ "$actual" != "$expected" ]; then
 fi
 mv -f -- "$new" "$conf"
 """
+
+
+def leased_address(lease_file_text: str) -> str | None:
+    """The address of dhclient's latest lease (the last ``fixed-address`` of its lease file)."""
+    found = _LEASED.findall(lease_file_text or "")
+    return found[-1] if found else None
 
 
 def parse_ip_addresses(text: str) -> dict[str, list[tuple[str, int]]]:
@@ -126,6 +165,64 @@ class SambaCutoverHost:
         if status not in (0, 1):
             raise CommandFailed(self.name, f"arping -D {address}", status, stderr)
         return status == 0
+
+    # --- DHCP ----------------------------------------------------------------------------
+    def dhcp_client_problem(self, interface: str) -> str | None:
+        """Why the host cannot take an address by DHCP on ``interface``, or None when it can."""
+        status, _, _ = self.host.run(["sh", "-c", 'command -v "$1"', "sh", DHCP_CLIENT], check=False)
+        if status != 0:
+            return f"{DHCP_CLIENT} is not installed on {self.name} (Debian: apt install isc-dhcp-client)"
+        return None
+
+    def _dhclient_files(self, interface: str) -> dict[str, str]:
+        """dhclient's script, pid and lease files for ``interface``, under Samba's state directory."""
+        folder = f"{self.effective('state directory')}/sms-cutover"
+        return {"folder": folder, "script": f"{folder}/dhclient-script", "pid": f"{folder}/dhclient-{interface}.pid",
+                "leases": f"{folder}/dhclient-{interface}.leases"}
+
+    def _dhclient(self, files: dict[str, str], interface: str, *options: str) -> list[str]:
+        self.host.run(["mkdir", "-p", "--", files["folder"]])
+        self.host.run(["sh", "-c", 'cat > "$1" && chmod 0755 "$1"', "sh", files["script"]],
+                      input=DHCLIENT_SCRIPT.encode())
+        return [DHCP_CLIENT, *options, "-v", "-sf", files["script"], "-pf", files["pid"], "-lf", files["leases"],
+                interface]
+
+    def _leased(self, files: dict[str, str], interface: str) -> tuple[str, int] | None:
+        """The latest lease's address and prefix when it is on ``interface`` (ip -j addr)."""
+        status, text, _ = self.host.run(["cat", "--", files["leases"]], check=False)
+        address = leased_address(text) if status == 0 else None
+        on_interface = dict(self.addresses().get(interface, []))
+        return (address, on_interface[address]) if address in on_interface else None
+
+    def obtain_dhcp_address(self, interface: str) -> tuple[str, int]:
+        """An address for ``interface`` from a DHCP server: (address, prefix length).
+
+        dhclient asks once (``-1``; exit status 2 when no server answered) and stays in
+        the background to renew the lease. A lease already held by our dhclient (a
+        resumed stage) is kept, not asked for again.
+        """
+        files = self._dhclient_files(interface)
+        running = self.host.run(["sh", "-c", 'kill -0 "$(cat -- "$1")"', "sh", files["pid"]], check=False)[0] == 0
+        held = self._leased(files, interface) if running else None
+        if held:
+            return held
+        status, _, stderr = self.host.run(self._dhclient(files, interface, "-1"), check=False)
+        if status != 0:
+            tail = " / ".join(line for line in stderr.splitlines()[-4:] if line.strip())
+            raise CommandFailed(self.name, f"dhclient -1 {interface} (no DHCP lease: {tail})", status, stderr)
+        held = self._leased(files, interface)
+        if not held:
+            raise UnexpectedOutput(self.name, f"dhclient reported a lease, but its address is not on {interface}")
+        return held
+
+    def release_dhcp_address(self, interface: str) -> None:
+        """Release the lease of ``interface`` (``dhclient -r``: the DHCP server is told, our
+        dhclient stops, its script removes the address); the address must be gone after."""
+        files = self._dhclient_files(interface)
+        held = self._leased(files, interface)
+        self.host.run(self._dhclient(files, interface, "-r"))
+        if held and self.has_address(held[0]):
+            raise UnexpectedOutput(self.name, f"{held[0]} is still on {interface} after dhclient -r")
 
     # --- smb.conf ----------------------------------------------------------------------
     def _read_conf(self) -> tuple[str, str]:

@@ -30,7 +30,7 @@ from common.db import session_scope
 from common.models import CutoverRun, Job, Pairing, RunState, Server
 from common.settings import Settings, get_settings
 from orchestrator.cutover.delta import EngineDeltaTransfer
-from orchestrator.cutover.plan import AddressMove, CutoverPlan
+from orchestrator.cutover.plan import DHCP, AddressMove, CutoverPlan
 from orchestrator.cutover.stages import (
     STAGES,
     CutoverError,
@@ -67,13 +67,16 @@ def parse_move(text: str) -> AddressMove:
 
 
 def parse_address(text: str) -> tuple[str, int]:
-    """``ADDRESS/PREFIX`` as (address, prefix length)."""
+    """``ADDRESS/PREFIX`` as (address, prefix length); ``dhcp`` (any case) as ("dhcp", 0)."""
+    if text.strip().lower() == DHCP:
+        return DHCP, 0
     if "/" not in text:
-        raise CutoverError(f"{text!r} needs its prefix length (ADDRESS/PREFIX, e.g. 198.18.5.31/24)")
+        raise CutoverError(f"{text!r} needs its prefix length (ADDRESS/PREFIX, e.g. 198.18.5.31/24), "
+                           "or give dhcp")
     try:
         interface = ipaddress.ip_interface(text)
     except ValueError:
-        raise CutoverError(f"{text!r} is not ADDRESS/PREFIX") from None
+        raise CutoverError(f"{text!r} is not ADDRESS/PREFIX, nor dhcp") from None
     return str(interface.ip), interface.network.prefixlen
 
 
@@ -97,15 +100,23 @@ def find_pairing(session: Session, job: Job, source: str, destination: str | Non
 
 
 def plan_cutover(session: Session, job: Job, source: str, *, destination: str | None,
-                 addresses: list[AddressMove], new_address: str, new_prefix_length: int,
+                 addresses: list[AddressMove], new_address: str, new_prefix_length: int | None,
                  new_interface: str | None = None, new_name: str | None = None,
                  maintenance_hosts: list[str] | None = None, timeout_seconds: int = 3600,
                  override_reconciliation: bool = False, verify_files: int = 5) -> CutoverRun:
     """A pending cutover run of the source's pairing with a complete plan.
 
-    ``new_name`` defaults to a random one; ``new_interface`` to the source interface of
-    the first address that moves. Raises ``CutoverError`` when the plan is not valid.
+    ``new_address`` is a static IPv4 address (with ``new_prefix_length``) or ``dhcp``
+    (no prefix length). ``new_name`` defaults to a random one; ``new_interface`` to the
+    source interface of the first address that moves. Raises ``CutoverError`` when the
+    plan is not valid.
     """
+    if new_address.strip().lower() == DHCP:
+        if new_prefix_length:
+            raise CutoverError("the source's new address comes from DHCP: give no prefix length")
+        new_address, new_prefix_length = DHCP, 0
+    elif new_prefix_length is None:
+        raise CutoverError(f"the source's new address {new_address} needs its prefix length (or use dhcp)")
     pairing = find_pairing(session, job, source, destination)
     interface = new_interface or (addresses[0].source_interface if addresses else "")
     plan = CutoverPlan(addresses=list(addresses), source_new_name=new_name or random_source_name(),
@@ -125,18 +136,23 @@ def get_cutover(session: Session, run_id: int, job: Job | None = None) -> Cutove
 
 
 def cutover_status(session: Session, run_id: int) -> dict[str, Any]:
-    """The run as plain data: state, error, plan, stages (progress, message), delta record."""
+    """The run as plain data: state, error, plan, the source's new address, stages
+    (progress, message), delta record."""
     run = get_cutover(session, run_id)
     pairing = session.get(Pairing, run.pairing_id)
     state = (run.options or {}).get("state") or {}
+    plan = (run.options or {}).get("plan") or {}
     return {
         "id": run.id, "job_id": run.job_id, "pairing_id": run.pairing_id,
         "source": session.get(Server, pairing.source_server_id).name,
         "destination": session.get(Server, pairing.destination_server_id).name,
         "state": run.state.value, "error": run.error,
         "created_at": run.created_at, "started_at": run.started_at, "ended_at": run.ended_at,
-        "plan": (run.options or {}).get("plan") or {},
+        "plan": plan,
         "delta": state.get("delta"),
+        # The static address planned, or the one DHCP gave the source (None until stage 4).
+        "source_new_address": state.get("source_new_address") or (
+            None if plan.get("source_new_address") == DHCP else plan.get("source_new_address")),
         "stages": [{"position": stage.position, "name": stage.name, "title": STAGE_TITLES.get(stage.name, ""),
                     "state": stage.state.value, "progress": stage.progress, "message": stage.message,
                     "started_at": stage.started_at, "ended_at": stage.ended_at}
@@ -162,10 +178,11 @@ def check_can_drive(run_id: int, *, resume: bool, takeover: bool = False, url: s
 
 
 def drive_cutover(run_id: int, *, resume: bool = False, takeover: bool = False,
-                  delta: DeltaTransfer | None = None) -> RunState:
-    """Run (or resume) the cutover here until it succeeds or stops at a failed stage."""
+                  delta: DeltaTransfer | None = None, timeout_seconds: int | None = None) -> RunState:
+    """Run (or resume) the cutover here until it succeeds or stops at a failed stage;
+    ``timeout_seconds`` replaces the plan's timeout from this call on."""
     check_can_drive(run_id, resume=resume, takeover=takeover)
-    return run_cutover(run_id, delta or EngineDeltaTransfer(), takeover=takeover)
+    return run_cutover(run_id, delta or EngineDeltaTransfer(), takeover=takeover, timeout_seconds=timeout_seconds)
 
 
 def rollback_cutover(run_id: int, *, url: str | None = None) -> list[str]:
@@ -179,7 +196,7 @@ def rollback_cutover(run_id: int, *, url: str | None = None) -> list[str]:
     return rollback(run_id, url=url)
 
 
-def start_driver(run_id: int, *, resume: bool = False, takeover: bool = False,
+def start_driver(run_id: int, *, resume: bool = False, takeover: bool = False, timeout_seconds: int | None = None,
                  settings: Settings | None = None,
                  environment: dict[str, str] | None = None) -> tuple[subprocess.Popen, Path]:
     """Start a detached ``sms cutover run|resume ID --wait``; the process and its log file.
@@ -198,6 +215,8 @@ def start_driver(run_id: int, *, resume: bool = False, takeover: bool = False,
             "--wait"]
     if takeover:
         argv.append("--takeover")
+    if timeout_seconds is not None:
+        argv += ["--timeout", str(int(timeout_seconds))]
     with open(log, "ab") as out:
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True, env={**os.environ, **(environment or {})})

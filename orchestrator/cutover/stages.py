@@ -12,15 +12,19 @@ A cutover run (``CutoverRun``) of one pairing goes through seven stages, each st
    nobody writes), then the final delta transfer runs;
 3. ``delta_reconciliation`` - that delta must reconcile clean;
 4. ``source_identity`` - the source's shares go into maintenance, it takes its new
-   name and its new address, and gives up the addresses that move;
+   name and its new address (static, or leased from a DHCP server and recorded in the
+   run's state), and gives up the addresses that move;
 5. ``destination_identity`` - the destination takes those addresses (announced by
    gratuitous ARP) and the source's old name; its shares must be available;
 6. ``verification`` - at each old address the server answers with the old name
-   (srvsvc NetrServerGetInfo) and every share lists and reads back files in full;
+   (srvsvc NetrServerGetInfo) and every share lists and reads back files in full; the
+   source answers with its new name at its new address;
 7. ``done``.
 
 ``run_cutover`` runs from the first stage that has not succeeded, so after a failure
-(recorded on its stage with the reason) a second call resumes there. Every step is
+(recorded on its stage with the reason) a second call resumes there. The plan's
+``timeout_seconds`` bounds each call, the final delta transfer included (it gets the
+call's deadline and stops dispatching when it passes). Every step is
 idempotent (it looks before it acts). ``rollback`` gives the source back its name,
 addresses and share access and releases them from the destination; a failing pre-flight
 rolls back automatically.
@@ -103,10 +107,12 @@ class DeltaTransfer(Protocol):
     ``run`` copies what changed since the last transfer (the source's shares are already
     read-only) and returns a JSON-able record of what ran (e.g. the transfer run's id);
     it is stored with the cutover run, so ``reconcile`` gets it even after a resume.
+    ``deadline`` (``time.monotonic()`` clock) is the cutover call's limit: past it the
+    transfer must stop and ``run`` raise ``CutoverError`` saying so.
     """
 
-    def run(self, pairing: CutoverPairing) -> dict[str, Any]:
-        """Run the final delta transfer; a JSON-able record of it."""
+    def run(self, pairing: CutoverPairing, deadline: float) -> dict[str, Any]:
+        """Run the final delta transfer within ``deadline``; a JSON-able record of it."""
 
     def reconcile(self, pairing: CutoverPairing, record: dict[str, Any]) -> DeltaReconciliation:
         """Whether the delta ``record`` describes reconciles clean."""
@@ -123,6 +129,9 @@ class CutoverHost(Protocol):
     def add_address(self, interface: str, address: str, prefix_length: int) -> None: ...
     def remove_address(self, interface: str, address: str, prefix_length: int) -> None: ...
     def address_free(self, interface: str, address: str) -> bool: ...
+    def dhcp_client_problem(self, interface: str) -> str | None: ...
+    def obtain_dhcp_address(self, interface: str) -> tuple[str, int]: ...
+    def release_dhcp_address(self, interface: str) -> None: ...
     def netbios_name(self) -> str: ...
     def rename(self, name: str, tag: str) -> None: ...
     def undo_rename(self, original: str, tag: str) -> None: ...
@@ -253,10 +262,29 @@ class _Context:
             run = session.get(CutoverRun, self.run_id)
             run.options = {**run.options, "state": dict(self.state)}
 
-    def step(self, progress: float, message: str) -> None:
-        """Record the current stage's progress and message; stop when the time is up."""
+    @property
+    def source_new_address(self) -> str:
+        """The source's new address: the plan's static one, or the one leased by DHCP
+        (recorded at stage 4; "DHCP" until then)."""
+        if self.plan.source_new_address_by_dhcp:
+            return self.state.get("source_new_address") or "DHCP"
+        return self.plan.source_new_address
+
+    @property
+    def source_new_prefix_length(self) -> int:
+        """The prefix length of ``source_new_address``."""
+        if self.plan.source_new_address_by_dhcp:
+            return int(self.state.get("source_new_prefix_length") or 0)
+        return self.plan.source_new_prefix_length
+
+    def check_deadline(self) -> None:
+        """Stop (CutoverError) once this call has lasted longer than the plan's timeout."""
         if time.monotonic() > self.deadline:
             raise CutoverError(f"cutover timed out (limit {self.plan.timeout_seconds} s per run); resume to go on")
+
+    def step(self, progress: float, message: str) -> None:
+        """Record the current stage's progress and message; stop when the time is up."""
+        self.check_deadline()
         with session_scope(self.url) as session:
             stage = session.get(CutoverStage, self.stage_id)
             stage.progress = progress
@@ -272,14 +300,18 @@ class _Context:
 
 
 def run_cutover(run_id: int, delta: DeltaTransfer, *, connect: HostConnector = connect_host,
-                url: str | None = None, takeover: bool = False) -> RunState:
+                url: str | None = None, takeover: bool = False, timeout_seconds: int | None = None) -> RunState:
     """Run cutover ``run_id`` from its first unfinished stage; returns the run's new state.
 
     A stage that fails is marked failed with the reason and the run stops (FAILED); call
     again to resume there. A failing pre-flight rolls back automatically. A succeeded or
     rolled-back run is refused, and so is a running one unless ``takeover`` says the
     process that ran it is gone (one process drives a cutover at a time).
+    ``timeout_seconds`` replaces the plan's timeout from this call on (stored in the plan),
+    e.g. to resume a run whose final delta needed more time than planned.
     """
+    if timeout_seconds is not None and timeout_seconds <= 0:
+        raise CutoverError("the timeout must be positive")
     context = _Context(run_id, url, connect)
     context.delta = delta
     with session_scope(url) as session:
@@ -296,6 +328,9 @@ def run_cutover(run_id: int, delta: DeltaTransfer, *, connect: HostConnector = c
         if taken.rowcount != 1:
             raise CutoverError(f"cutover run {run_id} was just taken by another process")
         run.state = RunState.RUNNING
+        if timeout_seconds is not None:
+            context.plan.timeout_seconds = timeout_seconds
+            run.options = {**run.options, "plan": context.plan.to_json()}
         run.started_at = run.started_at or utcnow()
         run.ended_at = None
         run.error = ""
@@ -427,17 +462,22 @@ def _stage_preflight(context: _Context) -> str:
                             "give it a management address that stays")
     if plan.source_new_interface not in source_addresses:
         problems.append(f"the source has no interface {plan.source_new_interface}")
-    if source.has_address(plan.source_new_address) or destination.has_address(plan.source_new_address):
+    if plan.source_new_address_by_dhcp:
+        dhcp_problem = source.dhcp_client_problem(plan.source_new_interface)
+        if dhcp_problem:
+            problems.append(f"the source cannot get its new address by DHCP: {dhcp_problem}")
+    elif source.has_address(plan.source_new_address) or destination.has_address(plan.source_new_address):
         problems.append(f"the source's new address {plan.source_new_address} is already on a server of the pairing")
     if plan.source_new_name.upper() == context.state["source_name"].upper():
         problems.append(f"the source's new name {plan.source_new_name} is its current name")
     if problems:
         raise CutoverError("the plan does not fit the hosts: " + "; ".join(problems))
 
-    context.step(0.65, f"checking that {plan.source_new_address} is free")
-    if not source.address_free(plan.source_new_interface, plan.source_new_address):
-        raise CutoverError(f"{plan.source_new_address} answers on the source's network: "
-                           "choose a free address for the source")
+    if not plan.source_new_address_by_dhcp:  # a DHCP server hands out free addresses itself
+        context.step(0.65, f"checking that {plan.source_new_address} is free")
+        if not source.address_free(plan.source_new_interface, plan.source_new_address):
+            raise CutoverError(f"{plan.source_new_address} answers on the source's network: "
+                               "choose a free address for the source")
 
     context.step(0.85, "checking the destination's shares")
     present = {name.lower() for name in destination.share_names()}
@@ -446,8 +486,10 @@ def _stage_preflight(context: _Context) -> str:
         raise CutoverError(f"the destination lacks the shares {', '.join(missing)}: transfer creates them")
     context.state.setdefault("source_share_snapshot", source.share_snapshot(context.shares))
     context.save_state()
+    new_address = ("a DHCP client is on the source" if plan.source_new_address_by_dhcp
+                   else f"{plan.source_new_address} is free")
     return (f"both hosts reachable; transfer run {transfer_run_id} reconciles clean; plan fits; "
-            f"{plan.source_new_address} is free; destination holds {len(context.shares)} share(s)")
+            f"{new_address}; destination holds {len(context.shares)} share(s)")
 
 
 def _stage_final_delta(context: _Context) -> str:
@@ -456,7 +498,7 @@ def _stage_final_delta(context: _Context) -> str:
     context.source.set_share_access(context.shares, READ_ONLY, context.tag,
                                     snapshot=context.state.get("source_share_snapshot"))
     context.step(0.2, "source shares read-only; final delta transfer running")
-    record = context.delta.run(context.pairing)
+    record = context.delta.run(context.pairing, context.deadline)
     context.state["delta"] = dict(record or {})
     context.save_state()
     return f"source shares read-only; final delta transfer done {context.state['delta']}"
@@ -479,18 +521,28 @@ def _stage_source_identity(context: _Context) -> str:
     context.step(0.35, f"renaming the source to {plan.source_new_name}")
     _flag(context, "source_renamed")
     source.rename(plan.source_new_name, context.tag)
-    context.step(0.6, f"giving the source its new address {plan.source_new_address}")
     _flag(context, "source_new_address_added")
-    source.add_address(plan.source_new_interface, plan.source_new_address, plan.source_new_prefix_length)
+    if plan.source_new_address_by_dhcp:
+        context.step(0.6, f"the source asks DHCP for its new address on {plan.source_new_interface}")
+        address, prefix_length = source.obtain_dhcp_address(plan.source_new_interface)
+        if address in {move.address for move in plan.addresses}:
+            raise CutoverError(f"the DHCP server gave the source {address}, an address that moves to the "
+                               "destination: fix the DHCP server's range, then resume or roll back")
+        context.state.update(source_new_address=address, source_new_prefix_length=prefix_length)
+        context.save_state()
+    else:
+        context.step(0.6, f"giving the source its new address {plan.source_new_address}")
+        source.add_address(plan.source_new_interface, plan.source_new_address, plan.source_new_prefix_length)
     for move in plan.addresses:
         context.step(0.8, f"removing {move.address} from the source")
         _flag(context, "source_addresses_removed")
         source.remove_address(move.source_interface, move.address, move.prefix_length)
     if context.source_server.address in {move.address for move in plan.addresses}:
         _flag(context, "source_smb_address_changed")
-        _set_server_address(context, context.source_server.id, plan.source_new_address)
+        _set_server_address(context, context.source_server.id, context.source_new_address)
+    how = " (DHCP)" if plan.source_new_address_by_dhcp else ""
     return (f"source shares in maintenance; source is now {plan.source_new_name} at "
-            f"{plan.source_new_address}; gave up {', '.join(m.address for m in plan.addresses)}")
+            f"{context.source_new_address}{how}; gave up {', '.join(m.address for m in plan.addresses)}")
 
 
 def _stage_destination_identity(context: _Context) -> str:
@@ -525,13 +577,18 @@ def _stage_verification(context: _Context) -> str:
                                        sample=context.plan.verify_files, port=server.port or 445)
             read_files += files
             read_bytes += size
+    source, new_address = context.source_server, context.source_new_address
+    context.step(0.9, f"asking the source at {new_address} for its name")
+    verify_server_name(new_address, context.plan.source_new_name, source.username, server_password(source),
+                       port=source.port or 445)
     return (f"{', '.join(m.address for m in context.plan.addresses)} answer as {old_name}; "
-            f"{len(context.shares)} share(s) reachable; {read_files} file(s), {read_bytes} bytes read back")
+            f"{len(context.shares)} share(s) reachable; {read_files} file(s), {read_bytes} bytes read back; "
+            f"the source answers as {context.plan.source_new_name} at {new_address}")
 
 
 def _stage_done(context: _Context) -> str:
     return (f"cutover complete: {context.state['source_name']} is served by the destination; the source is "
-            f"{context.plan.source_new_name} at {context.plan.source_new_address}, shares in maintenance")
+            f"{context.plan.source_new_name} at {context.source_new_address}, shares in maintenance")
 
 
 STAGE_FUNCTIONS: dict[str, Callable[[_Context], str]] = {
@@ -613,6 +670,13 @@ def _rollback(context: _Context, reason: str, *, operator: bool) -> list[str]:
     if any(state.get(flag) for flag in source_flags) and _attempt(
             failures, "connect to the source", lambda: context.source.addresses()):
         source = context.source
+        restorable = all(move.address in released or source.has_address(move.address) for move in plan.addresses)
+        if state.get("source_new_address_added") and plan.source_new_address_by_dhcp and restorable:
+            # Released before the old addresses come back: Windows keeps no static address
+            # on an interface while DHCP is enabled on it.
+            if _attempt(failures, f"release the source's DHCP lease ({context.source_new_address})",
+                        lambda: source.release_dhcp_address(plan.source_new_interface)):
+                undone.append(f"source released its DHCP lease ({context.source_new_address})")
         for move in plan.addresses:
             if source.has_address(move.address):
                 continue
@@ -621,7 +685,8 @@ def _rollback(context: _Context, reason: str, *, operator: bool) -> list[str]:
             elif _attempt(failures, f"give {move.address} back to the source",
                           lambda m=move: source.add_address(m.source_interface, m.address, m.prefix_length)):
                 undone.append(f"source has {move.address} again")
-        if state.get("source_new_address_added") and all(source.has_address(m.address) for m in plan.addresses):
+        if (state.get("source_new_address_added") and not plan.source_new_address_by_dhcp
+                and all(source.has_address(m.address) for m in plan.addresses)):
             if _attempt(failures, f"remove {plan.source_new_address} from the source",
                         lambda: source.remove_address(plan.source_new_interface, plan.source_new_address,
                                                       plan.source_new_prefix_length)):

@@ -13,6 +13,12 @@ What each operation does:
   duplicate address detection and announces the address itself); ``Remove-NetIPAddress``;
   "is this address free" asks for its MAC with ``SendARP`` (iphlpapi), as ``arping -D``
   would;
+- an address from DHCP: ``Set-NetIPInterface -Dhcp Enabled`` on the interface, then
+  ``Get-NetIPAddress`` until a preferred address of prefix origin Dhcp is there (60 s at
+  most); released with ``ipconfig /release`` and ``Set-NetIPInterface -Dhcp Disabled``.
+  Windows keeps no static address on an interface with DHCP enabled, so pre-flight
+  refuses when the management address is on that interface, and rollback releases the
+  lease before the old addresses come back. The DHCP Client service must be running;
 - name: ``Rename-Computer`` then ``Restart-Computer`` and a wait until WinRM answers with
   the new name. A domain member is first unjoined (``Remove-Computer``), restarted, then
   joined again under the new name (``Add-Computer -NewName``), as Storage Migration Service
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 import time
 from typing import Any
 
@@ -103,6 +110,38 @@ def script_arp_probe(address: str) -> str:
         "Mac = if ($rc -eq 0) { ($mac | ForEach-Object { $_.ToString('X2') }) -join '-' } else { $null }; "
         "Code = $rc }" + JSON
     )
+
+
+def script_dhcp_client() -> str:
+    """The DHCP Client service (``Dhcp``) and its state."""
+    return "Get-Service -Name Dhcp | Select-Object Name, Status, StartType" + JSON
+
+
+def script_enable_dhcp(interface: str, wait_seconds: int = 60) -> str:
+    """Enable DHCP for IPv4 on ``interface``, wait for a preferred DHCP address, list the
+    interface's IPv4 addresses."""
+    alias = ps_quote(interface)
+    return (
+        f"Set-NetIPInterface -InterfaceAlias {alias} -AddressFamily IPv4 -Dhcp Enabled\n"
+        f"$deadline = (Get-Date).AddSeconds({int(wait_seconds)})\n"
+        "do {\n"
+        f"    $leased = @(Get-NetIPAddress -InterfaceAlias {alias} -AddressFamily IPv4 -PrefixOrigin Dhcp "
+        "-ErrorAction SilentlyContinue | Where-Object { $_.AddressState -eq 'Preferred' })\n"
+        "    if ($leased.Count -gt 0) { break }\n"
+        "    Start-Sleep -Seconds 2\n"
+        "} while ((Get-Date) -lt $deadline)\n"
+        f"Get-NetIPAddress -InterfaceAlias {alias} -AddressFamily IPv4 -ErrorAction SilentlyContinue | "
+        "Select-Object InterfaceAlias, IPAddress, PrefixLength, PrefixOrigin, AddressState" + JSON
+    )
+
+
+def script_disable_dhcp(interface: str) -> str:
+    """Release the DHCP lease of ``interface`` and turn DHCP off for IPv4 there."""
+    alias = ps_quote(interface)
+    return (f"ipconfig /release {alias} | Out-Null\n"
+            f"Set-NetIPInterface -InterfaceAlias {alias} -AddressFamily IPv4 -Dhcp Disabled\n"
+            f"Get-NetIPInterface -InterfaceAlias {alias} -AddressFamily IPv4 | Select-Object InterfaceAlias, Dhcp"
+            + JSON)
 
 
 def script_computer() -> str:
@@ -193,6 +232,35 @@ def parse_arp_probe(text: str) -> bool:
     if len(items) != 1 or "Answered" not in items[0]:
         raise ValueError("SendARP probe printed no answer")
     return bool(items[0]["Answered"])
+
+
+# Windows PowerShell 5.1's ConvertTo-Json writes enums as numbers: PrefixOrigin Dhcp = 3,
+# AddressState Preferred = 4, ServiceControllerStatus Running = 4, NetIPInterface Dhcp Enabled = 1.
+_DHCP_ORIGIN, _PREFERRED, _RUNNING, _DHCP_ENABLED = (3, "Dhcp"), (4, "Preferred"), (4, "Running"), (1, "Enabled")
+
+
+def parse_dhcp_client_running(text: str) -> bool:
+    """True when ``script_dhcp_client`` reports the DHCP Client service running."""
+    items = load_ps_json(text, "Get-Service Dhcp")
+    if len(items) != 1:
+        raise ValueError("Get-Service did not return the Dhcp service")
+    return items[0].get("Status") in _RUNNING
+
+
+def parse_dhcp_address(text: str, interface: str) -> tuple[str, int]:
+    """(address, prefix length) of the preferred DHCP address ``script_enable_dhcp`` lists."""
+    leased = [item for item in load_ps_json(text, "Get-NetIPAddress")
+              if item.get("PrefixOrigin") in _DHCP_ORIGIN and item.get("AddressState") in _PREFERRED]
+    if not leased:
+        raise ValueError(f"no address from DHCP on {interface} (is a DHCP server answering there?)")
+    return leased[0]["IPAddress"], int(leased[0]["PrefixLength"])
+
+
+def parse_dhcp_disabled(text: str) -> None:
+    """Check ``script_disable_dhcp``'s answer: DHCP is off on the interface."""
+    items = load_ps_json(text, "Get-NetIPInterface")
+    if len(items) != 1 or items[0].get("Dhcp") in _DHCP_ENABLED:
+        raise ValueError(f"DHCP is still enabled: {items}")
 
 
 def parse_computer(text: str) -> dict[str, Any]:
@@ -291,6 +359,30 @@ class WindowsCutoverHost:
     def address_free(self, interface: str, address: str) -> bool:
         """True when nobody answers an ARP request for ``address``."""
         return not self._run("SendARP", script_arp_probe(address), parse_arp_probe)
+
+    def dhcp_client_problem(self, interface: str) -> str | None:
+        """Why ``interface`` cannot take an address by DHCP (service stopped, or the
+        management address on it, which enabling DHCP would remove), or None."""
+        if not self._run("Get-Service Dhcp", script_dhcp_client(), parse_dhcp_client_running):
+            return f"the DHCP Client service (Dhcp) is not running on {self.name}"
+        on_interface = {address for address, _ in self.addresses().get(interface, [])}
+        try:
+            managed_at = {info[4][0] for info in socket.getaddrinfo(self.management_address, None, socket.AF_INET)}
+        except socket.gaierror:
+            managed_at = {self.management_address}
+        if managed_at & on_interface:
+            return (f"{self.management_address}, the management address, is on {interface}: enabling DHCP "
+                    "there would remove it; manage the server through another interface")
+        return None
+
+    def obtain_dhcp_address(self, interface: str) -> tuple[str, int]:
+        """Enable DHCP on ``interface`` and return the address leased (address, prefix length)."""
+        return self._run("Set-NetIPInterface -Dhcp Enabled", script_enable_dhcp(interface), parse_dhcp_address,
+                         interface)
+
+    def release_dhcp_address(self, interface: str) -> None:
+        """Release the lease and turn DHCP off on ``interface``."""
+        self._run("Set-NetIPInterface -Dhcp Disabled", script_disable_dhcp(interface), parse_dhcp_disabled)
 
     def netbios_name(self) -> str:
         """The computer name."""

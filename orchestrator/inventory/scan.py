@@ -1,24 +1,30 @@
-"""The file scan's bookkeeping in the job database: one directory listing at a time.
+"""The file scan's bookkeeping in the job database: many folder listings per transaction.
 
-A share's scan is a tree of directory tasks (``orchestrator.inventory.tasks``). Each task
-lists one directory over SMB and hands the listing to ``apply_listing``, which, in one
-transaction, stores a ``FileRecord`` (``run_id`` NULL: the inventory baseline) per entry,
-removes the records of paths that vanished since the last scan, adds to the share's
-counters, and returns the subdirectories to publish after commit. The share root has a
-record of its own with the empty path.
+A share's scan is a tree of tasks (``orchestrator.inventory.tasks``), each listing a batch
+of folders. ``apply_listings`` stores a batch's listings in one transaction: a
+``FileRecord`` (``run_id`` NULL: the inventory baseline) per entry, updated in place when
+the path was already known (and only when something changed), inserted in bulk when new,
+removed (with its subtree) when it vanished; it returns the subfolders to list next, to
+publish after commit. The share root has a record of its own with the empty path.
 
-The database is the truth about progress. A directory that was found but whose contents
+The database is the truth about progress. A folder that was found but whose contents
 are not listed yet has its record in state ``failed`` with error code ``SCAN_PENDING``:
 exactly what is true of it if the scan stopped there. Its own task turns it to
-``scanned`` (or to ``failed`` with the NTSTATUS name when it cannot be listed). The scan
-is complete when no ``SCAN_PENDING`` record is left; the task that sees that stamps
-``Share.scanned_at``. Each transaction starts by writing the share's row, which
-serialises the tasks of one share, so exactly one task sees the count reach zero, and a
-message delivered twice finds its directory already listed and does nothing.
+``scanned`` (or to ``failed`` with the NTSTATUS name when it cannot be listed). A batch
+first writes its own folders' records, which locks them: a message delivered twice
+waits for the first delivery, then finds its folders listed and does nothing. Nothing
+else is locked, so the tasks of one share run side by side.
+
+The scan is complete when no ``SCAN_PENDING`` record is left. After each batch has
+committed, ``finish_scan_if_done`` checks that in a short transaction of its own that
+locks the share's row (so exactly one of two batches finishing together completes the
+scan), and the completing one sums the share's counters from its records and stamps
+``Share.scanned_at``. Counters are therefore exact, and zero while a scan runs.
 
 Errors (a folder the account may not read, a failed logon) are each a ``failed`` record
 with the NTSTATUS name and an ``Event`` with a message an administrator can act on; the
-scan of everything else goes on.
+scan of everything else goes on. What lay below a folder that can no longer be listed
+is unknown, so its old records are removed.
 
 This module never talks to a server and never publishes before commit: it returns what
 to publish.
@@ -27,14 +33,15 @@ to publish.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy import and_, case, delete, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from common.db import bulk_insert_file_records
 from common.models import EventLevel, FileRecord, FileState, Server, Share, utcnow
+from common.smb.walk import DirEntry
 from orchestrator.jobs import record_event
 
 PENDING = "SCAN_PENDING"
@@ -48,8 +55,14 @@ EXCLUDED_NAMES = frozenset(
                  "$Recycle.bin", "pagefile.sys")
 )
 ATTRIBUTE_DIRECTORY = 0x10
-ATTRIBUTE_REPARSE_POINT = 0x400
+# Statement sizes: ids per DELETE, paths per IN list, folders per children query.
 _DELETE_CHUNK = 500
+_PATH_CHUNK = 500
+_FOLDERS_PER_QUERY = 32
+# The columns a listing sets; a known record is rewritten only when one of them changed.
+_LISTED_COLUMNS = ("is_dir", "size", "creation_time", "last_write_time", "last_access_time",
+                   "change_time", "attributes", "state", "error_code", "error_message")
+_WAS_DIR = 1  # where is_dir sits in a known record's (id, *_LISTED_COLUMNS) tuple
 
 
 @dataclass(frozen=True)
@@ -70,38 +83,6 @@ class ScanOptions:
 
 
 @dataclass(frozen=True)
-class Entry:
-    """One entry of a directory listing, as the scan stores it (times are raw FILETIMEs)."""
-
-    name: str
-    path: str
-    size: int
-    creation_time: int
-    last_access_time: int
-    last_write_time: int
-    change_time: int
-    attributes: int
-    file_id: int = 0
-
-    @property
-    def is_dir(self) -> bool:
-        """True for a directory."""
-        return bool(self.attributes & ATTRIBUTE_DIRECTORY)
-
-    @property
-    def is_reparse_point(self) -> bool:
-        """True for a reparse point (never entered)."""
-        return bool(self.attributes & ATTRIBUTE_REPARSE_POINT)
-
-    @classmethod
-    def from_dir_entry(cls, entry) -> "Entry":
-        """From ``common.smb.walk.DirEntry``."""
-        return cls(entry.name, entry.path, entry.size, entry.creation_time,
-                   entry.last_access_time, entry.last_write_time, entry.change_time,
-                   entry.attributes, entry.file_id)
-
-
-@dataclass(frozen=True)
 class ListingError:
     """Why a directory could not be listed: the NTSTATUS name and an admin-readable message."""
 
@@ -111,11 +92,12 @@ class ListingError:
 
 @dataclass(frozen=True)
 class DirectoryTask:
-    """A directory to list: what a scan task message carries (no credential, no data).
+    """A folder to list: what a scan task message carries for it (no credential, no data).
 
-    ``ancestors`` are the server's file ids of the directories from the share root down
-    to this one (inclusive, when known): a subdirectory with one of those ids is a link
-    back to an ancestor and is not entered.
+    ``fresh`` says the folder had no records before this scan (nothing under it can have
+    vanished). ``ancestors`` are the server's file ids of the folders from the share
+    root down to this one (inclusive, when known): a subfolder with one of those ids is
+    a link back to an ancestor and is not entered.
     """
 
     share_id: int
@@ -123,10 +105,24 @@ class DirectoryTask:
     fresh: bool
     ancestors: tuple[int, ...] = ()
 
-    def kwargs(self, options: ScanOptions) -> dict[str, Any]:
-        """Keyword arguments of the scan task for this directory."""
-        return {"share_id": self.share_id, "path": self.path, "fresh": self.fresh,
-                "ancestors": list(self.ancestors), "options": options.to_dict()}
+    def folder(self) -> dict[str, Any]:
+        """The folder as it travels in a task message (the share id travels once per message)."""
+        return {"path": self.path, "fresh": self.fresh, "ancestors": list(self.ancestors)}
+
+    @classmethod
+    def from_folder(cls, share_id: int, folder: dict[str, Any]) -> "DirectoryTask":
+        """A folder back from a task message."""
+        return cls(share_id, folder["path"], bool(folder.get("fresh")), tuple(folder.get("ancestors") or ()))
+
+
+@dataclass
+class FolderListing:
+    """One folder of a batch as listed: its entries (``common.smb.walk.DirEntry``: raw
+    FILETIMEs, attributes, size, the server's file id), or why it could not be listed."""
+
+    task: DirectoryTask
+    entries: list[DirEntry] = field(default_factory=list)
+    error: ListingError | None = None
 
 
 def _scan_rows(share_id: int):
@@ -197,31 +193,63 @@ def start_share_scan(session: Session, share: Share) -> DirectoryTask:
     return DirectoryTask(share.id, "", fresh)
 
 
-def _direct_children(session: Session, share_id: int, path: str) -> dict[str, tuple[int, bool]]:
-    """{path: (record id, is_dir)} of the records directly inside ``path``."""
-    if path:
-        prefix = path + "\\"
-        pattern = _like_escape(prefix) + "%"
-        deeper = pattern + "\\%"
-    else:
-        prefix, pattern, deeper = "", "%", "%\\%"
-    rows = session.execute(
-        select(FileRecord.id, FileRecord.relative_path, FileRecord.is_dir).where(
-            _scan_rows(share_id),
-            FileRecord.relative_path != "",
-            FileRecord.relative_path.like(pattern, escape="!"),
-            FileRecord.relative_path.not_like(deeper, escape="!"),
-        )
-    ).all()
-    # LIKE may fold case (SQLite): keep exact matches only.
-    return {
-        relative: (record_id, is_dir)
-        for record_id, relative, is_dir in rows
-        if relative.startswith(prefix) and "\\" not in relative[len(prefix):]
-    }
+def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _children_condition(path: str):
+    """Records directly inside folder ``path``, as an index range where possible: the
+    paths between ``path\\`` and ``path]`` (']' follows '\\' in code-point order) are
+    exactly those below it when the database compares text by code point (SQLite, and
+    PostgreSQL with a C collation; elsewhere the range may miss some, so LIKE is used).
+    Deeper records are left out in SQL; LIKE may fold case, so results are filtered again."""
+    if not path:
+        return and_(FileRecord.relative_path != "", FileRecord.relative_path.not_like("%\\%"))
+    pattern = _like_escape(path + "\\") + "%"
+    not_deeper = FileRecord.relative_path.not_like(pattern + "\\%", escape="!")
+    return and_(FileRecord.relative_path > path + "\\", FileRecord.relative_path < path + "]", not_deeper)
+
+
+def _slow_children_condition(path: str):
+    """Like ``_children_condition`` with LIKE only (any collation; no index range)."""
+    if not path:
+        return _children_condition(path)
+    pattern = _like_escape(path + "\\") + "%"
+    return and_(FileRecord.relative_path.like(pattern, escape="!"),
+                FileRecord.relative_path.not_like(pattern + "\\%", escape="!"))
+
+
+def _compares_by_code_point(session: Session) -> bool:
+    """True when text order is code-point order (SQLite; PostgreSQL with a C collation)."""
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        return connection.dialect.name == "sqlite"
+    collation = session.scalar(select(func.current_setting("lc_collate")))
+    return collation in ("C", "POSIX", "C.UTF-8", "C.utf8")
+
+
+def _known_children(session: Session, share_id: int, folders: Sequence[str]) -> dict[str, tuple]:
+    """{path: (id, *_LISTED_COLUMNS)} of the records directly inside any of ``folders``:
+    one query per group of folders."""
+    known: dict[str, tuple] = {}
+    wanted = set(folders)
+    condition = _children_condition if _compares_by_code_point(session) else _slow_children_condition
+    columns = [FileRecord.id, FileRecord.relative_path, *(getattr(FileRecord, name) for name in _LISTED_COLUMNS)]
+    for group in _chunks(list(folders), _FOLDERS_PER_QUERY):
+        # Core, not ORM, execution: plain rows without the ORM's per-row loading work.
+        rows = session.connection().execute(select(*columns).where(
+            _scan_rows(share_id), or_(*(condition(path) for path in group))))
+        for record_id, relative, *values in rows:
+            if relative.rpartition("\\")[0] in wanted:
+                known[relative] = (record_id, *values)
+    return known
 
 
 def _subtree_ids(session: Session, share_id: int, path: str) -> list[int]:
+    """Ids of every record below folder ``path`` (not the folder's own; '' is the root)."""
+    if not path:
+        return list(session.scalars(select(FileRecord.id).where(_scan_rows(share_id), FileRecord.relative_path != "")))
     prefix = path + "\\"
     rows = session.execute(
         select(FileRecord.id, FileRecord.relative_path).where(
@@ -231,10 +259,9 @@ def _subtree_ids(session: Session, share_id: int, path: str) -> list[int]:
 
 
 def _delete_ids(session: Session, ids: Sequence[int]) -> None:
-    for start in range(0, len(ids), _DELETE_CHUNK):
+    for chunk in _chunks(list(ids), _DELETE_CHUNK):
         session.execute(
-            delete(FileRecord).where(FileRecord.id.in_(ids[start:start + _DELETE_CHUNK]))
-            .execution_options(synchronize_session=False)
+            delete(FileRecord).where(FileRecord.id.in_(chunk)).execution_options(synchronize_session=False)
         )
 
 
@@ -243,129 +270,146 @@ def is_excluded(path: str, name: str, options: ScanOptions) -> bool:
     return options.skip_excluded_folders and "\\" not in path and name.lower() in EXCLUDED_NAMES
 
 
-def apply_listing(
-    session: Session,
-    share_id: int,
-    path: str,
-    entries: Iterable[Entry],
-    error: ListingError | None,
-    *,
-    fresh: bool,
-    options: ScanOptions,
-    ancestors: tuple[int, ...] = (),
-) -> list[DirectoryTask] | None:
-    """Store one directory's listing (or why it failed) and return the subdirectories to
-    list next; None when there was nothing to do (already listed, or not part of a scan).
+def _claim(session: Session, share_id: int, paths: Sequence[str]) -> dict[str, int]:
+    """{path: record id} of the folders among ``paths`` that are still waiting to be listed.
 
-    ``fresh`` says the directory had no records before this scan, so nothing under it
-    can have vanished; ``ancestors`` are the file ids from the root down to this
-    directory. The caller commits, then publishes the returned tasks.
+    Writes their records first (a no-op write): that locks them until commit, so a
+    duplicate message waits for the first, then sees them listed; on SQLite it takes the
+    write lock before anything is read, so the reads see every committed batch.
     """
-    # Lock the share's row first: the tasks of one share apply their listings one at a time.
-    session.execute(
-        update(Share).where(Share.id == share_id).values(total_bytes=Share.total_bytes)
-        .execution_options(synchronize_session=False)
-    )
-    own = session.execute(
-        select(FileRecord.id, FileRecord.state, FileRecord.error_code)
-        .where(_scan_rows(share_id), FileRecord.relative_path == path)
-    ).first()
-    if own is None or own.state != FileState.FAILED or own.error_code != PENDING:
+    claimed: dict[str, int] = {}
+    for chunk in _chunks(list(paths), _PATH_CHUNK):
+        condition = and_(_scan_rows(share_id), FileRecord.relative_path.in_(chunk))
+        session.execute(update(FileRecord).where(condition).values(error_code=FileRecord.error_code)
+                        .execution_options(synchronize_session=False))
+        for record_id, relative, state, code in session.execute(
+                select(FileRecord.id, FileRecord.relative_path, FileRecord.state, FileRecord.error_code)
+                .where(condition)):
+            if state == FileState.FAILED and code == PENDING and relative in chunk:
+                claimed[relative] = record_id
+    return claimed
+
+
+def apply_listings(session: Session, share_id: int, listings: Sequence[FolderListing],
+                   options: ScanOptions) -> list[DirectoryTask] | None:
+    """Store a batch of folder listings (or why each failed) and return the subfolders to
+    list next; None when none of the folders was waiting (a duplicate message, or no
+    scan running). The caller commits, then publishes the returned tasks.
+    """
+    claimed = _claim(session, share_id, [listing.task.path for listing in listings])
+    listings = [listing for listing in listings if listing.task.path in claimed]
+    if not listings:
         return None
     share = session.get(Share, share_id)
     server = session.get(Server, share.server_id)
+
+    def scan_error(path: str, status: str, message: str) -> None:
+        record_event(session, "inventory.scan.error", message, job_id=server.job_id, server_id=server.id,
+                     level=EventLevel.ERROR,
+                     detail={"share_id": share_id, "share": share.name, "path": path, "status": status})
+
+    relisted = [listing.task.path for listing in listings if not listing.task.fresh]
+    known = _known_children(session, share_id, relisted) if relisted else {}
+    known_by_parent: dict[str, dict[str, tuple]] = {}
+    for relative, previous in known.items():
+        known_by_parent.setdefault(relative.rpartition("\\")[0], {})[relative] = previous
+    own_updates: list[dict[str, Any]] = []
+    doomed: list[int] = []
+    inserts: list[dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
     follow: list[DirectoryTask] = []
-
-    if error is not None:
-        session.execute(
-            update(FileRecord).where(FileRecord.id == own.id)
-            .values(state=FileState.FAILED, error_code=error.status_name, error_message=error.message)
-            .execution_options(synchronize_session=False)
-        )
-        record_event(
-            session, "inventory.scan.error", error.message, job_id=server.job_id,
-            server_id=server.id, level=EventLevel.ERROR,
-            detail={"share_id": share_id, "share": share.name, "path": path,
-                    "status": error.status_name},
-        )
-    else:
-        entries = list(entries)
-        existing = {} if fresh else _direct_children(session, share_id, path)
-        loops = {entry.path for entry in entries
-                 if entry.is_dir and entry.file_id and entry.file_id in ancestors}
-        entered = {
-            entry.path for entry in entries
-            if entry.is_dir and not entry.is_reparse_point and not is_excluded(path, entry.name, options)
-            and entry.path not in loops
-        }
-        # Upsert by path: the old records of this directory's entries go, the listing comes
-        # in; so do the subtrees of folders that vanished or are no longer entered.
-        doomed: list[int] = [record_id for record_id, _ in existing.values()]
-        for relative, (_, was_dir) in existing.items():
-            if was_dir and relative not in entered:
-                doomed.extend(_subtree_ids(session, share_id, relative))
-        _delete_ids(session, doomed)
-
-        rows: list[dict[str, Any]] = []
-        files = directories = total = 0
-        for entry in entries:
-            row = {
-                "share_id": share_id, "relative_path": entry.path, "is_dir": entry.is_dir,
-                "size": entry.size, "creation_time": entry.creation_time,
-                "last_write_time": entry.last_write_time,
-                "last_access_time": entry.last_access_time, "change_time": entry.change_time,
-                "attributes": entry.attributes, "state": FileState.SCANNED,
+    for listing in listings:
+        task, path = listing.task, listing.task.path
+        own = {"id": claimed[path], "state": FileState.SCANNED, "error_code": None, "error_message": None}
+        if listing.error is not None:
+            own.update(state=FileState.FAILED, error_code=listing.error.status_name,
+                       error_message=listing.error.message)
+            own_updates.append(own)
+            scan_error(path, listing.error.status_name, listing.error.message)
+            if not task.fresh:
+                doomed.extend(_subtree_ids(session, share_id, path))
+            continue
+        own_updates.append(own)
+        listed_paths: set[str] = set()
+        for entry in listing.entries:
+            listed_paths.add(entry.path)
+            row: dict[str, Any] = {
+                "is_dir": entry.is_dir, "size": entry.size, "creation_time": entry.creation_time,
+                "last_write_time": entry.last_write_time, "last_access_time": entry.last_access_time,
+                "change_time": entry.change_time, "attributes": entry.attributes,
+                "state": FileState.SCANNED, "error_code": None, "error_message": None,
             }
+            entered = False
             if is_excluded(path, entry.name, options):
                 row.update(state=FileState.SKIPPED, error_message=EXCLUDED_MESSAGE)
-            elif entry.is_dir:
-                directories += 1
-                if entry.path in entered:
-                    row.update(state=FileState.FAILED, error_code=PENDING, error_message=PENDING_MESSAGE)
-                    follow.append(DirectoryTask(share_id, entry.path, fresh or entry.path not in existing,
-                                                (*ancestors, entry.file_id)))
-                elif entry.path in loops:
-                    message = (f"share {share.name!r}: folder {entry.path!r} not entered: it is the same "
-                               "folder as one of its ancestors (a link loop)")
-                    row.update(state=FileState.FAILED, error_code=LOOP, error_message=message)
-                    record_event(session, "inventory.scan.error", message, job_id=server.job_id,
-                                 server_id=server.id, level=EventLevel.ERROR,
-                                 detail={"share_id": share_id, "share": share.name, "path": entry.path,
-                                         "status": LOOP})
-            else:
-                files += 1
-                total += entry.size
-            rows.append(row)
-        bulk_insert_file_records(session, rows)
-        session.execute(
-            update(FileRecord).where(FileRecord.id == own.id)
-            .values(state=FileState.SCANNED, error_code=None, error_message=None)
-            .execution_options(synchronize_session=False)
-        )
-        session.execute(
-            update(Share).where(Share.id == share_id).values(
-                file_count=Share.file_count + files,
-                directory_count=Share.directory_count + directories,
-                total_bytes=Share.total_bytes + total,
-            ).execution_options(synchronize_session=False)
-        )
-
-    if pending_directories(session, share_id) == 0:
-        finished_at = utcnow()
-        session.execute(
-            update(Share).where(Share.id == share_id).values(scanned_at=finished_at)
-            .execution_options(synchronize_session=False)
-        )
-        session.expire(share)
-        errors = scan_errors(session, share_id)
-        record_event(
-            session, "inventory.scan.completed",
-            f"share {share.name!r} of {server.name!r} scanned: {share.file_count} files, "
-            f"{share.directory_count} folders, {share.total_bytes} bytes, {errors} errors",
-            job_id=server.job_id, server_id=server.id,
-            level=EventLevel.WARNING if errors else EventLevel.INFO,
-            detail={"share_id": share_id, "share": share.name, "files": share.file_count,
-                    "directories": share.directory_count, "bytes": share.total_bytes,
-                    "errors": errors},
-        )
+            elif entry.is_dir and entry.file_id and entry.file_id in task.ancestors:
+                message = (f"share {share.name!r}: folder {entry.path!r} not entered: it is the same "
+                           "folder as one of its ancestors (a link loop)")
+                row.update(state=FileState.FAILED, error_code=LOOP, error_message=message)
+                scan_error(entry.path, LOOP, message)
+            elif entry.is_dir and not entry.is_reparse_point:
+                entered = True
+                row.update(state=FileState.FAILED, error_code=PENDING, error_message=PENDING_MESSAGE)
+            previous = known.get(entry.path)
+            if entered:
+                follow.append(DirectoryTask(share_id, entry.path, task.fresh or previous is None,
+                                            (*task.ancestors, entry.file_id)))
+            if previous is None:
+                inserts.append({"share_id": share_id, "relative_path": entry.path, **row})
+                continue
+            if previous[_WAS_DIR] and not entered:  # its old contents are no longer scanned
+                doomed.extend(_subtree_ids(session, share_id, entry.path))
+            if previous[1:] != tuple(row[name] for name in _LISTED_COLUMNS):
+                updates.append({"id": previous[0], **row})
+        for relative, previous in known_by_parent.get(path, {}).items():
+            if relative not in listed_paths:  # vanished since the last scan
+                doomed.append(previous[0])
+                if previous[_WAS_DIR]:
+                    doomed.extend(_subtree_ids(session, share_id, relative))
+    _delete_ids(session, doomed)
+    for rows in (own_updates, updates):
+        if rows:
+            session.execute(update(FileRecord), rows)
+    bulk_insert_file_records(session, inserts)
     return follow
+
+
+def finish_scan_if_done(session: Session, share_id: int) -> bool:
+    """Complete the share's scan when no folder is left to list: sum its counters from
+    its records, stamp ``scanned_at`` and record ``inventory.scan.completed``.
+
+    Run in a transaction of its own after a batch committed. It locks the share's row
+    first, so of two batches finishing together exactly one completes the scan. True
+    when this call completed it.
+    """
+    session.execute(update(Share).where(Share.id == share_id).values(scanned_at=Share.scanned_at)
+                    .execution_options(synchronize_session=False))
+    share = session.get(Share, share_id, populate_existing=True)
+    if share is None or share.scanned_at is not None or pending_directories(session, share_id):
+        return False
+    counted = and_(_scan_rows(share_id), FileRecord.relative_path != "", FileRecord.state != FileState.SKIPPED)
+    files, directories, total = session.execute(select(
+        func.coalesce(func.sum(case((FileRecord.is_dir, 0), else_=1)), 0),
+        func.coalesce(func.sum(case((FileRecord.is_dir, 1), else_=0)), 0),
+        func.coalesce(func.sum(case((FileRecord.is_dir, 0), else_=FileRecord.size)), 0),
+    ).where(counted)).one()
+    share.file_count, share.directory_count, share.total_bytes = int(files), int(directories), int(total)
+    share.scanned_at = utcnow()
+    if session.connection().dialect.name == "postgresql":
+        # Fresh statistics after a bulk load: without them the planner does not know the
+        # share's records are many, and a re-scan's per-folder range queries scan them
+        # all (measured: 51 ms against 9 ms per batch of 25 folders at 20,000 records).
+        session.execute(text(f"ANALYZE {FileRecord.__tablename__}"))
+    server = session.get(Server, share.server_id)
+    errors = scan_errors(session, share_id)
+    record_event(
+        session, "inventory.scan.completed",
+        f"share {share.name!r} of {server.name!r} scanned: {share.file_count} files, "
+        f"{share.directory_count} folders, {share.total_bytes} bytes, {errors} errors",
+        job_id=server.job_id, server_id=server.id,
+        level=EventLevel.WARNING if errors else EventLevel.INFO,
+        detail={"share_id": share_id, "share": share.name, "files": share.file_count,
+                "directories": share.directory_count, "bytes": share.total_bytes,
+                "errors": errors},
+    )
+    return True

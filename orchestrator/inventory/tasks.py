@@ -1,16 +1,18 @@
-"""Celery tasks of the file scan: one task lists one directory of a share.
+"""Celery tasks of the file scan: one task lists a batch of folders of one share.
 
-``scan_directory`` runs on the orchestrator queue (``settings.orchestrator_queue``, served
-by ``sms orchestrator-worker``). It reads the share and its server from the job database,
-decrypts the SMB password there (a message carries only the share id, the directory path
-and the scan options), lists the one directory with QUERY_DIRECTORY
-(``common.smb.walk``: raw FILETIME times, attributes, sizes), stores the listing through
-``orchestrator.inventory.scan.apply_listing`` and, once that transaction has committed,
-publishes one task per subdirectory. So a share fans out by directory across every
-worker process; no process ever holds a whole share's listing.
+``scan_directories`` runs on the orchestrator queue (``settings.orchestrator_queue``,
+served by ``sms orchestrator-worker``). It reads the share and its server from the job
+database, decrypts the SMB password there (a message carries only the share id, the
+folders' paths, flags and ancestor ids, and the scan options), lists its folders over
+the process's pooled SMB session with several listings in flight at once
+(``list_folders``), stores them all in one transaction
+(``orchestrator.inventory.scan.apply_listings``) and, once that has committed, publishes
+the subfolders found, split into batches (``task_messages``) so that every worker
+process gets a share of them; then it checks whether the scan is complete
+(``finish_scan_if_done``). No process ever holds a whole share's listing.
 
-A failure to reach or log on to the server, or to list a directory, is stored as that
-directory's error (with the NTSTATUS name and an admin-readable message) and the scan of
+A failure to reach or log on to the server, or to list a folder, is stored as that
+folder's error (with the NTSTATUS name and an admin-readable message) and the scan of
 everything else goes on. This module must never put a credential in a message, a log
 line or an error.
 """
@@ -18,7 +20,7 @@ line or an error.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 
 from celery import shared_task
 from celery.utils.log import get_task_logger
@@ -26,21 +28,35 @@ from celery.utils.log import get_task_logger
 from common.db import after_commit, session_scope
 from common.models import Server, Share
 from common.settings import get_settings
+from common.smb import fastpath as fp
 from common.smb.connection import SmbEndpoint, close_pool, get_tree
-from common.smb.errors import SmbFileError
-from common.smb.walk import ShareWalker
+from common.smb.errors import SmbFileError, status_name
+from common.smb.walk import DirEntry, ShareWalker, parse_directory_buffer
 from orchestrator.inventory.scan import (
     DirectoryTask,
-    Entry,
+    FolderListing,
     ListingError,
     ScanOptions,
-    apply_listing,
+    apply_listings,
+    finish_scan_if_done,
 )
 from orchestrator.jobs import JobError, server_password
 
 logger = get_task_logger(__name__)
 
-SCAN_TASK = "orchestrator.inventory.scan_directory"
+SCAN_TASK = "orchestrator.inventory.scan_directories"
+# A batch holds at most this many folders; the subfolders one batch finds are spread
+# over at least FANOUT batches (when there are that many), so worker processes share them.
+FOLDERS_PER_TASK = 64
+FANOUT = 8
+# Folder listings in flight at once on one SMB session.
+LISTING_WINDOW = 16
+# Output asked of a folder's first QUERY_DIRECTORY (4 credits: about 2,000 entries of
+# 20-character names), then of the second, which normally just says "no more".
+_FIRST_OUTPUT = 4 * 65536
+_SECOND_OUTPUT = 65536
+_DONE = (fp.STATUS_NO_MORE_FILES, fp.STATUS_NO_SUCH_FILE)
+_LIST_ACCESS = fp.FILE_LIST_DIRECTORY | fp.FILE_READ_ATTRIBUTES | fp.SYNCHRONIZE
 
 _HINTS = {
     "STATUS_ACCESS_DENIED": "the migration account may not read it: grant it read access",
@@ -66,103 +82,239 @@ def listing_error(endpoint: SmbEndpoint, path: str, status_name: str, what: str)
     return ListingError(status_name, f"{message}: {hint}" if hint else message)
 
 
-def list_directory(endpoint: SmbEndpoint, path: str,
-                   ancestors: tuple[int, ...] = ()) -> tuple[list[Entry], ListingError | None, tuple[int, ...]]:
-    """The entries of one directory of a share, or why it could not be listed; and the
-    ancestor chain of file ids (the share root's own id is added when the chain is empty)."""
+def _query_body(file_id: bytes, output_length: int) -> bytes:
+    """A QUERY_DIRECTORY body: FileIdFullDirectoryInformation of every name."""
+    pattern = "*".encode("utf-16-le")
+    return fp._QUERY_DIR.pack(33, fp.FILE_ID_FULL_DIRECTORY_INFORMATION, 0, 0, file_id, 96,
+                              len(pattern), output_length) + pattern
+
+
+def _first_query(channel: fp.FastChannel) -> tuple[int, int]:
+    """(output length, credit charge) of a folder's first QUERY_DIRECTORY on ``channel``
+    (64 KiB and one credit when the server does not grant multi-credit requests)."""
+    if not channel.connection.supports_multi_credit:
+        return _SECOND_OUTPUT, 1
+    output = min(_FIRST_OUTPUT, channel.connection.max_transact_size)
+    return output, -(-output // 65536)
+
+
+def _entries(buffer: bytes, path: str) -> list[DirEntry]:
+    return list(parse_directory_buffer(buffer, path))
+
+
+def _list_to_the_end(channel: fp.FastChannel, path: str) -> tuple[list[DirEntry], int]:
+    """A big folder: opened, queried until STATUS_NO_MORE_FILES, closed."""
+    try:
+        handle = channel.open(path, _LIST_ACCESS, options=fp.FILE_DIRECTORY_FILE)
+    except fp.FastPathError as exc:
+        return [], exc.status
+    entries: list[DirEntry] = []
+    output, charge = _first_query(channel)
+    try:
+        while True:
+            channel._reserve(charge)
+            (query,) = channel._wait(channel._send_chain(
+                [(fp.CMD_QUERY_DIRECTORY, _query_body(handle.file_id, output), charge)], path))
+            status = channel._status(query)
+            if status in _DONE:
+                return entries, 0
+            if status:
+                return [], status
+            entries += _entries(channel._query_output(query), path)
+    finally:
+        channel.close(handle, query=False)
+
+
+def _list_pipelined(channel: fp.FastChannel, paths: Sequence[str]) -> Iterator[tuple[str, list[DirEntry], int]]:
+    """(path, entries, NTSTATUS or 0) of each folder, in order, one level each.
+
+    Each folder is one related compound CREATE + QUERY_DIRECTORY + QUERY_DIRECTORY +
+    CLOSE: when the second query answers STATUS_NO_MORE_FILES the first held the whole
+    listing (one round trip); otherwise the folder is listed again to the end. Up to
+    LISTING_WINDOW folders are in flight at once. A broken connection raises
+    ``fp.ChannelBroken``.
+    """
+    output, charge = _first_query(channel)
+    first = _query_body(fp.RELATED_FILE_ID, output)
+    second = _query_body(fp.RELATED_FILE_ID, _SECOND_OUTPUT)
+    close = channel._close_body(fp.RELATED_FILE_ID)
+    in_flight: deque = deque()
+    waiting = deque(paths)
+    while waiting or in_flight:
+        while waiting and len(in_flight) < LISTING_WINDOW:
+            path = waiting.popleft()
+            create_body = channel._create_body(path, _LIST_ACCESS, fp.FILE_OPEN, fp.FILE_DIRECTORY_FILE,
+                                               fp.SHARE_READ_WRITE_DELETE)
+            channel._reserve(charge + 3)
+            in_flight.append(channel._send_chain([
+                (fp.CMD_CREATE, create_body, 1), (fp.CMD_QUERY_DIRECTORY, first, charge),
+                (fp.CMD_QUERY_DIRECTORY, second, 1), (fp.CMD_CLOSE, close, 1)], path))
+        op = in_flight.popleft()
+        path = op.context
+        created, listed, more, closed = channel._wait(op)
+        status = channel._status(created)
+        if status:
+            yield path, [], status
+            continue
+        if channel._status(closed):  # a server that fails the rest of a related compound
+            channel._call([(fp.CMD_CLOSE, channel._close_body(channel._create_info(created)[1]), 1)],
+                          path, ["CLOSE"])
+        status, more_status = channel._status(listed), channel._status(more)
+        if status in _DONE:
+            yield path, [], 0
+        elif status:
+            yield path, [], status
+        elif more_status in _DONE:
+            yield path, _entries(channel._query_output(listed), path), 0
+        elif more_status:
+            yield path, [], more_status
+        else:
+            yield (path, *_list_to_the_end(channel, path))
+
+
+def list_folders(endpoint: SmbEndpoint, tasks: Sequence[DirectoryTask]) -> list[FolderListing]:
+    """List every folder of ``tasks`` (one level each) over this process's pooled session,
+    several at once; each gets its entries or why it could not be listed. A folder whose
+    ancestor chain is unknown (the share root, a resumed folder) gets its own id as chain."""
+    listings = {task.path: FolderListing(task) for task in tasks}
     try:
         tree = get_tree(endpoint)
     except SmbFileError as exc:
         what = "reach" if exc.status_name == "STATUS_TRANSPORT_ERROR" else \
             f"log on as {endpoint.username!r} to list"
-        return [], listing_error(endpoint, path, exc.status_name, what), ancestors
-    walker = ShareWalker(tree, path)
+        for listing in listings.values():
+            listing.error = listing_error(endpoint, listing.task.path, exc.status_name, what)
+        return list(listings.values())
+    listed: set[str] = set()
     try:
-        if not ancestors:
-            chain = walker._root_chain()
-            ancestors = (chain[0][0],) if chain else ()
-        # One level only: the walker's single-directory listing; subdirectories become tasks.
-        entries = [Entry.from_dir_entry(entry) for entry in walker._list(walker.root)]
-    except SmbFileError as exc:
-        return [], listing_error(endpoint, path, exc.status_name, "list"), ancestors
-    if walker.errors:
-        failure = walker.errors[0]
-        return [], listing_error(endpoint, path, failure.status_name, "list"), ancestors
-    return entries, None, ancestors
+        for listing in listings.values():
+            if not listing.task.ancestors:
+                chain = ShareWalker(tree, listing.task.path)._root_chain()
+                if chain:
+                    task = listing.task
+                    listing.task = DirectoryTask(task.share_id, task.path, task.fresh, (chain[0][0],))
+        with fp.FastChannel.attach(tree.connection, tree.session, tree.tree) as channel:
+            for path, entries, status in _list_pipelined(channel, list(listings)):
+                if status:
+                    listings[path].error = listing_error(endpoint, path, status_name(status), "list")
+                else:
+                    listings[path].entries = entries
+                listed.add(path)
+    except (SmbFileError, fp.ChannelBroken, fp.FastPathUnavailable) as exc:
+        # What is not listed yet fails with it; the pool opens a new session next time.
+        tree.close()
+        for listing in listings.values():
+            if listing.task.path in listed:
+                continue
+            if isinstance(exc, fp.FastPathUnavailable):
+                listing.error = ListingError("SCAN_FAILED", f"{endpoint.unc}: cannot list "
+                                                            f"{_describe(listing.task.path)}: {exc}")
+            else:
+                listing.error = listing_error(endpoint, listing.task.path, "STATUS_TRANSPORT_ERROR", "list")
+    return list(listings.values())
+
+
+def task_messages(tasks: Sequence[DirectoryTask], options: ScanOptions) -> list[dict]:
+    """The keyword arguments of the scan tasks for ``tasks``: per share, batches of at
+    most FOLDERS_PER_TASK folders, and at least FANOUT batches when there are that many."""
+    by_share: dict[int, list[DirectoryTask]] = {}
+    for task in tasks:
+        by_share.setdefault(task.share_id, []).append(task)
+    result = []
+    for share_id, folders in by_share.items():
+        batches = max(-(-len(folders) // FOLDERS_PER_TASK), min(len(folders), FANOUT))
+        for number in range(batches):
+            batch = folders[number::batches]
+            result.append({"share_id": share_id, "folders": [task.folder() for task in batch],
+                           "options": options.to_dict()})
+    return result
 
 
 def publish_directories(app, tasks: list[DirectoryTask], options: ScanOptions) -> None:
-    """Send one scan task per directory to the orchestrator queue."""
+    """Send the scan tasks for ``tasks`` to the orchestrator queue."""
     queue = get_settings().orchestrator_queue
-    for task in tasks:
-        app.send_task(SCAN_TASK, kwargs=task.kwargs(options), queue=queue)
+    for kwargs in task_messages(tasks, options):
+        app.send_task(SCAN_TASK, kwargs=kwargs, queue=queue)
 
 
-def scan_one(share_id: int, path: str, fresh: bool, options: ScanOptions,
-             publish: Callable[[list[DirectoryTask]], object], ancestors: tuple[int, ...] = ()) -> str:
-    """List directory ``path`` of share ``share_id``, store it, and hand its subdirectories
-    to ``publish`` once the transaction has committed.
-
-    Returns what happened: "listed N", "failed STATUS_...", or "nothing to do" (a
-    duplicate message, or a directory no scan is waiting for).
-    """
+def _endpoint(share_id: int) -> tuple[SmbEndpoint | None, str | None]:
+    """The SMB endpoint of the share and whether a password is stored; (None, None) when
+    the share is gone."""
     settings = get_settings()
     with session_scope() as session:
         share = session.get(Share, share_id)
         if share is None:
-            return "nothing to do"
+            return None, None
         server = session.get(Server, share.server_id)
         try:
             password = server_password(server)
         except JobError:
             password = None
-        endpoint = SmbEndpoint(
+        return SmbEndpoint(
             host=server.address, share=share.name, username=server.username,
             password=password or "", port=server.port, encrypt=settings.smb_encrypt,
             require_signing=settings.smb_require_signing,
-        )
+        ), password
+
+
+def scan_batch(share_id: int, tasks: Sequence[DirectoryTask], options: ScanOptions,
+               publish: Callable[[list[DirectoryTask]], object]) -> str:
+    """List the folders ``tasks`` of share ``share_id``, store them in one transaction,
+    hand the subfolders to ``publish`` once it has committed, and complete the scan when
+    nothing is left to list.
+
+    Returns what happened: "listed N folders, M entries[, K failed]", or "nothing to do"
+    (a duplicate message, or folders no scan is waiting for).
+    """
+    endpoint, password = _endpoint(share_id)
+    if endpoint is None:
+        return "nothing to do"
     if password is None:
-        entries, error = [], ListingError(
-            "NO_CREDENTIAL", f"{endpoint.unc}: no SMB password is stored for the server; add one")
+        error = ListingError("NO_CREDENTIAL", f"{endpoint.unc}: no SMB password is stored for the server; add one")
+        listings = [FolderListing(task, [], error) for task in tasks]
     else:
         try:
-            entries, error, ancestors = list_directory(endpoint, path, ancestors)
-        except Exception as exc:  # noqa: BLE001 - one folder's failure must never stall the scan
-            entries, error = [], ListingError(
-                "SCAN_FAILED", f"{endpoint.unc}: cannot list {_describe(path)}: unexpected "
-                               f"{type(exc).__name__}: {exc}")
+            listings = list_folders(endpoint, tasks)
+        except Exception as exc:  # noqa: BLE001 - one batch's failure must never stall the scan
+            listings = [FolderListing(task, [], ListingError(
+                "SCAN_FAILED", f"{endpoint.unc}: cannot list {_describe(task.path)}: unexpected "
+                               f"{type(exc).__name__}: {exc}")) for task in tasks]
     with session_scope() as session:
-        follow = apply_listing(session, share_id, path, entries, error, fresh=fresh, options=options,
-                               ancestors=ancestors)
+        follow = apply_listings(session, share_id, listings, options)
         if follow:
             after_commit(session, lambda: publish(follow))
+    with session_scope() as session:
+        finish_scan_if_done(session, share_id)
     if follow is None:
-        logger.info("share %s %r: nothing to do (already listed or no scan waiting)", share_id, path)
+        logger.info("share %s: nothing to do for %d folders (already listed or no scan waiting)",
+                    share_id, len(tasks))
         return "nothing to do"
-    if error is not None:
-        logger.warning("%s", error.message)
-        return f"failed {error.status_name}"
-    return f"listed {len(entries)}"
+    failed = [listing for listing in listings if listing.error is not None]
+    for listing in failed:
+        logger.warning("%s", listing.error.message)
+    entries = sum(len(listing.entries) for listing in listings)
+    return f"listed {len(listings)} folders, {entries} entries" + (f", {len(failed)} failed" if failed else "")
 
 
 @shared_task(bind=True, name=SCAN_TASK)
-def scan_directory(self, share_id: int, path: str = "", fresh: bool = False,
-                   options: dict | None = None, ancestors: list[int] | None = None) -> str:
-    """The Celery task: ``scan_one`` with subdirectories published to the orchestrator queue."""
+def scan_directories(self, share_id: int, folders: list[dict], options: dict | None = None) -> str:
+    """The Celery task: ``scan_batch`` with subfolders published to the orchestrator queue."""
     scan_options = ScanOptions.from_dict(options)
     app = self.app
-    return scan_one(share_id, path, fresh, scan_options,
-                    lambda tasks: publish_directories(app, tasks, scan_options),
-                    tuple(ancestors or ()))
+    tasks = [DirectoryTask.from_folder(share_id, folder) for folder in folders]
+    return scan_batch(share_id, tasks, scan_options,
+                      lambda found: publish_directories(app, found, scan_options))
 
 
 def run_scans_inline(tasks: list[DirectoryTask], options: ScanOptions) -> None:
-    """Run scans to the end in this process, one directory after another (no broker, no
-    worker): for small shares and for ``sms inventory run --inline``."""
-    queue = deque(tasks)
+    """Run scans to the end in this process, batch after batch (no broker, no worker):
+    for small shares and for ``sms inventory run --inline``."""
+    queue = deque(task_messages(tasks, options))
     try:
         while queue:
-            task = queue.popleft()
-            scan_one(task.share_id, task.path, task.fresh, options, queue.extend, task.ancestors)
+            message = queue.popleft()
+            share_id = message["share_id"]
+            scan_batch(share_id, [DirectoryTask.from_folder(share_id, folder) for folder in message["folders"]],
+                       options, lambda found: queue.extend(task_messages(found, options)))
     finally:
         close_pool()

@@ -13,24 +13,31 @@ A run of a pairing goes through these stages, all recorded in the job database:
 1. **PreExistingData** (first run of a share for this pairing only): whatever the
    destination share's root holds is moved into ``PreExistingData`` (orchestrator.transfer
    .destination), never overwritten.
-2. **Walk and dispatch**: the source share is walked with the streaming walker
-   (common.smb.walk). Files are cut into batches bounded by ``settings.batch_max_files``
+2. **Walk and dispatch**: the source share is walked with the pipelined walker
+   (common.smb.walk.PipelinedWalker: several folders listed at once). Files are cut into batches bounded by ``settings.batch_max_files``
    and ``settings.batch_max_bytes``; each batch is written (a ``Batch`` row naming the
    ``copy_batch`` task and the destination's queue, and one ``FileRecord`` per file, state
    scanned) and committed, and only then published (common.db.after_commit through
    orchestrator.leases.dispatch_batch). Copying therefore starts while the walk goes on.
-   Directories are recorded as they are met, without a batch yet. Only the current batch
-   and the walker's stack of directories are ever in memory. SMS's system folders at
-   the share root (``SYSTEM_FOLDERS``) are not walked unless the options say so.
+   Directories are recorded as they are met, without a batch yet. On a first run only
+   the current batch and the walker's folders still to list are in memory. SMS's system
+   folders at the share root (``SYSTEM_FOLDERS``) are not walked unless the options say
+   so. On a **re-run** (the pairing has an earlier finished run of the share) the
+   destination is listed in a thread beside the source walk and both are compared with
+   that run's records (``_Baseline``): unchanged files are recorded ``skipped`` in bulk
+   and never dispatched, and folders nobody changed, in which nothing is written or
+   deleted, are recorded ``skipped`` too.
 3. **Wait** for every file batch to finish; meanwhile the lease reaper re-dispatches
    batches whose worker died or whose message was lost.
 4. **Mirror** (re-runs only): destination entries that the source no longer has are
-   deleted; PreExistingData and anything under a source directory the walk could not list
-   are left alone.
-5. **Directories**: directory records go out deepest first, in waves of batches (one
-   level of a wide tree in parallel batches, narrow levels merged into one batch), the
-   share root last, so a directory's times are set after everything inside it was written
-   or deleted.
+   deleted (found by the re-run's destination listing, or by walking the destination
+   when there was none); PreExistingData and anything under a source directory the walk
+   could not list are left alone.
+5. **Directories**: directory records not recorded unchanged go out deepest first, in
+   waves of batches (a level of more than a few folders split over parallel batches so
+   that several workers share it, narrow levels merged into one batch), the share root
+   last on its own, so a directory's times are set after everything inside it was
+   written or deleted.
 6. **Finish**: counters from the file records; the run ends ``succeeded`` or, when any
    file failed, went missing, or a directory could not be walked, ``completed_with_errors``
    (never hangs on a locked file: the worker records it failed and moves on).
@@ -56,10 +63,11 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import BigInteger, case, func, insert, literal, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -85,9 +93,11 @@ from common.models import (
 from common.settings import get_settings
 from common.smb import metadata as md
 from common.smb.connection import SmbTree, open_tree
-from common.smb.errors import SmbFileError
+from common.smb.copy import COMPARED_ATTRIBUTES
+from common.smb.errors import SmbError, SmbFileError
+from common.smb.fastpath import FastChannel
 from common.smb.paths import UnsafePath, safe_relative_path
-from common.smb.walk import DirEntry, ShareWalker, WalkError
+from common.smb.walk import DirEntry, PipelinedWalker, ShareWalker, WalkError
 from common.transfer_options import TransferOptions
 from orchestrator.leases import (
     Publisher,
@@ -104,9 +114,16 @@ logger = logging.getLogger(__name__)
 
 COPY_TASK = "proxy_worker.copy_tasks.copy_batch"
 DIRECTORY_BATCH_MAX = 2000
-DIRECTORY_PARALLEL_MIN = 200
+DIRECTORY_PARALLEL_MIN = 8
+DIRECTORY_BATCH_MIN = 2
 DIRECTORY_PARALLELISM = 8
+# How often the driver looks whether a wave of directory batches has finished.
+DIRECTORY_POLL_INTERVAL = 0.1
+# Folders listed at once by the pipelined walks of the source and the destination.
+WALK_DEPTH = 16
 MIRROR_LOOKUP_CHUNK = 500
+# Unchanged files a re-run's planner records at once.
+UNCHANGED_CHUNK = 5000
 REAP_INTERVAL = 10.0
 # How long the driver waits out an unreachable job database before the run fails.
 DATABASE_OUTAGE_GRACE = 120.0
@@ -128,6 +145,8 @@ ERROR_EVENTS = (EVENT_WALK_ERROR, EVENT_MIRROR_ERROR, EVENT_SHARE_ERROR, EVENT_M
 
 FINISHED_RUN_STATES = (RunState.SUCCEEDED, RunState.COMPLETED_WITH_ERRORS, RunState.FAILED,
                        RunState.CANCELLED)
+# Record states that say the destination held the entry at the end of a run.
+ARRIVED_STATES = (FileState.COPIED, FileState.VERIFIED, FileState.SKIPPED)
 
 
 class TransferError(Exception):
@@ -284,15 +303,16 @@ def execute_run(run_id: int, publish: Publisher | None = None, *, poll_interval:
             _republish_queued(context, publish, say)
         targets = _prepare_destination(context, source, destination, say)
         try:
-            first_runs = {}
+            plans = {}
             for target in targets:
-                first_runs[target.share_id] = _plan_share(context, target, source, destination,
-                                                          publish, say)
+                plans[target.share_id] = _plan_share(context, target, source, destination,
+                                                     publish, say)
             _wait_for_batches(context, publish, poll_interval, say, "files")
             for target in targets:
                 context.check_deadline()
-                if not first_runs[target.share_id]:
-                    _mirror_share(context, target, destination, say)
+                plan = plans[target.share_id]
+                if not plan.first:
+                    _mirror_share(context, target, destination, say, plan.mirror)
                 _copy_directories(context, target, publish, poll_interval, say)
         except DurationExceeded as exc:
             _stop_for_duration(context, publish, poll_interval, say, str(exc))
@@ -534,12 +554,34 @@ def _is_first_run(session: Session, context: _Context, target: _ShareTarget,
                    for detail in details)
 
 
+@dataclass
+class _MirrorWork:
+    """What the mirror of a re-run must do, found while planning: the destination entries
+    the source no longer has (or has as the other type) and the destination folders that
+    could not be listed."""
+
+    extras: list[DirEntry]
+    errors: list[WalkError]
+
+
+@dataclass
+class _SharePlan:
+    """The outcome of planning one share: whether it was the pairing's first run of it,
+    and the mirror's work when the destination was listed while planning (None: the
+    mirror walks the destination itself)."""
+
+    first: bool
+    mirror: _MirrorWork | None = None
+
+
 def _plan_share(context: _Context, target: _ShareTarget, source: Server, destination: Server,
-                publish: Publisher, say: Progress) -> bool:
+                publish: Publisher, say: Progress) -> _SharePlan:
     """PreExistingData (first run), then walk the share and dispatch its file batches.
 
-    Returns True when this was the pairing's first run of the share. A share this run
-    already walked to the end (resumed run) is not walked again.
+    On a re-run with a previous finished run of the share (and not a resumed walk), the
+    destination share is listed while the source is walked, and entries that neither
+    side changed since that run are recorded unchanged without a batch (``_Baseline``).
+    A share this run already walked to the end (resumed run) is not walked again.
     """
     with session_scope() as session:
         planned = any(event.detail.get("share_id") == target.share_id for event in
@@ -548,12 +590,13 @@ def _plan_share(context: _Context, target: _ShareTarget, source: Server, destina
             FileRecord.run_id == context.run_id, FileRecord.share_id == target.share_id))
     if planned:
         with session_scope() as session:
-            return _is_first_run(session, context, target, exclude_run=False)
+            return _SharePlan(_is_first_run(session, context, target, exclude_run=False))
     destination_tree = open_tree(server_endpoint(destination, target.destination_share))
     try:
         with session_scope() as session:
             first = _is_first_run(session, context, target, exclude_run=True)
             handled = not _is_first_run(session, context, target) and first
+            previous_run = None if first or not first_walk else _previous_run(session, context, target)
         if first and not handled:
             moved = dest_ops.move_into_pre_existing_data(destination_tree)
             with session_scope() as session:
@@ -565,18 +608,176 @@ def _plan_share(context: _Context, target: _ShareTarget, source: Server, destina
             if moved:
                 say(f"{target.name}: {len(moved)} pre-existing entries moved into "
                     f"{dest_ops.PRE_EXISTING_DATA}")
+        source_tree = open_tree(server_endpoint(source, target.name))
+        try:
+            with ThreadPoolExecutor(1, thread_name_prefix="sms-baseline") as executor:
+                baseline = None if previous_run is None else executor.submit(
+                    _Baseline.load, context, target, previous_run, destination_tree)
+                mirror = _walk_and_dispatch(context, target, source_tree, publish, say,
+                                            resuming=not first_walk, baseline=baseline)
+        finally:
+            source_tree.close()
     finally:
         destination_tree.close()
-    source_tree = open_tree(server_endpoint(source, target.name))
-    try:
-        _walk_and_dispatch(context, target, source_tree, publish, say, resuming=not first_walk)
-    finally:
-        source_tree.close()
     with session_scope() as session:
         run = session.get(TransferRun, context.run_id)
         _event(session, run, EVENT_SHARE_PLANNED, f"{target.name}: walked and dispatched",
                share=target.name, share_id=target.share_id)
-    return first
+    return _SharePlan(first, mirror)
+
+
+def _previous_run(session: Session, context: _Context, target: _ShareTarget) -> int | None:
+    """The pairing's latest earlier run that ended (succeeded or with errors) and walked
+    the share (its root record exists), or None."""
+    return session.scalar(select(func.max(FileRecord.run_id)).join(
+        TransferRun, TransferRun.id == FileRecord.run_id).where(
+        TransferRun.pairing_id == context.pairing_id, TransferRun.id < context.run_id,
+        TransferRun.state.in_((RunState.SUCCEEDED, RunState.COMPLETED_WITH_ERRORS)),
+        FileRecord.share_id == target.share_id, FileRecord.relative_path == ""))
+
+
+class _Baseline:
+    """What a re-run compares its source walk with, to decide unchanged entries itself.
+
+    ``previous``: the previous finished run's records of the share that arrived on the
+    destination (copied, verified or unchanged), path -> (is_dir, size, creation,
+    last-write, change time, attributes, hash algorithm, source hash, destination
+    hash). ``destination``: a listing of the destination share (PreExistingData and
+    system folders not entered), path -> DirEntry, the root under ''. Both are held in
+    memory for the walk (roughly half a kilobyte per entry); each source entry takes its own
+    out of both, so what is left of ``destination`` at the end is what the source no
+    longer has.
+
+    An entry is unchanged when the source still has exactly what the previous run
+    recorded (size, last-write and change time, attributes: an edit, a new security
+    descriptor, stream, attribute or time set moves the change time) and the destination
+    still has what the copy engine would skip (size, last-write time and the compared
+    attributes; for a folder, a last-write time still equal to the source's also means
+    nobody added, removed or renamed anything in it). With a verifying checksum the
+    previous record must also hold a verified hash of the same algorithm. Creation
+    times are not compared: for a file made on the server's disk (no stored creation
+    time) Samba reports the earliest of its other times, which the first read moves
+    (relatime); setting a creation time on purpose moves the change time anyway.
+    """
+
+    def __init__(self, run_id: int, previous: dict[str, tuple], destination: dict[str, DirEntry],
+                 errors: list[WalkError], algorithm: str | None):
+        self.run_id = run_id
+        self.previous = previous
+        self.destination = destination
+        self.errors = errors
+        self.algorithm = algorithm
+        self.replaced: list[DirEntry] = []  # destination entries of the other type
+
+    @classmethod
+    def load(cls, context: _Context, target: _ShareTarget, previous_run: int,
+             tree: SmbTree) -> "_Baseline":
+        """Read the previous run's records and list the destination (runs in a thread
+        beside the source walk; ``tree`` is used by it alone meanwhile)."""
+        with session_scope() as session:
+            previous = {row[0]: tuple(row[1:]) for row in session.execute(select(
+                FileRecord.relative_path, FileRecord.is_dir, FileRecord.size,
+                FileRecord.creation_time, FileRecord.last_write_time, FileRecord.change_time,
+                FileRecord.attributes, FileRecord.hash_algorithm, FileRecord.source_hash,
+                FileRecord.destination_hash).where(
+                FileRecord.run_id == previous_run, FileRecord.share_id == target.share_id,
+                FileRecord.state.in_(ARRIVED_STATES)))}
+        basic = md.stat(tree, "").basic
+        destination = {"": DirEntry("", "", 0, 0, basic.creation_time, basic.last_access_time,
+                                    basic.last_write_time, basic.change_time, basic.attributes, 0, 0)}
+        options = context.options
+        channel = FastChannel.attach(tree.connection, tree.session, tree.tree)
+        try:
+            walker = PipelinedWalker(channel, "", depth=WALK_DEPTH, enter=lambda entry: not (
+                dest_ops.is_protected(entry.path) or options.is_system_folder(entry.path)))
+            for entry in walker:
+                if not dest_ops.is_protected(entry.path):
+                    destination[entry.path] = entry
+        finally:
+            channel.release()
+        return cls(previous_run, previous, destination, walker.errors,
+                   options.algorithm if options.verify else None)
+
+    def unchanged(self, row: dict[str, Any]) -> tuple | None:
+        """The previous record of ``row`` (a source entry about to be recorded) when
+        neither side changed it since, else None."""
+        path, is_dir = row["relative_path"], row["is_dir"]
+        there = self.destination.pop(path, None)
+        before = self.previous.pop(path, None)
+        if there is not None and (there.is_dir and not there.is_reparse_point) != is_dir:
+            self.replaced.append(there)
+            return None
+        if before is None or there is None or before[0] != is_dir:
+            return None
+        if (before[1], before[3], before[4], before[5]) != (
+                row["size"], row["last_write_time"], row["change_time"], row["attributes"]):
+            return None
+        if there.attributes & COMPARED_ATTRIBUTES != row["attributes"] & COMPARED_ATTRIBUTES \
+                or there.last_write_time != row["last_write_time"] or there.size != row["size"]:
+            return None
+        if self.algorithm and not (before[6] == self.algorithm and before[7]
+                                   and before[8] == before[7]):
+            return None
+        return before
+
+    def mirror(self, unlisted: list[str], options: TransferOptions) -> _MirrorWork:
+        """What the mirror must delete: destination entries no source entry took, except
+        PreExistingData, system folders, anything under a source folder the walk could
+        not list, and anything inside a folder already to be deleted."""
+        pruned = {entry.path for entry in self.replaced if entry.is_dir}
+        extras = list(self.replaced)
+        for path, entry in self.destination.items():  # parents come before their children
+            if not path:
+                continue
+            directory = entry.is_dir and not entry.is_reparse_point
+            if path.rpartition("\\")[0] in pruned or dest_ops.is_protected(path) \
+                    or _under(path, unlisted) or options.is_system_folder(path):
+                if directory:
+                    pruned.add(path)
+                continue
+            extras.append(entry)
+            if directory:
+                pruned.add(path)
+        return _MirrorWork(extras, self.errors)
+
+
+def _record_unchanged(session: Session, context: _Context, share_id: int, previous_run: int,
+                      paths: list[str]) -> None:
+    """Record ``paths`` unchanged (state skipped, no batch) in this run by copying their
+    records of ``previous_run`` inside the database (hashes and owner carried over),
+    which costs far less than sending every row again. The copies keep that run's
+    last-access and creation times: the comparison that found them unchanged does not
+    look at those two."""
+    columns = [column for column in FileRecord.__table__.c
+               if column.name not in ("id", "run_id", "batch_id", "state", "error_code", "error_message")]
+    table = FileRecord.__table__
+    for start in range(0, len(paths), MIRROR_LOOKUP_CHUNK):
+        session.execute(insert(table).from_select(
+            [column.name for column in columns] + ["run_id", "state"],
+            select(*columns, literal(context.run_id, BigInteger),
+                   literal(FileState.SKIPPED, table.c.state.type)).where(
+                table.c.run_id == previous_run, table.c.share_id == share_id,
+                table.c.relative_path.in_(paths[start:start + MIRROR_LOOKUP_CHUNK]))))
+
+
+def _skip_directories(session: Session, context: _Context, share_id: int, previous_run: int,
+                      paths: list[str]) -> None:
+    """Mark this run's records of folders ``paths`` unchanged (state skipped), with the
+    owner and hash algorithm ``previous_run`` recorded for them."""
+    table = FileRecord.__table__
+    before = table.alias("before")
+
+    def carried(column: str):
+        return select(before.c[column]).where(
+            before.c.run_id == previous_run, before.c.share_id == share_id,
+            before.c.relative_path == table.c.relative_path).scalar_subquery()
+
+    for start in range(0, len(paths), MIRROR_LOOKUP_CHUNK):
+        session.execute(update(table).where(
+            table.c.run_id == context.run_id, table.c.share_id == share_id,
+            table.c.relative_path.in_(paths[start:start + MIRROR_LOOKUP_CHUNK]))
+            .values(state=FileState.SKIPPED, owner=carried("owner"),
+                    hash_algorithm=carried("hash_algorithm")))
 
 
 def _row(context: _Context, share_id: int, path: str, is_dir: bool, size: int, creation: int,
@@ -601,28 +802,25 @@ def _root_record(context: _Context, share_id: int, tree: SmbTree) -> dict[str, A
                 basic.last_access_time, basic.change_time, basic.attributes)
 
 
-def _source_entries(context: _Context, tree: SmbTree, errors: list[WalkError],
+def _source_entries(context: _Context, channel: FastChannel, errors: list[WalkError],
                     counts: dict[str, int]) -> Iterator[DirEntry]:
     """Every entry of the source share except SMS's system folders at its root (unless the
-    run includes them): the root is listed, then each kept folder walked on its own."""
-    root = ShareWalker(tree, "")
-    top: list[DirEntry] = []
-    for entry in root:
-        if "\\" in entry.path:
-            break
-        top.append(entry)
-    errors.extend(root.errors)
-    counts["listed"] += 1
-    for entry in top:
-        if context.options.is_system_folder(entry.path):
-            counts["excluded"] += 1
-            continue
-        yield entry
-        if entry.is_dir and not entry.is_reparse_point:
-            walker = ShareWalker(tree, entry.path)
-            yield from walker
-            errors.extend(walker.errors)
-            counts["listed"] += walker.directories_listed
+    run includes them, they are neither yielded nor entered), several folders listed at
+    once (common.smb.walk.PipelinedWalker)."""
+    def top_system_folder(entry: DirEntry) -> bool:
+        return "\\" not in entry.path and context.options.is_system_folder(entry.path)
+
+    walker = PipelinedWalker(channel, "", depth=WALK_DEPTH,
+                             enter=lambda entry: not top_system_folder(entry))
+    try:
+        for entry in walker:
+            if top_system_folder(entry):
+                counts["excluded"] += 1
+                continue
+            yield entry
+    finally:
+        errors.extend(walker.errors)
+        counts["listed"] += walker.directories_listed
 
 
 def _already_recorded(session: Session, context: _Context, share_id: int, paths: list[str]) -> set[str]:
@@ -649,15 +847,32 @@ def _refusal(path: str) -> WalkError | None:
     return None
 
 
+def _parent(path: str) -> str:
+    return path.rpartition("\\")[0]
+
+
 def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
-                       publish: Publisher, say: Progress, *, resuming: bool = False) -> None:
+                       publish: Publisher, say: Progress, *, resuming: bool = False,
+                       baseline: Future | None = None) -> _MirrorWork | None:
     """Walk the share and dispatch its file batches; with ``resuming``, entries this run
-    already recorded (a walk cut short by a dead driver) are not recorded again."""
+    already recorded (a walk cut short by a dead driver) are not recorded again.
+
+    With ``baseline`` (a future of a ``_Baseline``, loaded in a thread while the walk
+    starts), unchanged files are recorded ``skipped`` in bulk and never dispatched;
+    folders whose metadata neither side changed, and in which nothing is copied or
+    deleted this run, are recorded ``skipped`` too, so the folder stage leaves them
+    alone. Returns the mirror's work then (None without a baseline).
+    """
     settings = get_settings()
     files: list[dict[str, Any]] = []
+    unchanged: list[dict[str, Any]] = []
     directories: list[dict[str, Any]] = [_root_record(context, target.share_id, tree)]
     pending_bytes = 0
     batches = 0
+    compared: _Baseline | None = None
+    waiting: list[DirEntry] = []  # walked before the baseline was ready
+    clean_directories: set[str] = set()
+    touched: set[str] = set()  # folders in which something is written or deleted
 
     def fresh(session: Session, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not resuming or not rows:
@@ -672,6 +887,13 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
             if rows:
                 bulk_insert_file_records(session, rows)
             directories.clear()
+        if unchanged:
+            _record_unchanged(session, context, target.share_id, compared.run_id,
+                              [row["relative_path"] for row in unchanged])
+            session.execute(update(TransferRun).where(TransferRun.id == context.run_id).values(
+                files_total=TransferRun.files_total + len(unchanged),
+                bytes_total=TransferRun.bytes_total + sum(row["size"] for row in unchanged)))
+            unchanged.clear()
 
     def flush_batch() -> None:
         nonlocal pending_bytes, batches
@@ -697,25 +919,76 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
         files.clear()
         pending_bytes = 0
 
-    walk_errors: list[WalkError] = []
-    counts = {"listed": 0, "excluded": 0}
-    for entry in _source_entries(context, tree, walk_errors, counts):
+    def compare_directory(row: dict[str, Any]) -> None:
+        there = compared.destination.get(row["relative_path"])
+        if compared.unchanged(row) is not None:
+            clean_directories.add(row["relative_path"])
+        elif there is None and row["relative_path"]:
+            touched.add(_parent(row["relative_path"]))  # it will be created in its parent
+
+    def take(entry: DirEntry) -> None:
+        nonlocal pending_bytes
         refusal = _refusal(entry.path)
         if refusal is not None:
             walk_errors.append(refusal)
-            continue
+            return
+        row = _record(context, target.share_id, entry)
         if entry.is_dir:
-            directories.append(_record(context, target.share_id, entry))
+            if compared is not None:
+                compare_directory(row)
+            directories.append(row)
             if len(directories) >= DIRECTORY_BATCH_MAX:
                 with session_scope() as session:
                     flush_directories(session)
-            continue
-        files.append(_record(context, target.share_id, entry))
+            return
+        if compared is not None and compared.unchanged(row) is not None:
+            unchanged.append(row)
+            if len(unchanged) >= UNCHANGED_CHUNK:
+                with session_scope() as session:
+                    _check_cancelled(session, context.run_id)
+                    flush_directories(session)
+            return
+        touched.add(_parent(entry.path))
+        files.append(row)
         pending_bytes += entry.size
         if len(files) >= settings.batch_max_files or pending_bytes >= settings.batch_max_bytes:
             flush_batch()
+
+    def use_baseline() -> None:
+        nonlocal compared
+        compared = baseline.result()
+        compare_directory(directories[0])  # the share root
+        for entry in waiting:
+            take(entry)
+        waiting.clear()
+
+    walk_errors: list[WalkError] = []
+    counts = {"listed": 0, "excluded": 0}
+    channel = FastChannel.attach(tree.connection, tree.session, tree.tree)
+    try:
+        for entry in _source_entries(context, channel, walk_errors, counts):
+            if baseline is not None and compared is None:
+                if not baseline.done():
+                    waiting.append(entry)
+                    continue
+                use_baseline()
+            take(entry)
+        if baseline is not None and compared is None:
+            use_baseline()
+    finally:
+        try:
+            channel.release()
+        except SmbError:
+            pass
+    mirror = None
+    if compared is not None:
+        mirror = compared.mirror([error.path for error in walk_errors], context.options)
+        touched.update(_parent(entry.path) for entry in mirror.extras)
     flush_batch()
+    skipped = sorted(clean_directories - touched)
     with session_scope() as session:
+        if skipped:
+            _skip_directories(session, context, target.share_id, compared.run_id, skipped)
         run = session.get(TransferRun, context.run_id)
         for error in walk_errors:
             _event(session, run, EVENT_WALK_ERROR,
@@ -723,8 +996,11 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
                    level=EventLevel.ERROR, server_id=context.source_id, share=target.name,
                    share_id=target.share_id, path=error.path, status=error.status_name)
     excluded = f", {counts['excluded']} system folders left out" if counts["excluded"] else ""
+    compared_note = (f", {len(skipped)} unchanged folders and the unchanged files recorded "
+                     f"without a batch" if compared is not None else "")
     say(f"{target.name}: walked {counts['listed']} directories, "
-        f"{batches} file batches dispatched, {len(walk_errors)} walk errors{excluded}")
+        f"{batches} file batches dispatched, {len(walk_errors)} walk errors{excluded}{compared_note}")
+    return mirror
 
 
 def batch_state_counts(session: Session, run_id: int) -> dict[BatchState, int]:
@@ -809,8 +1085,16 @@ def _destination_entries(tree: SmbTree, errors: list) -> Iterator[DirEntry]:
 
 
 def _mirror_share(context: _Context, target: _ShareTarget, destination: Server,
-                  say: Progress) -> None:
-    """Delete destination entries the source no longer has (PreExistingData untouched)."""
+                  say: Progress, work: _MirrorWork | None = None) -> None:
+    """Delete destination entries the source no longer has (PreExistingData untouched).
+
+    ``work``: what planning found by listing the destination beside the source walk;
+    without it (a resumed run, a share without a previous run to compare with) the
+    destination is walked here and compared with this run's records.
+    """
+    if work is not None:
+        _delete_extras(context, target, destination, say, work.extras, work.errors)
+        return
     with session_scope() as session:
         unlisted = _walk_error_paths(session, context, target)
     tree = open_tree(server_endpoint(destination, target.destination_share))
@@ -848,14 +1132,26 @@ def _mirror_share(context: _Context, target: _ShareTarget, destination: Server,
                 continue
             pending.append(entry)
         resolve()
-        deleted, failures = 0, []
-        for entry in extras:
-            try:
-                deleted += dest_ops.delete_entry(tree, entry)
-            except SmbFileError as exc:
-                failures.append((entry.path, exc))
     finally:
         tree.close()
+    _delete_extras(context, target, destination, say, extras, walk_errors)
+
+
+def _delete_extras(context: _Context, target: _ShareTarget, destination: Server, say: Progress,
+                   extras: list[DirEntry], walk_errors: list[WalkError]) -> None:
+    """Delete the mirror's ``extras`` from the destination share; record what was deleted,
+    what could not be, and the destination folders that could not be listed."""
+    deleted, failures = 0, []
+    if extras:
+        tree = open_tree(server_endpoint(destination, target.destination_share))
+        try:
+            for entry in extras:
+                try:
+                    deleted += dest_ops.delete_entry(tree, entry)
+                except SmbFileError as exc:
+                    failures.append((entry.path, exc))
+        finally:
+            tree.close()
     with session_scope() as session:
         run = session.get(TransferRun, context.run_id)
         if extras:
@@ -889,20 +1185,28 @@ def directory_waves(levels: list[tuple[int, list[int]]]) -> list[list[list[int]]
 
     Waves run one after the other; the batches of one wave run in parallel. A level of
     more than DIRECTORY_PARALLEL_MIN directories is a wave of its own, split into up to
-    DIRECTORY_PARALLELISM batches: directories of one depth never contain each other.
+    DIRECTORY_PARALLELISM batches of at least DIRECTORY_BATCH_MIN (directories of one
+    depth never contain each other), so that several workers share the folders' metadata
+    even when a level is narrow: over a slow link each folder costs several round trips,
+    and one batch for a level of a few dozen folders was the serial tail of a run.
     Smaller levels are merged, deepest first, into one batch (the copy engine applies a
     batch's directories deepest first), so a deep, narrow tree costs one batch, not one
-    wave per level.
+    wave per level. The share root (depth -1) is always a last wave of its own: the copy
+    engine ranks it with the top-level folders, and creating an empty top-level folder
+    after the root's times were set would move them.
     """
     waves: list[list[list[int]]] = []
     group: list[int] = []
-    for _depth_value, ids in levels:
-        if len(ids) > DIRECTORY_PARALLEL_MIN:
+    for depth_value, ids in levels:
+        if depth_value < 0 or len(ids) > DIRECTORY_PARALLEL_MIN:
             if group:
                 waves.append([group])
                 group = []
+            if depth_value < 0:
+                waves.append([ids])
+                continue
             size = min(DIRECTORY_BATCH_MAX,
-                       max(DIRECTORY_PARALLEL_MIN, -(-len(ids) // DIRECTORY_PARALLELISM)))
+                       max(DIRECTORY_BATCH_MIN, -(-len(ids) // DIRECTORY_PARALLELISM)))
             waves.append([ids[start:start + size] for start in range(0, len(ids), size)])
             continue
         if group and len(group) + len(ids) > DIRECTORY_BATCH_MAX:
@@ -918,7 +1222,9 @@ def _copy_directories(context: _Context, target: _ShareTarget, publish: Publishe
                       poll_interval: float, say: Progress) -> None:
     """Dispatch the share's directory records deepest first, in waves (directory_waves).
 
-    Only (id, depth) pairs of the directories are held, never their paths.
+    Only (id, depth) pairs of the directories are held, never their paths. Folders
+    planning recorded unchanged (state skipped) are left alone. Waves are polled every
+    DIRECTORY_POLL_INTERVAL at most: a wave's batches are short.
     """
     depth = _depth()
     levels: dict[int, list[int]] = {}
@@ -926,7 +1232,8 @@ def _copy_directories(context: _Context, target: _ShareTarget, publish: Publishe
         rows = session.execute(
             select(FileRecord.id, depth).where(
                 FileRecord.run_id == context.run_id, FileRecord.share_id == target.share_id,
-                FileRecord.is_dir.is_(True), FileRecord.batch_id.is_(None))
+                FileRecord.is_dir.is_(True), FileRecord.batch_id.is_(None),
+                FileRecord.state == FileState.SCANNED)
             .order_by(depth.desc(), FileRecord.id))
         for record_id, level in rows:
             levels.setdefault(level, []).append(record_id)
@@ -942,7 +1249,8 @@ def _copy_directories(context: _Context, target: _ShareTarget, publish: Publishe
                     session.execute(update(FileRecord).where(FileRecord.id.in_(ids[start:start + 500]))
                                     .values(batch_id=batch.id).execution_options(synchronize_session=False))
                 dispatch_batch(session, batch, publish, task_name=COPY_TASK, queue=context.queue)
-        _wait_for_batches(context, publish, poll_interval, lambda line: None, "directories")
+        _wait_for_batches(context, publish, min(poll_interval, DIRECTORY_POLL_INTERVAL),
+                          lambda line: None, "directories")
     count = sum(len(ids) for ids in levels.values())
     say(f"{target.name}: metadata of {count} directories applied in {len(waves)} waves")
 

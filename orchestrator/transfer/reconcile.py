@@ -6,7 +6,9 @@ record per file and folder, state scanned) with what proxy workers reported back
 - inventoried: entries the walk found (files and folders), and their bytes;
 - copied: written to the destination this run (verified ones included);
 - verified: copied and the destination's re-read hash equals the source's;
-- unchanged: the destination already matched, nothing written (skipped);
+- unchanged: the destination already matched, nothing written (skipped): decided by a
+  re-run's planner (source walk and destination listing against the previous run's
+  records, no batch) or by the copy engine on the destination itself;
 - missing: no worker ever reported on it (still scanned after the run);
 - mismatched: the destination's hash differs from the source's;
 - failed: the copy failed (NTSTATUS name kept in the record);

@@ -14,6 +14,11 @@ address* that never moves (its sshd listens there), and on request:
 - a real sshd with its own host key, root logging in with the lab's client key only; the
   lab's known_hosts file holds every host's key, so clients check keys as in production.
 
+``start_dhcp_server`` runs a DHCP server (Debian's dnsmasq-base, ``dnsmasq --no-daemon
+--port=0``: DHCP only, no DNS, no router or name server offered) in the client namespace,
+which plays the network's router, handing out a range of the lab's /24; it is stopped by
+pid with the lab.
+
 A *client* namespace stands for the users: ``client_read`` / ``client_write`` /
 ``client_python`` run Python (the venv's interpreter, smbprotocol) inside it, with the
 account's password passed on standard input, never in argv.
@@ -217,6 +222,7 @@ class NetnsLab:
         self.client_key: Path | None = None
         self.known_hosts = self.root / "known_hosts"
         self.known_hosts.write_text("")
+        self._dhcp_server: subprocess.Popen | None = None
         try:
             _ip("link", "add", self.bridge, "type", "bridge")
             _ip("addr", "add", f"{self.address(1)}/{self.subnet.prefixlen}", "dev", self.bridge)
@@ -407,6 +413,32 @@ class NetnsLab:
             with contextlib.suppress(FileNotFoundError):
                 host.sshd_pid_file.unlink()
 
+    def start_dhcp_server(self, first: int, last: int, timeout: float = 10.0) -> Path:
+        """Serve DHCP on the lab's network from the client namespace: lab addresses
+        ``first``..``last``, 2-minute leases; returns dnsmasq's lease file."""
+        if self._dhcp_server is not None:
+            raise RuntimeError("the lab's DHCP server is already running")
+        if not shutil.which("dnsmasq"):
+            raise LabUnavailable("dnsmasq is not installed (Debian: dnsmasq-base)")
+        folder = self.root / "dnsmasq"
+        folder.mkdir(exist_ok=True)
+        leases, log = folder / "leases", folder / "log"
+        self._dhcp_server = subprocess.Popen(self.client.exec_argv([
+            "dnsmasq", "--no-daemon", "--port=0", "--conf-file=/dev/null", "--bind-interfaces",
+            f"--interface={self.client.interface}", f"--listen-address={self.client.management_address}",
+            f"--dhcp-range={self.address(first)},{self.address(last)},{self.subnet.netmask},2m",
+            "--dhcp-option=3", "--dhcp-option=6", f"--dhcp-leasefile={leases}", f"--pid-file={folder / 'pid'}",
+            f"--log-facility={log}", "--log-dhcp"]), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if log.exists() and "DHCP, IP range" in log.read_text(errors="replace"):
+                return leases
+            if self._dhcp_server.poll() is not None:
+                raise LabUnavailable(f"dnsmasq stopped: {self._dhcp_server.stderr.read().decode(errors='replace')}")
+            time.sleep(0.05)
+        raise LabUnavailable("dnsmasq did not start serving DHCP")
+
     # --- the users' side -----------------------------------------------------------------
     def client_python(self, code: str, stdin: str = "", timeout: float = 120.0) -> str:
         """Run a Python snippet in the client namespace with the venv's interpreter; stdout."""
@@ -445,6 +477,10 @@ class NetnsLab:
     # --- teardown ------------------------------------------------------------------------
     def destroy(self) -> None:
         """Stop every process of the lab by pid, delete namespaces, veths and the bridge by name."""
+        if self._dhcp_server is not None:
+            _stop_pids([self._dhcp_server.pid])
+            self._dhcp_server.wait(timeout=5)
+            self._dhcp_server = None
         for host in self.hosts.values():
             pids = host.smbd_pids()
             if host.sshd_pid_file is not None and (pid := _pid_from(host.sshd_pid_file)):

@@ -1,0 +1,169 @@
+"""Re-runs decide unchanged entries in the planner: nothing changed means no batch at all.
+
+Two real lab smbd instances and a real SQLite job database; the run is driven in this
+process and every batch the planner publishes is copied by the real ``copy_batch`` task
+body, as a worker would (the publisher also notes what it was given). After a first run:
+
+- a re-run with nothing changed publishes no batch, records every file and folder
+  ``skipped`` (reconciled as unchanged, the run clean) and leaves both trees as they were;
+- a re-run after a file was edited, added, deleted and given an attribute on the source,
+  a folder was given an attribute on the source, and a file was deleted and another
+  altered on the destination behind the migration's back, dispatches exactly those
+  files, deletes the file the source lost, applies folder metadata only where needed,
+  and leaves a destination equal to the source byte for byte and field by field
+  (tests.lab.compare).
+
+The pipelined walker that planning uses is also checked against ``ShareWalker``: the same
+entries, field by field, including a folder too big for one QUERY_DIRECTORY response.
+"""
+
+from __future__ import annotations
+
+import common  # noqa: F401  (keeps impacket's bin/smbclient.py off the import path)
+
+from dataclasses import replace
+
+from sqlalchemy import select
+
+from common.db import session_scope
+from common.models import Batch, FileRecord, Server, ServerRole
+from common.settings import get_settings
+from common.smb.connection import SmbEndpoint, close_pool, open_tree
+from common.smb.fastpath import FastChannel
+from common.smb.walk import PipelinedWalker, ShareWalker
+from common.transfer_options import TransferOptions
+from orchestrator.database import upgrade_to_head
+from orchestrator.leases import BatchDispatch
+from orchestrator.transfer import planning
+from orchestrator.transfer.reconcile import reconcile
+from proxy_worker.copy_tasks import copy_batch
+from tests.lab.samba import MIGRATION_PASSWORD, MIGRATION_USER
+from tests.lab.smbio import LabTree
+from tests.transfer_support import record_states, register_servers, unexplained_differences, use_settings
+
+HIDDEN = 0x2
+
+
+def _run(pairing_id: int, options: TransferOptions) -> tuple[int, list[list[str]]]:
+    """Create and drive a run; (run id, the paths of each batch it published)."""
+    with session_scope() as session:
+        run_id = planning.create_run(session, session.get(planning.Pairing, pairing_id), options).id
+    published: list[list[str]] = []
+
+    def publish(dispatch: BatchDispatch) -> None:
+        with session_scope() as session:
+            published.append(sorted(session.scalars(select(FileRecord.relative_path).where(
+                FileRecord.batch_id == dispatch.batch_id))))
+        assert copy_batch.run(dispatch.batch_id) == "done"
+
+    try:
+        assert planning.execute_run(run_id, publish, poll_interval=0.1).value == "succeeded"
+    finally:
+        close_pool()
+    return run_id, published
+
+
+def _carried(run_id: int) -> dict[str, tuple]:
+    """{path: (size, last-write time, attributes, owner, hash algorithm, source hash)}."""
+    with session_scope() as session:
+        return {row[0]: tuple(row[1:]) for row in session.execute(select(
+            FileRecord.relative_path, FileRecord.size, FileRecord.last_write_time,
+            FileRecord.attributes, FileRecord.owner, FileRecord.hash_algorithm,
+            FileRecord.source_hash).where(FileRecord.run_id == run_id))}
+
+
+def test_rerun_decides_unchanged_entries_in_the_planner(samba_factory, tmp_path, monkeypatch):
+    use_settings(monkeypatch, SMS_STATE_DIR=str(tmp_path / "state"), SMS_BATCH_MAX_FILES="7")
+    upgrade_to_head(get_settings().database_url)
+    src, dst = samba_factory("src"), samba_factory("dst")
+    with LabTree(src.address, "data") as lab:
+        lab.mkdir("empty")
+        for folder in ("a", "b", "b\\deep"):
+            lab.mkdir(folder)
+            for number in range(5):
+                lab.write_file(f"{folder}\\f{number}.txt", f"{folder} {number}\n".encode() * (number + 1))
+        lab.write_file("top.txt", b"top\n")
+        lab.write_file("a\\f0.txt:note", b"a stream\n")
+    register_servers("rerun", {"src": (src, ServerRole.SOURCE), "dst": (dst, ServerRole.DESTINATION)})
+    with session_scope() as session:
+        servers = {s.name: s for s in session.scalars(select(Server))}
+        pairing_id = planning.create_pairing(session, servers["src"], servers["dst"], ["data"]).id
+    options = TransferOptions(retries=0)
+
+    first, _batches = _run(pairing_id, options)
+    assert set(state for state, _code in record_states(first).values()) == {"copied"}
+
+    # Nothing changed: no batch at all, every entry recorded unchanged, the run clean.
+    second, batches = _run(pairing_id, options)
+    assert batches == []
+    with session_scope() as session:
+        assert session.scalars(select(Batch).where(Batch.run_id == second)).all() == []
+        report = reconcile(session, second)
+    assert record_states(second) == {path: ("skipped", None) for path in record_states(first)}
+    assert _carried(second) == _carried(first)  # owner and hashes of the run that copied them
+    assert report.clean and report.shares[0].unchanged == report.shares[0].inventoried == len(record_states(first))
+    assert unexplained_differences(src, dst, ignore_all_access_times=True) == []
+
+    # Changes on both sides.
+    with LabTree(src.address, "data") as lab:
+        lab.write_file("a\\f1.txt", b"edited on the source\n")
+        lab.write_file("b\\deep\\new.txt", b"added on the source\n")
+        lab.delete("b\\f2.txt")
+        lab.set_basic_info("a\\f3.txt", attributes=HIDDEN)
+        lab.set_basic_info("empty", attributes=HIDDEN | 0x10)
+    with LabTree(dst.address, "data") as lab:
+        lab.delete("b\\f4.txt")
+        lab.write_file("a\\f4.txt", b"altered on the destination\n")
+    third, batches = _run(pairing_id, options)
+    dispatched = sorted(path for batch in batches for path in batch)
+    changed_files = ["a\\f1.txt", "a\\f3.txt", "a\\f4.txt", "b\\deep\\new.txt", "b\\f4.txt"]
+    # The files, then the folders whose metadata must be applied again: those the
+    # source changed and those in which something was written or deleted.
+    assert dispatched == sorted(changed_files + ["a", "b", "b\\deep", "empty"])
+    states = record_states(third)
+    assert "b\\f2.txt" not in states
+    assert all(states[path] == ("copied", None) for path in dispatched)
+    assert all(state == ("skipped", None) for path, state in states.items() if path not in dispatched)
+    with session_scope() as session:
+        assert reconcile(session, third).clean
+    assert not (dst.shares["data"].path / "b" / "f2.txt").exists()
+    assert unexplained_differences(src, dst, ignore_all_access_times=True) == []
+
+
+def test_the_pipelined_walk_lists_what_the_share_walker_lists(samba_factory):
+    src = samba_factory("walk")
+    root = src.shares["data"].path
+    (root / "big").mkdir()
+    for number in range(4000):  # more than one 64 KiB response, as asked below
+        (root / "big" / f"a-long-enough-file-name-{number:05d}.txt").write_bytes(b"x")
+    with LabTree(src.address, "data") as lab:
+        lab.mkdir("d1")
+        lab.mkdir("d1\\d2")
+        lab.write_file("d1\\d2\\f.txt", b"f\n")
+        lab.write_file("d1\\s.txt:stream", b"s\n")
+    endpoint = SmbEndpoint(src.address, "data", MIGRATION_USER, MIGRATION_PASSWORD)
+    tree = open_tree(endpoint)
+    try:
+        expected = {entry.path: entry for entry in ShareWalker(tree)}
+        channel = FastChannel.attach(tree.connection, tree.session, tree.tree)
+        try:
+            walker = PipelinedWalker(channel, max_output=65536)
+            found = {entry.path: entry for entry in walker}
+            refused = PipelinedWalker(channel, enter=lambda entry: entry.path != "big")
+            partial = {entry.path for entry in refused}
+        finally:
+            channel.release()
+    finally:
+        tree.close()
+    assert walker.errors == [] and walker.directories_listed == 4
+    assert set(found) == set(expected) and len(found) == 4005
+    # Field by field, but a listing moves folders' last-access times (relatime), and for
+    # what was made on disk (no stored creation time) Samba reports the earliest of the
+    # other times as the creation time, so that moves too.
+    def fields(entry):
+        made_on_disk = entry.path == "big" or entry.path.startswith("big\\")
+        return replace(entry, last_access_time=0,
+                       creation_time=0 if made_on_disk else entry.creation_time)
+
+    assert [path for path in found if fields(found[path]) != fields(expected[path])] == []
+    assert partial == {path for path in expected if not path.startswith("big\\")}
