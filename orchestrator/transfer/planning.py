@@ -751,13 +751,13 @@ def _record_unchanged(session: Session, context: _Context, share_id: int, previo
     columns = [column for column in FileRecord.__table__.c
                if column.name not in ("id", "run_id", "batch_id", "state", "error_code", "error_message")]
     table = FileRecord.__table__
-    for start in range(0, len(paths), MIRROR_LOOKUP_CHUNK):
+    for start in range(0, len(paths), UNCHANGED_CHUNK):
         session.execute(insert(table).from_select(
             [column.name for column in columns] + ["run_id", "state"],
             select(*columns, literal(context.run_id, BigInteger),
                    literal(FileState.SKIPPED, table.c.state.type)).where(
                 table.c.run_id == previous_run, table.c.share_id == share_id,
-                table.c.relative_path.in_(paths[start:start + MIRROR_LOOKUP_CHUNK]))))
+                table.c.relative_path.in_(paths[start:start + UNCHANGED_CHUNK]))))
 
 
 def _skip_directories(session: Session, context: _Context, share_id: int, previous_run: int,
