@@ -59,6 +59,7 @@ def test_whole_migration_through_the_cli_with_json_and_exit_codes(samba_factory,
     add_server(env, "scripted", "dst", "destination", destination.address)
     code, inventory = sms_json(env, "inventory", "run", "scripted", "--wait")
     assert code == 0, inventory
+    assert sms_json(env, "job", "show", "scripted")[1]["state"] == "inventory"
     code, paired = sms_json(env, "transfer", "pair", "--job", "scripted", "--source", "src",
                             "--destination", "dst")
     assert code == 0 and paired["shares"] in ([], ["data"]), paired
@@ -70,6 +71,10 @@ def test_whole_migration_through_the_cli_with_json_and_exit_codes(samba_factory,
     assert share["copied"] >= len(files) and share["failed"] == 0 and share["missing"] == 0
     for relative, payload in files.items():
         assert (destination.shares["data"].path / relative).read_bytes() == payload
+    assert sms_json(env, "job", "show", "scripted")[1]["state"] == "transfer"
+    # A later inventory leaves the job's phase where the migration stands.
+    assert sms_json(env, "inventory", "run", "scripted", "--wait")[0] == 0
+    assert sms_json(env, "job", "show", "scripted")[1]["state"] == "transfer"
 
     # A file held open without sharing on the source: completed with errors, exit code 1.
     with LabTree(source.address, "data") as lab:

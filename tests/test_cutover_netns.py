@@ -42,6 +42,8 @@ from common.models import (
     Event,
     FileRecord,
     FileState,
+    Job,
+    JobState,
     Pairing,
     RunState,
     Server,
@@ -266,6 +268,11 @@ class CutoverLab:
             stages = session.scalars(select(CutoverStage).where(CutoverStage.cutover_run_id == run_id)).all()
             return {stage.name: stage for stage in stages}
 
+    def job_state(self, run_id: int) -> JobState:
+        """The phase of the job the cutover run belongs to."""
+        with session_scope(self.url) as session:
+            return session.get(Job, session.get(CutoverRun, run_id).job_id).state
+
     def run_row(self, run_id: int) -> CutoverRun:
         with session_scope(self.url) as session:
             return session.get(CutoverRun, run_id)
@@ -327,6 +334,7 @@ def test_cutover_moves_identity_resumes_after_failure_and_users_see_the_same_dat
     assert stages["verification"].state == RunState.PENDING
     run = lab.run_row(run_id)
     assert run.state == RunState.FAILED and run.error.startswith("stage destination_identity failed")
+    assert lab.job_state(run_id) == JobState.CUTOVER
     assert old not in lab.src.addresses() and new in lab.src.addresses()
 
     # Management comes back; resume continues at stage 5 and completes.
@@ -337,6 +345,7 @@ def test_cutover_moves_identity_resumes_after_failure_and_users_see_the_same_dat
     stages = lab.stages(run_id)
     assert all(stage.state == RunState.SUCCEEDED and stage.progress == 1.0 for stage in stages.values())
     assert "read back" in stages["verification"].message
+    assert lab.job_state(run_id) == JobState.DONE  # its only source is cut over
 
     # Users: the same bytes at the same address and share path, now from the destination.
     after = {key: client.client_read(old, *key) for key in FILES}

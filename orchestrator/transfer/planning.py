@@ -81,6 +81,7 @@ from common.models import (
     EventLevel,
     FileRecord,
     FileState,
+    JobState,
     Pairing,
     RunState,
     Server,
@@ -99,6 +100,7 @@ from common.smb.fastpath import FastChannel
 from common.smb.paths import UnsafePath, safe_relative_path
 from common.smb.walk import DirEntry, PipelinedWalker, ShareWalker, WalkError
 from common.transfer_options import TransferOptions
+from orchestrator.jobs import advance_job
 from orchestrator.leases import (
     Publisher,
     celery_publisher,
@@ -224,6 +226,7 @@ def create_run(session: Session, pairing: Pairing, options: TransferOptions) -> 
                       state=RunState.PENDING)
     session.add(run)
     session.flush()
+    advance_job(session, pairing.job_id, JobState.TRANSFER)
     return run
 
 
