@@ -13,6 +13,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import select
+
+from common.db import session_scope
+from common.models import FileRecord, FileState, Share
 from tests.lab.smbio import LabTree
 
 SMS = Path(sys.executable).with_name("sms")
@@ -92,3 +96,37 @@ def sms(env: dict[str, str], *args: str, stdin: str | None = None, check: bool =
         raise AssertionError(f"sms {' '.join(args)} exited {result.returncode}:\n"
                              f"{result.stdout}\n{result.stderr}")
     return result
+
+
+def check_scan_records(url: str, share_id: int, address: str,
+                       unreadable: frozenset[str] = frozenset()) -> tuple[dict[str, Expected], dict]:
+    """Every scan record of share ``data`` against its independent listing, less what lies
+    below the ``unreadable`` folders (each of which must be a record failed with
+    STATUS_ACCESS_DENIED), and the share's counters; returns the listing and the records."""
+    with LabTree(address, "data") as tree:
+        actual = {path: entry for path, entry in list_share(tree).items()
+                  if not any(path.startswith(folder + "\\") for folder in unreadable)}
+    with session_scope(url) as session:
+        share = session.get(Share, share_id)
+        records = {r.relative_path: r for r in session.scalars(
+            select(FileRecord).where(FileRecord.share_id == share_id, FileRecord.run_id.is_(None)))}
+        counters = (share.file_count, share.directory_count, share.total_bytes)
+        assert share.scanned_at is not None
+        session.expunge_all()
+    assert set(records) == set(actual) | {""}
+    assert records[""].is_dir and records[""].state is FileState.SCANNED
+    for path, entry in actual.items():
+        record = records[path]
+        if path in unreadable:
+            assert record.state is FileState.FAILED and record.error_code == "STATUS_ACCESS_DENIED", path
+        else:
+            assert record.state is FileState.SCANNED and record.error_code is None, path
+        assert (record.is_dir, record.size, record.creation_time, record.last_write_time,
+                record.change_time, record.attributes) == (
+            entry.is_dir, entry.size, entry.creation_time, entry.last_write_time,
+            entry.change_time, entry.attributes), path
+        if not entry.is_dir:  # listing a folder moves its own access time; files keep theirs
+            assert record.last_access_time == entry.last_access_time, path
+    files = [e for e in actual.values() if not e.is_dir]
+    assert counters == (len(files), sum(1 for e in actual.values() if e.is_dir), sum(e.size for e in files))
+    return actual, records

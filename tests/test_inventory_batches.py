@@ -20,17 +20,15 @@ from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
-from sqlalchemy import select
 
 from common.db import session_scope
-from common.models import FileRecord, FileState, Share
 from common.settings import reset_settings_cache
 from orchestrator.database import upgrade_to_head
 from orchestrator.inventory import tasks
 from orchestrator.inventory.service import InventoryOptions, run_inventory
 from orchestrator.inventory.tasks import run_scans_inline
 from orchestrator.jobs import add_server, create_job
-from tests.inventory_lab import build_tree, list_share
+from tests.inventory_lab import build_tree, check_scan_records
 from tests.lab.fixtures import unavailable
 from tests.lab.samba import LabUnavailable, SambaServer
 from tests.lab.smbio import LabTree
@@ -85,35 +83,6 @@ def database(tmp_path, monkeypatch):
     reset_settings_cache()
 
 
-def check(url: str, share_id: int, address: str, unreadable: set[str]) -> dict[str, FileRecord]:
-    """The share's records against the administrator's listing, less what lies below the
-    ``unreadable`` folders (each of which must be a failed record); returns the records."""
-    with LabTree(address, "data") as tree:
-        actual = {path: entry for path, entry in list_share(tree).items()
-                  if not any(path.startswith(folder + "\\") for folder in unreadable)}
-    with session_scope(url) as session:
-        share = session.get(Share, share_id)
-        records = {r.relative_path: r for r in session.scalars(
-            select(FileRecord).where(FileRecord.share_id == share_id, FileRecord.run_id.is_(None)))}
-        counters = (share.file_count, share.directory_count, share.total_bytes)
-        assert share.scanned_at is not None
-        session.expunge_all()
-    assert set(records) == set(actual) | {""}
-    for path, entry in actual.items():
-        record = records[path]
-        if path in unreadable:
-            assert record.state is FileState.FAILED and record.error_code == "STATUS_ACCESS_DENIED", path
-        else:
-            assert record.state is FileState.SCANNED and record.error_code is None, path
-        assert (record.is_dir, record.size, record.creation_time, record.last_write_time,
-                record.change_time, record.attributes) == (
-            entry.is_dir, entry.size, entry.creation_time, entry.last_write_time,
-            entry.change_time, entry.attributes), path
-    files = [e for e in actual.values() if not e.is_dir]
-    assert counters == (len(files), sum(1 for e in actual.values() if e.is_dir), sum(e.size for e in files))
-    return records
-
-
 def test_a_batch_with_an_unreadable_folder_and_a_rescan_of_many_changed_folders(lab, database):
     server, root = lab
     with session_scope(database) as session:
@@ -136,7 +105,7 @@ def test_a_batch_with_an_unreadable_folder_and_a_rescan_of_many_changed_folders(
     [share_id] = report.scan_share_ids
     # The 21 folders of the root were one batch, secret among them; it failed alone.
     assert sorted(FOLDERS + ["secret"]) in [sorted(batch) for batch in batches]
-    before = check(database, share_id, server.address, {"secret"})
+    before = check_scan_records(database, share_id, server.address, frozenset({"secret"}))[1]
 
     # Many folders change at once.
     with LabTree(server.address, "data") as tree:
@@ -153,7 +122,7 @@ def test_a_batch_with_an_unreadable_folder_and_a_rescan_of_many_changed_folders(
     os.chmod(root / FOLDERS[15], 0o700)  # readable before, not any more
     report = run_inventory(job_id, InventoryOptions(), url=database, publish=run_scans_inline)
     assert report.scan_share_ids == [share_id]
-    after = check(database, share_id, server.address, {"secret", FOLDERS[15]})
+    after = check_scan_records(database, share_id, server.address, frozenset({"secret", FOLDERS[15]}))[1]
 
     assert not any(path.startswith(FOLDERS[15] + "\\") for path in after)
     kept = set(before) & set(after)

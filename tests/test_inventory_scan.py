@@ -22,12 +22,12 @@ from cryptography.fernet import Fernet
 from sqlalchemy import select
 
 from common.db import session_scope
-from common.models import Event, FileRecord, FileState, Share
+from common.models import Event, FileRecord
 from common.settings import reset_settings_cache
 from orchestrator.database import upgrade_to_head
 from orchestrator.inventory.service import InventoryOptions, resume_scans, run_inventory, wait_for_scans
 from orchestrator.jobs import add_server, create_job
-from tests.inventory_lab import ARCHIVE, DIRECTORY, HIDDEN, READONLY, SMS, build_tree, list_share
+from tests.inventory_lab import ARCHIVE, DIRECTORY, HIDDEN, READONLY, SMS, build_tree, check_scan_records
 from tests.lab.samba import MIGRATION_PASSWORD, MIGRATION_USER
 from tests.lab.smbio import LabTree
 
@@ -108,32 +108,6 @@ def production(tmp_path, monkeypatch, redis_url, fresh_postgres_url):
         reset_settings_cache()
 
 
-def compare(url: str, share_id: int, lab_address: str) -> dict:
-    """Every record of the share against its independent listing; returns the listing."""
-    with LabTree(lab_address, "data") as tree:
-        actual = list_share(tree)
-    with session_scope(url) as session:
-        share = session.get(Share, share_id)
-        records = {r.relative_path: r for r in session.scalars(
-            select(FileRecord).where(FileRecord.share_id == share_id, FileRecord.run_id.is_(None)))}
-        counters = (share.file_count, share.directory_count, share.total_bytes)
-        assert share.scanned_at is not None
-    assert set(records) == set(actual) | {""}
-    assert records[""].is_dir and records[""].state is FileState.SCANNED
-    for path, entry in actual.items():
-        record = records[path]
-        assert record.state is FileState.SCANNED and record.error_code is None, path
-        assert (record.is_dir, record.size, record.creation_time, record.last_write_time,
-                record.change_time, record.attributes) == (
-            entry.is_dir, entry.size, entry.creation_time, entry.last_write_time,
-            entry.change_time, entry.attributes), path
-        if not entry.is_dir:  # listing a folder moves its own access time; files keep theirs
-            assert record.last_access_time == entry.last_access_time, path
-    files = [e for e in actual.values() if not e.is_dir]
-    assert counters == (len(files), sum(1 for e in actual.values() if e.is_dir), sum(e.size for e in files))
-    return actual
-
-
 def test_scan_fans_out_over_redis_into_postgresql_and_rerun_updates(production, samba_factory):
     url, workers = production
     lab = samba_factory("invscan", shares=("data",))
@@ -150,7 +124,7 @@ def test_scan_fans_out_over_redis_into_postgresql_and_rerun_updates(production, 
     assert server.errors == {} and server.shares == ["data"]
     [share_id] = report.scan_share_ids
     assert wait_for_scans([share_id], timeout=180, url=url), [w.log()[-3000:] for w in workers]
-    compare(url, share_id, lab.address)
+    check_scan_records(url, share_id, lab.address)[0]
     with session_scope(url) as session:
         records = {r.relative_path: r for r in session.scalars(
             select(FileRecord).where(FileRecord.share_id == share_id))}
@@ -179,7 +153,7 @@ def test_scan_fans_out_over_redis_into_postgresql_and_rerun_updates(production, 
     report = run_inventory(job_id, InventoryOptions())
     assert report.scan_share_ids == [share_id]
     assert wait_for_scans([share_id], timeout=180, url=url)
-    actual = compare(url, share_id, lab.address)
+    actual = check_scan_records(url, share_id, lab.address)[0]
     assert "deep\\a\\b" not in actual and "d0\\s0\\f0.bin" not in actual and "added\\x.bin" in actual
     with session_scope(url) as session:
         completed = session.scalars(select(Event).where(Event.kind == "inventory.scan.completed")
@@ -209,7 +183,7 @@ def test_a_scan_whose_messages_were_lost_is_resumed(production, samba_factory):
 
     assert resume_scans(job_id) == [share_id]
     assert wait_for_scans([share_id], timeout=120, url=url)
-    compare(url, share_id, lab.address)
+    check_scan_records(url, share_id, lab.address)[0]
     with session_scope(url) as session:
         started = session.scalars(select(Event).where(Event.kind == "inventory.scan.started")).one()
         assert started.detail["options"] == {"skip_excluded_folders": False}

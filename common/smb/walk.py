@@ -121,6 +121,19 @@ def parse_directory_buffer(buffer: bytes, parent: str) -> Iterator[DirEntry]:
         offset += next_offset
 
 
+def _child_chain(entry: "DirEntry", ancestors: tuple | None, errors: list["WalkError"]) -> tuple | None:
+    """The ancestor chain to enter subdirectory ``entry`` with; None (and a WalkError in
+    ``errors``) when it is the same directory as one of its ancestors, a link loop."""
+    loop = _find(ancestors, entry.file_id)
+    if loop is None:
+        return ((entry.file_id, entry.path), ancestors)
+    errors.append(WalkError(
+        entry.path, NtStatus.STATUS_STOPPED_ON_SYMLINK,
+        status_name(NtStatus.STATUS_STOPPED_ON_SYMLINK),
+        f"not entered: the same directory as its ancestor {loop or chr(92)!r} (a link loop)"))
+    return None
+
+
 def _find(ancestors: tuple | None, file_id: int) -> str | None:
     """The path of the ancestor with ``file_id`` in a chain, or None."""
     while ancestors is not None:
@@ -161,15 +174,9 @@ class ShareWalker:
             subdirectories = []
             for entry in self._list(directory):
                 if entry.is_dir and not entry.is_reparse_point:
-                    loop = _find(ancestors, entry.file_id)
-                    if loop is None:
-                        subdirectories.append((entry.path, ((entry.file_id, entry.path), ancestors)))
-                    else:
-                        self.errors.append(WalkError(
-                            entry.path, NtStatus.STATUS_STOPPED_ON_SYMLINK,
-                            status_name(NtStatus.STATUS_STOPPED_ON_SYMLINK),
-                            f"not entered: the same directory as its ancestor "
-                            f"{loop or chr(92)!r} (a link loop)"))
+                    child = _child_chain(entry, ancestors, self.errors)
+                    if child is not None:
+                        subdirectories.append((entry.path, child))
                 yield entry
             # Reversed so that siblings are visited in the order the server listed them.
             stack.extend(reversed(subdirectories))
@@ -326,15 +333,9 @@ class PipelinedWalker:
                 for entry in entries:
                     if entry.is_dir and not entry.is_reparse_point \
                             and (self.enter is None or self.enter(entry)):
-                        loop = _find(ancestors, entry.file_id)
-                        if loop is None:
-                            pending.append((entry.path, ((entry.file_id, entry.path), ancestors)))
-                        else:
-                            self.errors.append(WalkError(
-                                entry.path, NtStatus.STATUS_STOPPED_ON_SYMLINK,
-                                status_name(NtStatus.STATUS_STOPPED_ON_SYMLINK),
-                                f"not entered: the same directory as its ancestor "
-                                f"{loop or chr(92)!r} (a link loop)"))
+                        child = _child_chain(entry, ancestors, self.errors)
+                        if child is not None:
+                            pending.append((entry.path, child))
                     yield entry
         except fp.ChannelBroken as exc:
             raise SmbFileError(0, f"walk: {exc}", self.root) from None
