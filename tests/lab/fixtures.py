@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -42,7 +43,8 @@ def samba_factory(tmp_path):
 
     yield start
     for server in started:
-        server.stop()
+        server.stop()  # its files stay in tmp_path for a look after a failure
+        shutil.rmtree(server.sockets, ignore_errors=True)
 
 
 @pytest.fixture

@@ -52,7 +52,14 @@ from pathlib import Path
 import pytest
 
 from tests.lab.fixtures import unavailable
-from tests.lab.samba import MIGRATION_PASSWORD, MIGRATION_USER, LabUnavailable, _alive, ensure_system_user
+from tests.lab.samba import (
+    MIGRATION_PASSWORD,
+    MIGRATION_USER,
+    LabUnavailable,
+    _alive,
+    ensure_system_user,
+    short_socket_directory,
+)
 from tests.lab.sshd import KEYS_PARENT, SSHD, _keygen
 
 LAB_RANGE = ipaddress.ip_network("198.18.0.0/15")
@@ -170,6 +177,7 @@ class NetnsHost:
     netbios_name: str | None = None
     shares: dict[str, Path] = field(default_factory=dict)
     sshd_pid_file: Path | None = None
+    sockets: Path | None = None  # smbd's short socket directory (tests.lab.samba)
 
     def exec_argv(self, argv: list[str]) -> list[str]:
         """``argv`` run inside this host's network and UTS namespaces."""
@@ -295,8 +303,9 @@ class NetnsLab:
                     timeout: float = 15.0) -> Path:
         """Start the host's smbd with the given shares (read-write); returns its smb.conf."""
         r = host.root / "samba"
-        for sub in ("private", "lock", "state", "cache", "pid", "ncalrpc", "log", "shares"):
+        for sub in ("private", "state", "cache", "pid", "log", "shares"):
             (r / sub).mkdir(parents=True, exist_ok=True)
+        host.sockets = host.sockets or short_socket_directory()
         host.smb_conf = r / "smb.conf"
         host.netbios_name = netbios_name
         lines = [
@@ -311,11 +320,11 @@ class NetnsLab:
             "bind interfaces only = no",
             "smb ports = 445",
             f"private dir = {r / 'private'}",
-            f"lock directory = {r / 'lock'}",
+            f"lock directory = {host.sockets / 'lock'}",
             f"state directory = {r / 'state'}",
             f"cache directory = {r / 'cache'}",
             f"pid directory = {r / 'pid'}",
-            f"ncalrpc dir = {r / 'ncalrpc'}",
+            f"ncalrpc dir = {host.sockets / 'ncalrpc'}",
             f"log file = {r / 'log' / 'log.%m'}",
             "max log size = 10000",
             f"passdb backend = tdbsam:{r / 'private' / 'passdb.tdb'}",
@@ -498,6 +507,8 @@ class NetnsLab:
                     host.holder.wait(timeout=2)
             _ip("netns", "del", host.namespace, check=False)
             _ip("link", "del", host.veth, check=False)
+            if host.sockets is not None:
+                shutil.rmtree(host.sockets, ignore_errors=True)
         _ip("link", "del", self.bridge, check=False)
         if self._keys_dir is not None:
             shutil.rmtree(self._keys_dir, ignore_errors=True)

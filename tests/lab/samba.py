@@ -101,8 +101,9 @@ class SambaServer:
         self.shares: dict[str, Share] = {}
         self.users: dict[str, str] = {}
         self.extra_global = dict(extra_global or {})
-        for sub in ("private", "lock", "state", "cache", "pid", "ncalrpc", "log", "shares"):
+        for sub in ("private", "state", "cache", "pid", "log", "shares"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self.sockets = short_socket_directory()
         self._started = False
 
     # --- configuration -------------------------------------------------------------
@@ -133,11 +134,11 @@ class SambaServer:
             "bind interfaces only = yes",
             "smb ports = 445",
             f"private dir = {r / 'private'}",
-            f"lock directory = {r / 'lock'}",
+            f"lock directory = {self.sockets / 'lock'}",
             f"state directory = {r / 'state'}",
             f"cache directory = {r / 'cache'}",
             f"pid directory = {r / 'pid'}",
-            f"ncalrpc dir = {r / 'ncalrpc'}",
+            f"ncalrpc dir = {self.sockets / 'ncalrpc'}",
             f"log file = {r / 'log' / 'log.%m'}",
             "max log size = 10000",
             f"passdb backend = tdbsam:{r / 'private' / 'passdb.tdb'}",
@@ -243,12 +244,24 @@ class SambaServer:
         """Stop and remove every file of this server."""
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+        shutil.rmtree(self.sockets, ignore_errors=True)
 
     def __enter__(self) -> "SambaServer":
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.destroy()
+
+
+def short_socket_directory() -> Path:
+    """A new directory with a short path for an smbd's unix sockets (its lock directory holds
+    msg.sock/, its ncalrpc dir the RPC pipes): a socket path longer than 107 bytes cannot be
+    bound, and pytest's temporary paths (longer still under pytest-xdist) get close to it,
+    so RPC silently died (NetBIOSTimeout) or smbd did not start. The caller removes it."""
+    directory = Path(tempfile.mkdtemp(prefix="smb", dir="/tmp"))
+    for sub in ("lock", "ncalrpc"):
+        (directory / sub).mkdir()
+    return directory
 
 
 def _alive(pid: int) -> bool:
