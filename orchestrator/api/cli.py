@@ -57,7 +57,9 @@ def serve(host: str = typer.Option(None, help="Listen address (default: SMS_API_
         err_console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(FAILURE)
     where = "SMS_API_TOKEN" if source == "SMS_API_TOKEN" else f"the token file {source}"
-    err_console.print(f"API on http://{host}:{port}/api (bearer token from {where})", highlight=False)
+    # Never wrapped: a log reader must be able to copy the token file's path whole.
+    err_console.print(f"API on http://{host}:{port}/api (bearer token from {where})", highlight=False,
+                      soft_wrap=True)
     if not is_loopback(host):
         err_console.print("[yellow]warning:[/yellow] plain HTTP on a non-loopback address: put a TLS "
                           "reverse proxy in front (docs/operations.md)", highlight=False)
