@@ -40,7 +40,7 @@ from orchestrator.api import create_app
 from orchestrator.database import upgrade_to_head
 from orchestrator.worker import start_local_worker
 from tests.lab.fixtures import unavailable
-from tests.lab.samba import MIGRATION_PASSWORD, MIGRATION_USER
+from tests.lab.samba import MIGRATION_PASSWORD, MIGRATION_USER, _alive  # alive and not a zombie
 from tests.lab.services import free_port
 from tests.lab.smbio import LabTree
 from tests.transfer_support import use_settings
@@ -75,18 +75,8 @@ def stop_process_group(pid: int, timeout: float = 30) -> None:
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout
-    while _running(pid) and time.monotonic() < deadline:
+    while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-
-
-def _running(pid: int) -> bool:
-    """True while ``pid`` exists and has not exited (an exited child of this process stays
-    a zombie until waited for)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 @pytest.fixture

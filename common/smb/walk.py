@@ -340,11 +340,6 @@ class PipelinedWalker:
         except fp.ChannelBroken as exc:
             raise SmbFileError(0, f"walk: {exc}", self.root) from None
 
-    def _query_body(self, file_id: bytes) -> bytes:
-        pattern = "*".encode("utf-16-le")
-        return fp._QUERY_DIR.pack(33, fp.FILE_ID_FULL_DIRECTORY_INFORMATION, 0, 0, file_id, 96,
-                                  len(pattern), self.output) + pattern
-
     def _charge(self) -> int:
         return max(1, -(-self.output // _CREDIT_UNIT)) if self.channel.connection.supports_multi_credit else 1
 
@@ -356,7 +351,7 @@ class PipelinedWalker:
                                       | fp.SYNCHRONIZE, fp.FILE_OPEN, self.options, fp.SHARE_READ_WRITE_DELETE)
         return channel._send_chain([
             (fp.CMD_CREATE, create, 1),
-            (fp.CMD_QUERY_DIRECTORY, self._query_body(fp.RELATED_FILE_ID), charge),
+            (fp.CMD_QUERY_DIRECTORY, query_directory_body(fp.RELATED_FILE_ID, self.output), charge),
             (fp.CMD_CLOSE, channel._close_body(fp.RELATED_FILE_ID), 1)], directory)
 
     def _receive(self, directory: str, op) -> tuple[int, list[DirEntry]] | None:
@@ -389,26 +384,43 @@ class PipelinedWalker:
         except fp.FastPathError as exc:
             self._record(directory, exc.status, "open directory failed")
             return None
-        own_id, entries = 0, []
         try:
-            while True:
-                channel._reserve(self._charge())
-                (query,) = channel._wait(channel._send_chain(
-                    [(fp.CMD_QUERY_DIRECTORY, self._query_body(handle.file_id), self._charge())], directory))
-                status = channel._status(query)
-                if status in _STATUS_DONE:
-                    return own_id, entries
-                if status:
-                    self._record(directory, status, "list directory failed")
-                    return None
-                found, more = _own_id_and_entries(channel._query_output(query), directory)
-                own_id = own_id or found
-                entries += more
+            own_id, entries, status = query_to_the_end(channel, handle, directory, self.output, self._charge())
         finally:
             channel.close(handle, query=False)
+        if status:
+            self._record(directory, status, "list directory failed")
+            return None
+        return own_id, entries
 
     def _record(self, path: str, status: int, message: str) -> None:
         self.errors.append(WalkError(path, status, status_name(status), message))
+
+
+def query_directory_body(file_id: bytes, output_length: int) -> bytes:
+    """A QUERY_DIRECTORY body asking for the FileIdFullDirectoryInformation of every name."""
+    pattern = "*".encode("utf-16-le")
+    return fp._QUERY_DIR.pack(33, fp.FILE_ID_FULL_DIRECTORY_INFORMATION, 0, 0, file_id, 96,
+                              len(pattern), output_length) + pattern
+
+
+def query_to_the_end(channel, handle, path: str, output: int, charge: int) -> tuple[int, list[DirEntry], int]:
+    """Query the open folder ``handle`` on ``channel`` until the server says there is no
+    more: (the folder's own file id or 0, its entries, 0), or (0, [], NTSTATUS) when a
+    query fails. The caller opens and closes the handle."""
+    own_id, entries = 0, []
+    while True:
+        channel._reserve(charge)
+        (query,) = channel._wait(channel._send_chain(
+            [(fp.CMD_QUERY_DIRECTORY, query_directory_body(handle.file_id, output), charge)], path))
+        status = channel._status(query)
+        if status in _STATUS_DONE:
+            return own_id, entries, 0
+        if status:
+            return 0, [], status
+        found, more = _own_id_and_entries(channel._query_output(query), path)
+        own_id = own_id or found
+        entries += more
 
 
 def _own_id_and_entries(buffer: bytes, parent: str) -> tuple[int, list[DirEntry]]:
@@ -448,4 +460,5 @@ def walk(tree, root: str = "", errors: list[WalkError] | None = None) -> Iterato
             errors.extend(walker.errors)
 
 
-__all__ = ["DirEntry", "PipelinedWalker", "ShareWalker", "WalkError", "join", "parse_directory_buffer", "walk"]
+__all__ = ["DirEntry", "PipelinedWalker", "ShareWalker", "WalkError", "join", "parse_directory_buffer",
+           "query_directory_body", "query_to_the_end", "walk"]

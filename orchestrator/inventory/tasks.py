@@ -31,7 +31,7 @@ from common.settings import get_settings
 from common.smb import fastpath as fp
 from common.smb.connection import SmbEndpoint, close_pool, get_tree
 from common.smb.errors import SmbFileError, status_name
-from common.smb.walk import DirEntry, ShareWalker, parse_directory_buffer
+from common.smb.walk import DirEntry, ShareWalker, parse_directory_buffer, query_directory_body, query_to_the_end
 from orchestrator.inventory.scan import (
     DirectoryTask,
     FolderListing,
@@ -82,13 +82,6 @@ def listing_error(endpoint: SmbEndpoint, path: str, status_name: str, what: str)
     return ListingError(status_name, f"{message}: {hint}" if hint else message)
 
 
-def _query_body(file_id: bytes, output_length: int) -> bytes:
-    """A QUERY_DIRECTORY body: FileIdFullDirectoryInformation of every name."""
-    pattern = "*".encode("utf-16-le")
-    return fp._QUERY_DIR.pack(33, fp.FILE_ID_FULL_DIRECTORY_INFORMATION, 0, 0, file_id, 96,
-                              len(pattern), output_length) + pattern
-
-
 def _first_query(channel: fp.FastChannel) -> tuple[int, int]:
     """(output length, credit charge) of a folder's first QUERY_DIRECTORY on ``channel``
     (64 KiB and one credit when the server does not grant multi-credit requests)."""
@@ -108,21 +101,11 @@ def _list_to_the_end(channel: fp.FastChannel, path: str) -> tuple[list[DirEntry]
         handle = channel.open(path, _LIST_ACCESS, options=fp.FILE_DIRECTORY_FILE)
     except fp.FastPathError as exc:
         return [], exc.status
-    entries: list[DirEntry] = []
-    output, charge = _first_query(channel)
     try:
-        while True:
-            channel._reserve(charge)
-            (query,) = channel._wait(channel._send_chain(
-                [(fp.CMD_QUERY_DIRECTORY, _query_body(handle.file_id, output), charge)], path))
-            status = channel._status(query)
-            if status in _DONE:
-                return entries, 0
-            if status:
-                return [], status
-            entries += _entries(channel._query_output(query), path)
+        _own_id, entries, status = query_to_the_end(channel, handle, path, *_first_query(channel))
     finally:
         channel.close(handle, query=False)
+    return entries, status
 
 
 def _list_pipelined(channel: fp.FastChannel, paths: Sequence[str]) -> Iterator[tuple[str, list[DirEntry], int]]:
@@ -135,8 +118,8 @@ def _list_pipelined(channel: fp.FastChannel, paths: Sequence[str]) -> Iterator[t
     ``fp.ChannelBroken``.
     """
     output, charge = _first_query(channel)
-    first = _query_body(fp.RELATED_FILE_ID, output)
-    second = _query_body(fp.RELATED_FILE_ID, _SECOND_OUTPUT)
+    first = query_directory_body(fp.RELATED_FILE_ID, output)
+    second = query_directory_body(fp.RELATED_FILE_ID, _SECOND_OUTPUT)
     close = channel._close_body(fp.RELATED_FILE_ID)
     in_flight: deque = deque()
     waiting = deque(paths)
