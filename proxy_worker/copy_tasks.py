@@ -33,7 +33,6 @@ credential in a message, never log one, and never import the orchestrator.
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from common.crypto import InvalidToken
-from common.db import _copy_field, session_scope
+from common.db import copy_text, session_scope
 from common.endpoints import server_endpoint
 from common.leases import claim_batch, complete_batch, lease_duration, renew_lease
 from common.models import (
@@ -350,8 +349,7 @@ def _store_results(session: Session, rows: list[dict]) -> None:
         connection.exec_driver_sql(
             f"CREATE TEMPORARY TABLE {RESULTS_TABLE} ON COMMIT DROP AS "
             f"SELECT {column_list} FROM {table.name} WITH NO DATA")
-        data = io.StringIO("".join("\t".join(_copy_field(row[name]) for name in columns) + "\n"
-                                   for row in rows))
+        data = copy_text([tuple(row[name] for name in columns) for row in rows])
         cursor = connection.connection.driver_connection.cursor()
         try:
             cursor.copy_expert(f"COPY {RESULTS_TABLE} ({column_list}) FROM STDIN", data)

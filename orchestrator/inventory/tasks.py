@@ -240,11 +240,29 @@ def _endpoint(share_id: int) -> tuple[SmbEndpoint | None, str | None]:
         ), password
 
 
+def _list_batch(endpoint: SmbEndpoint, password: str | None,
+                tasks: Sequence[DirectoryTask]) -> list[FolderListing]:
+    """Each folder of ``tasks`` listed, or why it could not be."""
+    if password is None:
+        error = ListingError("NO_CREDENTIAL", f"{endpoint.unc}: no SMB password is stored for the server; add one")
+        return [FolderListing(task, [], error) for task in tasks]
+    try:
+        return list_folders(endpoint, tasks)
+    except Exception as exc:  # noqa: BLE001 - one batch's failure must never stall the scan
+        return [FolderListing(task, [], ListingError(
+            "SCAN_FAILED", f"{endpoint.unc}: cannot list {_describe(task.path)}: unexpected "
+                           f"{type(exc).__name__}: {exc}")) for task in tasks]
+
+
 def scan_batch(share_id: int, tasks: Sequence[DirectoryTask], options: ScanOptions,
                publish: Callable[[list[DirectoryTask]], object]) -> str:
     """List the folders ``tasks`` of share ``share_id``, store them in one transaction,
     hand the subfolders to ``publish`` once it has committed, and complete the scan when
     nothing is left to list.
+
+    A lone subfolder (a narrow chain such as ``share\\Data\\Departments``) is listed by
+    this task itself, in a transaction of its own, instead of being published: no
+    parallelism is lost and a round trip through the broker is saved per level.
 
     Returns what happened: "listed N folders, M entries[, K failed]", or "nothing to do"
     (a duplicate message, or folders no scan is waiting for).
@@ -252,31 +270,28 @@ def scan_batch(share_id: int, tasks: Sequence[DirectoryTask], options: ScanOptio
     endpoint, password = _endpoint(share_id)
     if endpoint is None:
         return "nothing to do"
-    if password is None:
-        error = ListingError("NO_CREDENTIAL", f"{endpoint.unc}: no SMB password is stored for the server; add one")
-        listings = [FolderListing(task, [], error) for task in tasks]
-    else:
-        try:
-            listings = list_folders(endpoint, tasks)
-        except Exception as exc:  # noqa: BLE001 - one batch's failure must never stall the scan
-            listings = [FolderListing(task, [], ListingError(
-                "SCAN_FAILED", f"{endpoint.unc}: cannot list {_describe(task.path)}: unexpected "
-                               f"{type(exc).__name__}: {exc}")) for task in tasks]
-    with session_scope() as session:
-        follow = apply_listings(session, share_id, listings, options)
-        if follow:
-            after_commit(session, lambda: publish(follow))
+    folders = entries = 0
+    failed: list[FolderListing] = []
+    while tasks:
+        listings = _list_batch(endpoint, password, tasks)
+        with session_scope() as session:
+            follow = apply_listings(session, share_id, listings, options)
+            tasks = follow if follow is not None and len(follow) == 1 else []
+            if follow and not tasks:
+                after_commit(session, lambda found=follow: publish(found))
+        if follow is None:
+            break
+        folders += len(listings)
+        entries += sum(len(listing.entries) for listing in listings)
+        failed += [listing for listing in listings if listing.error is not None]
     with session_scope() as session:
         finish_scan_if_done(session, share_id)
-    if follow is None:
-        logger.info("share %s: nothing to do for %d folders (already listed or no scan waiting)",
-                    share_id, len(tasks))
+    if not folders:
+        logger.info("share %s: nothing to do (folders already listed or no scan waiting)", share_id)
         return "nothing to do"
-    failed = [listing for listing in listings if listing.error is not None]
     for listing in failed:
         logger.warning("%s", listing.error.message)
-    entries = sum(len(listing.entries) for listing in listings)
-    return f"listed {len(listings)} folders, {entries} entries" + (f", {len(failed)} failed" if failed else "")
+    return f"listed {folders} folders, {entries} entries" + (f", {len(failed)} failed" if failed else "")
 
 
 @shared_task(bind=True, name=SCAN_TASK)
