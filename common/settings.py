@@ -57,7 +57,7 @@ class Settings(BaseSettings):
         description="A batch whose worker sent no heartbeat for this long is leased again.",
     )
     batch_max_files: int = Field(default=2000, ge=1, description="Files per batch at most.")
-    batch_max_bytes: int = Field(default=4 << 30, ge=1, description="Bytes per batch at most.")
+    batch_max_bytes: int = Field(default=256 << 20, ge=1, description="Bytes per batch at most (a larger file is a batch of its own).")
     smb_require_signing: bool = Field(default=True, description="Refuse unsigned SMB sessions.")
     smb_encrypt: bool = Field(default=False, description="Encrypt SMB traffic (SMB 3).")
     api_token: str = Field(default="", description="Bearer token for the REST API and UI.")

@@ -46,8 +46,10 @@ BATCH_FILES = 5
 
 
 def test_batches_are_published_after_commit_while_the_walk_goes_on(samba_factory, tmp_path, monkeypatch):
+    """Batches start small and double up to the configured maximum (here 2, 4, then 5)."""
     use_settings(monkeypatch, SMS_STATE_DIR=str(tmp_path / "state"),
                  SMS_BATCH_MAX_FILES=str(BATCH_FILES))
+    monkeypatch.setattr(planning, "FIRST_BATCH_FILES", 2)
     upgrade_to_head(get_settings().database_url)
     src, dst = samba_factory("src"), samba_factory("dst")
     with LabTree(src.address, "data") as lab:
@@ -69,8 +71,8 @@ def test_batches_are_published_after_commit_while_the_walk_goes_on(samba_factory
         assert dispatch.queue == get_settings().destination_queue("dst")
         with session_scope() as session:
             batch = session.get(Batch, dispatch.batch_id)
-            records_of_batch = session.scalar(select(func.count()).select_from(FileRecord)
-                                              .where(FileRecord.batch_id == dispatch.batch_id))
+            records_of_batch = session.scalar(select(func.count()).select_from(FileRecord).where(
+                FileRecord.batch_id == dispatch.batch_id, FileRecord.is_dir.is_(False)))
             files_so_far = session.scalar(select(func.count()).select_from(FileRecord).where(
                 FileRecord.run_id == run_id, FileRecord.is_dir.is_(False)))
             seen.append((dispatch.batch_id, batch is not None and batch.state == BatchState.QUEUED,
@@ -83,12 +85,13 @@ def test_batches_are_published_after_commit_while_the_walk_goes_on(samba_factory
         close_pool()
     assert state.value == "succeeded"
     assert all(outcome == "done" for outcome in outcomes)
-    file_batches = [entry for entry in seen if entry[3] and entry[2] == BATCH_FILES]
-    assert len(file_batches) == FILES // BATCH_FILES
+    file_batches = [entry for entry in seen if entry[2]]
+    sizes = [count for _id, _committed, count, _total in file_batches]
+    assert sizes[:3] == [2, 4, BATCH_FILES] and max(sizes) == BATCH_FILES and sum(sizes) == FILES
     # Every batch was committed, with its whole file list, before it was published ...
     assert all(committed for _id, committed, _count, _total in seen)
     # ... and the first was published (and copied) when the walk had recorded only it.
-    assert file_batches[0][3] == BATCH_FILES < FILES
+    assert file_batches[0][3] == 2 < FILES
     with session_scope() as session:
         assert reconcile(session, run_id).clean
 

@@ -1,6 +1,7 @@
 """Re-runs decide unchanged entries in the planner: nothing changed means no batch at all.
 
-Two real lab smbd instances and a real SQLite job database; the run is driven in this
+Two real lab smbd instances and a real SQLite (and, for the first test, also a real
+PostgreSQL) job database; the run is driven in this
 process and every batch the planner publishes is copied by the real ``copy_batch`` task
 body, as a worker would (the publisher also notes what it was given). After a first run:
 
@@ -23,6 +24,7 @@ import common  # noqa: F401  (keeps impacket's bin/smbclient.py off the import p
 
 from dataclasses import replace
 
+import pytest
 from sqlalchemy import select
 
 from common.db import session_scope
@@ -72,8 +74,11 @@ def _carried(run_id: int) -> dict[str, tuple]:
             FileRecord.source_hash).where(FileRecord.run_id == run_id))}
 
 
-def test_rerun_decides_unchanged_entries_in_the_planner(samba_factory, tmp_path, monkeypatch):
-    use_settings(monkeypatch, SMS_STATE_DIR=str(tmp_path / "state"), SMS_BATCH_MAX_FILES="7")
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_rerun_decides_unchanged_entries_in_the_planner(database, samba_factory, tmp_path, monkeypatch, request):
+    """On the embedded SQLite and on PostgreSQL (where unchanged paths travel as an array)."""
+    settings = {"SMS_DATABASE_URL": request.getfixturevalue("fresh_postgres_url")} if database == "postgresql" else {}
+    use_settings(monkeypatch, SMS_STATE_DIR=str(tmp_path / "state"), SMS_BATCH_MAX_FILES="7", **settings)
     upgrade_to_head(get_settings().database_url)
     src, dst = samba_factory("src"), samba_factory("dst")
     with LabTree(src.address, "data") as lab:

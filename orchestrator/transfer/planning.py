@@ -14,8 +14,9 @@ A run of a pairing goes through these stages, all recorded in the job database:
    destination share's root holds is moved into ``PreExistingData`` (orchestrator.transfer
    .destination), never overwritten.
 2. **Walk and dispatch**: the source share is walked with the pipelined walker
-   (common.smb.walk.PipelinedWalker: several folders listed at once). Files are cut into batches bounded by ``settings.batch_max_files``
-   and ``settings.batch_max_bytes``; each batch is written (a ``Batch`` row naming the
+   (common.smb.walk.PipelinedWalker: several folders listed at once). Files are cut into
+   batches bounded by ``settings.batch_max_files`` and ``settings.batch_max_bytes``, the
+   first ones smaller (``FIRST_BATCH_FILES``, doubling) so that copying starts at once; each batch is written (a ``Batch`` row naming the
    ``copy_batch`` task and the destination's queue, and one ``FileRecord`` per file, state
    scanned) and committed, and only then published (common.db.after_commit through
    orchestrator.leases.dispatch_batch). Copying therefore starts while the walk goes on.
@@ -67,7 +68,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, case, func, insert, literal, select, update
+from sqlalchemy import BigInteger, Text, any_, case, func, insert, literal, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -115,6 +117,10 @@ from orchestrator.transfer import destination as dest_ops
 logger = logging.getLogger(__name__)
 
 COPY_TASK = "proxy_worker.copy_tasks.copy_batch"
+# A share's first file batch holds at most this many files and each next one at most
+# twice the one before, up to settings.batch_max_files: workers start copying after the
+# first hundred files walked, not after the first full batch.
+FIRST_BATCH_FILES = 100
 DIRECTORY_BATCH_MAX = 2000
 DIRECTORY_PARALLEL_MIN = 8
 DIRECTORY_BATCH_MIN = 2
@@ -124,8 +130,8 @@ DIRECTORY_POLL_INTERVAL = 0.1
 # Folders listed at once by the pipelined walks of the source and the destination.
 WALK_DEPTH = 16
 MIRROR_LOOKUP_CHUNK = 500
-# Unchanged files a re-run's planner records at once.
-UNCHANGED_CHUNK = 5000
+# Unchanged files a re-run's planner hands to its recorder thread at once.
+UNCHANGED_CHUNK = 2000
 REAP_INTERVAL = 10.0
 # How long the driver waits out an unreachable job database before the run fails.
 DATABASE_OUTAGE_GRACE = 120.0
@@ -750,17 +756,67 @@ def _record_unchanged(session: Session, context: _Context, share_id: int, previo
     records of ``previous_run`` inside the database (hashes and owner carried over),
     which costs far less than sending every row again. The copies keep that run's
     last-access and creation times: the comparison that found them unchanged does not
-    look at those two."""
+    look at those two. On PostgreSQL the paths travel as one array parameter (no
+    statement with thousands of placeholders to build and parse)."""
     columns = [column for column in FileRecord.__table__.c
                if column.name not in ("id", "run_id", "batch_id", "state", "error_code", "error_message")]
     table = FileRecord.__table__
+    postgresql = session.connection().dialect.name == "postgresql"
     for start in range(0, len(paths), UNCHANGED_CHUNK):
+        chunk = paths[start:start + UNCHANGED_CHUNK]
+        wanted = (table.c.relative_path == any_(literal(chunk, ARRAY(Text))) if postgresql
+                  else table.c.relative_path.in_(chunk))
         session.execute(insert(table).from_select(
             [column.name for column in columns] + ["run_id", "state"],
             select(*columns, literal(context.run_id, BigInteger),
                    literal(FileState.SKIPPED, table.c.state.type)).where(
-                table.c.run_id == previous_run, table.c.share_id == share_id,
-                table.c.relative_path.in_(paths[start:start + UNCHANGED_CHUNK]))))
+                table.c.run_id == previous_run, table.c.share_id == share_id, wanted)))
+
+
+class _UnchangedRecorder:
+    """Records a re-run's unchanged files in a thread of its own while the walk goes on.
+
+    Each ``record`` call is one transaction (``_record_unchanged`` plus the run's
+    totals) in the recorder's own session; the database does the copying while the
+    driver keeps walking and comparing. ``wait`` returns when everything handed over is
+    committed and raises the first error any of it met.
+    """
+
+    def __init__(self, context: _Context, share_id: int, previous_run: int):
+        self.context = context
+        self.share_id = share_id
+        self.previous_run = previous_run
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="sms-unchanged")
+        self._pending: list[Future] = []
+
+    def record(self, rows: list[dict[str, Any]]) -> None:
+        """Hand over source rows found unchanged (their paths and sizes are used)."""
+        paths = [row["relative_path"] for row in rows]
+        size = sum(row["size"] for row in rows)
+        self._pending.append(self._executor.submit(self._store, paths, size))
+
+    def _store(self, paths: list[str], size: int) -> None:
+        with session_scope() as session:
+            _record_unchanged(session, self.context, self.share_id, self.previous_run, paths)
+            session.execute(update(TransferRun).where(TransferRun.id == self.context.run_id).values(
+                files_total=TransferRun.files_total + len(paths),
+                bytes_total=TransferRun.bytes_total + size))
+
+    def wait(self) -> None:
+        """Block until every handed-over chunk is committed; re-raise the first failure."""
+        try:
+            for future in self._pending:
+                future.result()
+        finally:
+            self._pending.clear()
+            self._executor.shutdown(wait=True)
+
+    def abandon(self) -> None:
+        """The walk stopped (cancelled, out of time, failed): drop what has not started,
+        let the chunk in progress end, and stop the thread. Nothing is lost: a resumed
+        walk records what this run has not recorded yet."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._pending.clear()
 
 
 def _skip_directories(session: Session, context: _Context, share_id: int, previous_run: int,
@@ -873,6 +929,7 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
     pending_bytes = 0
     batches = 0
     compared: _Baseline | None = None
+    recorder: _UnchangedRecorder | None = None
     waiting: list[DirEntry] = []  # walked before the baseline was ready
     clean_directories: set[str] = set()
     touched: set[str] = set()  # folders in which something is written or deleted
@@ -891,11 +948,7 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
                 bulk_insert_file_records(session, rows)
             directories.clear()
         if unchanged:
-            _record_unchanged(session, context, target.share_id, compared.run_id,
-                              [row["relative_path"] for row in unchanged])
-            session.execute(update(TransferRun).where(TransferRun.id == context.run_id).values(
-                files_total=TransferRun.files_total + len(unchanged),
-                bytes_total=TransferRun.bytes_total + sum(row["size"] for row in unchanged)))
+            recorder.record(unchanged[:])
             unchanged.clear()
 
     def flush_batch() -> None:
@@ -954,12 +1007,14 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
         touched.add(_parent(entry.path))
         files.append(row)
         pending_bytes += entry.size
-        if len(files) >= settings.batch_max_files or pending_bytes >= settings.batch_max_bytes:
+        if len(files) >= min(settings.batch_max_files, FIRST_BATCH_FILES << batches) \
+                or pending_bytes >= settings.batch_max_bytes:
             flush_batch()
 
     def use_baseline() -> None:
-        nonlocal compared
+        nonlocal compared, recorder
         compared = baseline.result()
+        recorder = _UnchangedRecorder(context, target.share_id, compared.run_id)
         compare_directory(directories[0])  # the share root
         for entry in waiting:
             take(entry)
@@ -969,25 +1024,32 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
     counts = {"listed": 0, "excluded": 0}
     channel = FastChannel.attach(tree.connection, tree.session, tree.tree)
     try:
-        for entry in _source_entries(context, channel, walk_errors, counts):
-            if baseline is not None and compared is None:
-                if not baseline.done():
-                    waiting.append(entry)
-                    continue
-                use_baseline()
-            take(entry)
-        if baseline is not None and compared is None:
-            use_baseline()
-    finally:
         try:
-            channel.release()
-        except SmbError:
-            pass
-    mirror = None
-    if compared is not None:
-        mirror = compared.mirror([error.path for error in walk_errors], context.options)
-        touched.update(_parent(entry.path) for entry in mirror.extras)
-    flush_batch()
+            for entry in _source_entries(context, channel, walk_errors, counts):
+                if baseline is not None and compared is None:
+                    if not baseline.done():
+                        waiting.append(entry)
+                        continue
+                    use_baseline()
+                take(entry)
+            if baseline is not None and compared is None:
+                use_baseline()
+        finally:
+            try:
+                channel.release()
+            except SmbError:
+                pass
+        mirror = None
+        if compared is not None:
+            mirror = compared.mirror([error.path for error in walk_errors], context.options)
+            touched.update(_parent(entry.path) for entry in mirror.extras)
+        flush_batch()
+    except BaseException:
+        if recorder is not None:
+            recorder.abandon()
+        raise
+    if recorder is not None:
+        recorder.wait()
     skipped = sorted(clean_directories - touched)
     with session_scope() as session:
         if skipped:
