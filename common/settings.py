@@ -10,6 +10,7 @@ environment for configuration.
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 from pydantic import Field, model_validator
@@ -45,7 +46,13 @@ class Settings(BaseSettings):
     orchestrator_queue: str = Field(
         default="sms.orchestrator", description="Queue of the orchestrator's own tasks."
     )
-    worker_concurrency: int = Field(default=2, ge=1, description="Prefork processes per worker.")
+    worker_concurrency: int = Field(default=2, ge=1, description="Prefork processes per proxy worker.")
+    orchestrator_concurrency: int = Field(
+        default_factory=lambda: (os.cpu_count() or 1) + 1,
+        ge=1,
+        description="Prefork processes of the orchestrator worker (default: cores + 1; its scan "
+                    "tasks alternate between waiting for an SMB server and for the database).",
+    )
     visibility_timeout: int = Field(
         default=3600,
         ge=60,

@@ -47,10 +47,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="sms orchestrator-worker", description="Worker serving the orchestrator's queue.")
     parser.add_argument("--concurrency", type=int, default=None,
-                        help="prefork processes (default: settings.worker_concurrency)")
+                        help="prefork processes (default: settings.orchestrator_concurrency)")
     parser.add_argument("--loglevel", default="INFO")
     options = parser.parse_args(argv)
-    concurrency = options.concurrency or get_settings().worker_concurrency
+    concurrency = options.concurrency or get_settings().orchestrator_concurrency
     app = create_celery_app()
     app.worker_main(worker_argv(concurrency, options.loglevel))
 
