@@ -62,6 +62,7 @@ from sqlalchemy import func, select  # noqa: E402
 from bench.bench_copy import rclone_environment  # noqa: E402
 from bench.lab_env import Services, load_average, start_orchestrator_worker  # noqa: E402
 from common.db import bulk_insert_file_records, session_scope  # noqa: E402
+from common.settings import get_settings  # noqa: E402
 from common.models import FileRecord, FileState, Share  # noqa: E402
 from orchestrator.inventory.service import InventoryOptions, run_inventory, wait_for_scans  # noqa: E402
 from orchestrator.inventory.tasks import run_scans_inline  # noqa: E402
@@ -169,14 +170,15 @@ def scan_part(args, workdir: Path) -> list[Timing]:
         folders = made.directories + 1  # the dataset's folders and "small" itself
         entries = files + folders
         print(f"dataset: {files} files in {folders} folders, {total_bytes / 1e6:.1f} MB on "
-              f"{server.address}; {os.cpu_count()} cores shared; load {load_average()}", flush=True)
+              f"{server.address}; {os.cpu_count()} cores shared; orchestrator worker processes "
+              f"{args.concurrency or get_settings().orchestrator_concurrency}; load {load_average()}", flush=True)
         env = rclone_environment(server, server, workdir)
         with Services(workdir):
             # A freshly started Samba starts its RPC service (samba-dcerpcd) on the first
             # srvsvc call, which then takes 1-2 s: a cold-server cost rclone (which never
             # calls srvsvc) would not pay. One facts-only run of a throwaway job warms it.
             run_inventory(new_job("bench-warm-up", server.address), InventoryOptions(scan_files=False))
-            worker = start_orchestrator_worker(args.concurrency)
+            worker = start_orchestrator_worker(args.concurrency or get_settings().orchestrator_concurrency)
             # The orchestrator worker is a long-running service: its processes' first tasks
             # (imports, SQL compilation, SMB sessions) are a once-per-start cost, measured
             # apart ("cold") and kept out of the rounds by one full scan of a throwaway job.
@@ -319,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=20000, help="files of 1-64 KiB in the share")
     parser.add_argument("--records", type=int, default=1_000_000, help="records to ingest")
     parser.add_argument("--parts", default="scan,ingest", help="comma-separated: scan,ingest")
-    parser.add_argument("--concurrency", type=int, default=2, help="orchestrator worker processes")
+    parser.add_argument("--concurrency", type=int, default=0,
+                        help="orchestrator worker processes (default: the product's, cores + 1)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of the scan comparison (medians compared)")
     parser.add_argument("--no-inline", dest="inline", action="store_false", help="skip the inline mode")
     parser.add_argument("--no-rescan", dest="rescan", action="store_false",

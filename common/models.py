@@ -374,6 +374,21 @@ class Batch(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+# The longest share-relative path (in UTF-8 bytes) a file record holds. PostgreSQL cannot
+# index a btree entry over 2,704 bytes (a third of a page; measured: a 3,018-byte path of
+# random names failed the scan's COPY); paths are unique per share and run through such
+# an index, so a longer path is refused with PATH_TOO_LONG before it reaches the
+# database, on every database alike. 2,600 leaves room for the share and run ids and the
+# entry's header without relying on compression. In characters: 2,600 ASCII, about 860 CJK.
+MAX_PATH_BYTES = 2600
+PATH_TOO_LONG = "PATH_TOO_LONG"
+
+
+def path_too_long(path: str) -> bool:
+    """True when ``path`` is longer than a file record can hold (``MAX_PATH_BYTES``)."""
+    return len(path) * 3 > MAX_PATH_BYTES and len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES
+
+
 class FileRecord(Base):
     """One file or folder of a share: what the scan saw, and what the transfer did with it.
 

@@ -15,23 +15,30 @@
   a name, so they are put where a broken walker or a tampered job database would put them:
   file records of a batch that a real worker then copies. Each is refused with
   UNSAFE_PATH (common.smb.paths) and nothing is written, inside the share or outside it.
+- A path longer than a file record holds (common.models.MAX_PATH_BYTES): refused with
+  PATH_TOO_LONG by the inventory scan and by the transfer's walk, on PostgreSQL, while
+  everything else is scanned and transferred.
 """
 
 from __future__ import annotations
 
 import os
+import random
+import string
 
 import pytest
 from sqlalchemy import select
 
 import common  # noqa: F401  (keeps impacket's bin/smbclient.py off the import path)
 from common.db import bulk_insert_file_records, session_scope
-from common.models import Batch, FileRecord, FileState, Share
+from common.models import PATH_TOO_LONG, Batch, Event, FileRecord, FileState, Share, path_too_long
 from common.settings import get_settings
 from common.smb.paths import UNSAFE_PATH, UnsafePath, safe_relative_path
+from orchestrator.inventory.service import InventoryOptions, run_inventory
+from orchestrator.inventory.tasks import run_scans_inline
 from orchestrator.leases import dispatch_batch
 from orchestrator.transfer import planning
-from tests.fault_support import FaultLab, kill_fault_workers, wait_until  # noqa: F401  (kill_fault_workers: a fixture)
+from tests.fault_support import JOB, FaultLab, kill_fault_workers, wait_until  # noqa: F401  (kill_fault_workers: a fixture)
 from tests.lab.compare import compare_trees, snapshot_times
 from tests.lab.smbio import LabTree
 
@@ -118,3 +125,45 @@ def test_hostile_names_from_a_source(samba_factory, worker_factory, tmp_path, mo
     assert refused == {path: UNSAFE_PATH for path in HOSTILE_PATHS}
     assert tree_listing(outside) == before
     assert not (outside / "escape.txt").exists() and not (outside.parent / "escape.txt").exists()
+
+
+def test_a_path_longer_than_a_file_record_holds(samba_factory, worker_factory, tmp_path, monkeypatch,
+                                                fresh_postgres_url):
+    """A folder chain of random 250-character names passes MAX_PATH_BYTES at its eleventh
+    level. On PostgreSQL such a path failed the whole scan batch (btree entries are capped
+    at 2,704 bytes); now the scan and the transfer refuse that entry alone, with
+    PATH_TOO_LONG, and everything else is scanned and arrives."""
+    lab = FaultLab(samba_factory, worker_factory, tmp_path, monkeypatch, SMS_DATABASE_URL=fresh_postgres_url)
+    lab.fill(folders=1, files=4)
+    rng = random.Random(11)
+    chain = ["".join(rng.choice(string.ascii_letters + string.digits) for _ in range(250)) for _ in range(11)]
+    deepest = lab.source_path("\\".join(chain).replace("\\", os.sep))
+    os.makedirs(deepest)
+    (deepest / "inside.txt").write_bytes(b"below the refused folder\n")
+    refused = "\\".join(chain)
+    assert path_too_long(refused) and not path_too_long("\\".join(chain[:10]))
+
+    report = run_inventory(JOB, InventoryOptions(), publish=run_scans_inline)
+    with session_scope() as session:
+        share = session.get(Share, report.scan_share_ids[0])
+        assert (share.file_count, share.directory_count, share.scanned_at is not None) == (4, 1 + 10, True)
+        stored = set(session.scalars(select(FileRecord.relative_path).where(FileRecord.share_id == share.id)))
+        events = [event.detail for event in session.scalars(select(Event).where(
+            Event.kind == "inventory.scan.error"))]
+    assert refused not in stored and "\\".join(chain[:10]) in stored
+    assert [(event["path"], event["status"]) for event in events] == [(refused, PATH_TOO_LONG)]
+
+    with LabTree(lab.src.address, "data") as src:
+        times = snapshot_times(src, "dir0")
+    lab.worker()
+    run_id, state = lab.run()
+    assert state == "completed_with_errors"
+    with session_scope() as session:
+        errors = [event.detail for event in planning.run_events(
+            session, run_id, lab.run_row(run_id).job_id, (planning.EVENT_WALK_ERROR,))]
+    assert [(error["path"], error["status"]) for error in errors] == [(refused, PATH_TOO_LONG)]
+    assert lab.destination_path("\\".join(chain[:10]).replace("\\", os.sep)).is_dir()
+    assert not lab.destination_path(refused.replace("\\", os.sep)).exists()
+    with LabTree(lab.src.address, "data") as src, LabTree(lab.dst.address, "data") as dst:
+        assert compare_trees(src, "dir0", dst, "dir0", source_times=times) == []
+    assert (deepest / "inside.txt").read_bytes() == b"below the refused folder\n"  # the source untouched

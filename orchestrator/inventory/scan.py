@@ -40,7 +40,17 @@ from sqlalchemy import and_, case, delete, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from common.db import after_commit, bulk_insert_file_records, insert_file_rows, session_scope
-from common.models import EventLevel, FileRecord, FileState, Server, Share, utcnow
+from common.models import (
+    MAX_PATH_BYTES,
+    PATH_TOO_LONG,
+    EventLevel,
+    FileRecord,
+    FileState,
+    Server,
+    Share,
+    path_too_long,
+    utcnow,
+)
 from common.smb.walk import DirEntry
 from orchestrator.jobs import record_event
 
@@ -266,6 +276,17 @@ def _delete_ids(session: Session, ids: Sequence[int]) -> None:
         )
 
 
+def too_long_message(share: str, entry: DirEntry) -> str:
+    """Why an entry whose path the job database cannot hold is not scanned (its path
+    shortened in the middle so that the message stays readable)."""
+    size = len(entry.path.encode("utf-8", "surrogatepass"))
+    shown = entry.path if len(entry.path) <= 160 else f"{entry.path[:80]}...{entry.path[-80:]}"
+    what = "folder" if entry.is_dir else "file"
+    return (f"share {share!r}: {what} {shown!r} not scanned (nor anything below it): its path is "
+            f"{size} bytes of UTF-8, longer than the {MAX_PATH_BYTES} a file record holds; "
+            "shorten the folder names above it")
+
+
 def is_excluded(path: str, name: str, options: ScanOptions) -> bool:
     """True for a share-root entry SMS never copies (when the options skip those)."""
     return options.skip_excluded_folders and "\\" not in path and name.lower() in EXCLUDED_NAMES
@@ -333,6 +354,9 @@ def apply_listings(session: Session, share_id: int, listings: Sequence[FolderLis
         own_updates.append(own)
         listed_paths: set[str] = set()
         for entry in listing.entries:
+            if path_too_long(entry.path):
+                scan_error(entry.path, PATH_TOO_LONG, too_long_message(share.name, entry))
+                continue
             listed_paths.add(entry.path)
             state, code, message = FileState.SCANNED, None, None
             entered = False

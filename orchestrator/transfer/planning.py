@@ -77,6 +77,8 @@ from common.celery_app import create_celery_app
 from common.db import bulk_insert_file_records, session_scope
 from common.endpoints import server_endpoint
 from common.models import (
+    MAX_PATH_BYTES,
+    PATH_TOO_LONG,
     Batch,
     BatchState,
     Event,
@@ -91,6 +93,7 @@ from common.models import (
     Share,
     SidMap,
     TransferRun,
+    path_too_long,
     utcnow,
 )
 from common.settings import get_settings
@@ -870,7 +873,7 @@ def _source_entries(context: _Context, channel: FastChannel, errors: list[WalkEr
         return "\\" not in entry.path and context.options.is_system_folder(entry.path)
 
     walker = PipelinedWalker(channel, "", depth=WALK_DEPTH,
-                             enter=lambda entry: not top_system_folder(entry))
+                             enter=lambda entry: not top_system_folder(entry) and not path_too_long(entry.path))
     try:
         for entry in walker:
             if top_system_folder(entry):
@@ -893,8 +896,9 @@ def _already_recorded(session: Session, context: _Context, share_id: int, paths:
 
 def _refusal(path: str) -> WalkError | None:
     """A walk error for an entry that must not be transferred: a path that could leave the
-    destination's root (common.smb.paths), or a name the job database cannot store (an
-    unpaired UTF-16 surrogate; the error names it as an ASCII escape). None otherwise."""
+    destination's root (common.smb.paths), a name the job database cannot store (an
+    unpaired UTF-16 surrogate; the error names it as an ASCII escape), or a path longer
+    than a file record holds (common.models.MAX_PATH_BYTES). None otherwise."""
     try:
         safe_relative_path(path)
         path.encode("utf-8")
@@ -903,6 +907,10 @@ def _refusal(path: str) -> WalkError | None:
     except UnicodeEncodeError:
         return WalkError(ascii(path), 0, "UNSUPPORTED_NAME",
                          "refused a name holding an unpaired UTF-16 surrogate")
+    if path_too_long(path):
+        return WalkError(path, 0, PATH_TOO_LONG,
+                         f"refused a path of {len(path.encode('utf-8'))} bytes of UTF-8, longer than "
+                         f"the {MAX_PATH_BYTES} a file record holds (nothing below it is walked)")
     return None
 
 
