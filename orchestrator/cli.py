@@ -3,6 +3,11 @@
 Human output by default (Rich), ``--json`` for scripts. Exit codes follow what robocopy
 users expect: 0 success, 1 completed with errors, 2 and above failure. The CLI never
 prints a credential.
+
+Every ``sms`` call builds the whole command tree, so this module and the command-line
+modules it assembles import only Typer, Rich and light modules at the top; the machinery
+a command needs (settings, the database, planning, cutover, the API, Celery) is imported
+inside that command's function.
 """
 
 from __future__ import annotations
@@ -17,7 +22,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from common.settings import Settings, get_settings
 from orchestrator.transfer.cli import transfer_app
 from orchestrator.cutover.cli import cutover_app
 from orchestrator.jobs_cli import job_app, server_app
@@ -58,6 +62,7 @@ def prepare_database(ctx: typer.Context) -> None:
     """Before a command that uses the job database, make sure its schema is current."""
     if ctx.invoked_subcommand in COMMANDS_WITHOUT_DATABASE or ctx.resilient_parsing:
         return
+    from common.settings import get_settings
     from orchestrator.database import ensure_schema
 
     settings = get_settings()
@@ -84,6 +89,8 @@ def mask_url_password(url: str) -> str:
 @app.command("config")
 def show_config(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Show the effective settings and the SMS_* variable that sets each (secrets masked)."""
+    from common.settings import Settings, get_settings
+
     settings = get_settings()
     rows = []
     for name, field in Settings.model_fields.items():
@@ -106,6 +113,7 @@ def show_config(as_json: bool = typer.Option(False, "--json", help="Machine-read
 @db_app.command("upgrade")
 def db_upgrade():
     """Create or upgrade the job database schema to the newest version (Alembic)."""
+    from common.settings import get_settings
     from orchestrator.database import upgrade_to_head
 
     settings = get_settings()

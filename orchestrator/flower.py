@@ -14,12 +14,13 @@ This module must never print or log the credentials.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 
-from common.celery_app import create_celery_app
-from common.settings import Settings, get_settings
+if TYPE_CHECKING:
+    from common.settings import Settings
 
 err_console = Console(stderr=True)
 FAILURE = 2  # orchestrator.cli.ExitCode.FAILURE (that module imports this one)
@@ -50,6 +51,8 @@ def flower_argv(host: str, port: int) -> list[str]:
 
 def run_flower(settings: Settings, host: str, port: int) -> None:
     """Run Flower until it is stopped, with basic auth from ``settings``."""
+    from common.celery_app import create_celery_app
+
     os.environ["FLOWER_BASIC_AUTH"] = flower_basic_auth(settings)
     create_celery_app(settings).start(argv=flower_argv(host, port))
 
@@ -57,6 +60,8 @@ def run_flower(settings: Settings, host: str, port: int) -> None:
 def flower_command(host: str = typer.Option(None, help="Listen address (default: SMS_FLOWER_HOST, 127.0.0.1)."),
                    port: int = typer.Option(None, help="Listen port (default: SMS_FLOWER_PORT, 5555).")):
     """Run Flower on the same broker as the workers, with basic authentication required."""
+    from common.settings import get_settings
+
     settings = get_settings()
     try:
         flower_basic_auth(settings)

@@ -21,21 +21,8 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy import select
 
-from common.db import session_scope
+# The option types of ``sms server add``: Typer needs them to build the command tree.
 from common.models import Event, ServerKind, ServerRole
-from orchestrator.jobs import (
-    JobError,
-    SambaManagement,
-    WindowsManagement,
-    add_server,
-    create_job,
-    get_job,
-    get_server,
-    job_summary,
-    list_jobs,
-    list_servers,
-    server_summary,
-)
 
 FAILURE = 2  # orchestrator.cli.ExitCode.FAILURE (not imported: that module imports this one)
 
@@ -99,6 +86,9 @@ def job_create(name: str = typer.Argument(..., help="Job name (unique)."),
                description: str = typer.Option("", help="Free text."),
                as_json: bool = JSON_OPTION):
     """Create a migration job."""
+    from common.db import session_scope
+    from orchestrator.jobs import JobError, create_job, job_summary
+
     try:
         with session_scope() as session:
             data = job_summary(session, create_job(session, name, description))
@@ -113,6 +103,9 @@ def job_create(name: str = typer.Argument(..., help="Job name (unique)."),
 @job_app.command("list")
 def job_list(as_json: bool = JSON_OPTION):
     """List the jobs."""
+    from common.db import session_scope
+    from orchestrator.jobs import job_summary, list_jobs
+
     with session_scope() as session:
         data = [job_summary(session, job) for job in list_jobs(session)]
     if as_json:
@@ -128,6 +121,9 @@ def job_list(as_json: bool = JSON_OPTION):
 @job_app.command("show")
 def job_show(job: str = typer.Argument(..., help="Job name or id."), as_json: bool = JSON_OPTION):
     """Show a job, its servers and its latest events."""
+    from common.db import session_scope
+    from orchestrator.jobs import JobError, get_job, job_summary
+
     try:
         with session_scope() as session:
             record = get_job(session, job)
@@ -211,6 +207,16 @@ def server_add(
     as_json: bool = JSON_OPTION,
 ):
     """Add a source or destination server to a job (passwords are stored encrypted)."""
+    from common.db import session_scope
+    from orchestrator.jobs import (
+        JobError,
+        SambaManagement,
+        WindowsManagement,
+        add_server,
+        get_job,
+        server_summary,
+    )
+
     if password_stdin and ssh_password_stdin:
         fail("only one password can come from standard input; use --ssh-password-env for the other")
     samba = windows = None
@@ -249,6 +255,9 @@ def server_add(
 @server_app.command("list")
 def server_list(job: str = typer.Argument(..., help="Job name or id."), as_json: bool = JSON_OPTION):
     """List a job's servers."""
+    from common.db import session_scope
+    from orchestrator.jobs import JobError, get_job, list_servers, server_summary
+
     try:
         with session_scope() as session:
             data = [server_summary(s) for s in list_servers(session, get_job(session, job))]
@@ -265,6 +274,9 @@ def server_show(job: str = typer.Argument(..., help="Job name or id."),
                 server: str = typer.Argument(..., help="Server name or id."),
                 as_json: bool = JSON_OPTION):
     """Show one server and how it is reached (secrets only as 'stored')."""
+    from common.db import session_scope
+    from orchestrator.jobs import JobError, get_job, get_server, server_summary
+
     try:
         with session_scope() as session:
             data = server_summary(get_server(session, get_job(session, job), server))

@@ -48,6 +48,10 @@ from common.smb.errors import SmbFileError, from_smbprotocol, status_name
 # last-access, last-write, change time, end of file, allocation size, attributes, name
 # length, EA size (or reparse tag), reserved, file id; the UTF-16 name follows.
 _ENTRY = struct.Struct("<IIQQQQqqIIIIQ")
+# FileDirectoryInformation (MS-FSCC 2.4.10): the same up to the name length; no EA size
+# and no file id, which spares the server a look at each entry's extended attributes
+# (measured on Samba 4.17: 0.21 s of smbd CPU per 20,000 entries against 0.28 s).
+_PLAIN_ENTRY = struct.Struct("<IIQQQQqqII")
 _STATUS_DONE = (NtStatus.STATUS_NO_MORE_FILES, NtStatus.STATUS_NO_SUCH_FILE)
 # One credit covers 64 KiB of QUERY_DIRECTORY output (MS-SMB2 3.1.5.2).
 _CREDIT_UNIT = 65536
@@ -119,6 +123,26 @@ def parse_directory_buffer(buffer: bytes, parent: str) -> Iterator[DirEntry]:
         if not next_offset:
             return
         offset += next_offset
+
+
+def parse_plain_directory_buffer(buffer: bytes, parent: str) -> list[DirEntry]:
+    """Decode a FileDirectoryInformation buffer, skipping '.' and '..' (entries carry no
+    file id and no EA size: both 0)."""
+    entries = []
+    offset = 0
+    view = memoryview(buffer)
+    while len(buffer) - offset >= _PLAIN_ENTRY.size:
+        (next_offset, _index, creation, access, write, change, eof, allocation, attributes,
+         name_length) = _PLAIN_ENTRY.unpack_from(view, offset)
+        start = offset + _PLAIN_ENTRY.size
+        name = bytes(view[start:start + name_length]).decode("utf-16-le", "surrogatepass")
+        if name != "." and name != "..":
+            entries.append(DirEntry(name, join(parent, name), eof, allocation, creation, access, write,
+                                    change, attributes, 0, 0))
+        if not next_offset:
+            break
+        offset += next_offset
+    return entries
 
 
 def _child_chain(entry: "DirEntry", ancestors: tuple | None, errors: list["WalkError"]) -> tuple | None:
@@ -397,27 +421,33 @@ class PipelinedWalker:
         self.errors.append(WalkError(path, status, status_name(status), message))
 
 
-def query_directory_body(file_id: bytes, output_length: int) -> bytes:
-    """A QUERY_DIRECTORY body asking for the FileIdFullDirectoryInformation of every name."""
+def query_directory_body(file_id: bytes, output_length: int,
+                         info_class: int = fp.FILE_ID_FULL_DIRECTORY_INFORMATION) -> bytes:
+    """A QUERY_DIRECTORY body asking for ``info_class`` (FileIdFullDirectoryInformation by
+    default, or FileDirectoryInformation) of every name."""
     pattern = "*".encode("utf-16-le")
-    return fp._QUERY_DIR.pack(33, fp.FILE_ID_FULL_DIRECTORY_INFORMATION, 0, 0, file_id, 96,
-                              len(pattern), output_length) + pattern
+    return fp._QUERY_DIR.pack(33, info_class, 0, 0, file_id, 96, len(pattern), output_length) + pattern
 
 
-def query_to_the_end(channel, handle, path: str, output: int, charge: int) -> tuple[int, list[DirEntry], int]:
+def query_to_the_end(channel, handle, path: str, output: int, charge: int,
+                     info_class: int = fp.FILE_ID_FULL_DIRECTORY_INFORMATION) -> tuple[int, list[DirEntry], int]:
     """Query the open folder ``handle`` on ``channel`` until the server says there is no
     more: (the folder's own file id or 0, its entries, 0), or (0, [], NTSTATUS) when a
-    query fails. The caller opens and closes the handle."""
+    query fails. The own id comes from the '.' entry, so it is 0 with
+    FileDirectoryInformation. The caller opens and closes the handle."""
     own_id, entries = 0, []
     while True:
         channel._reserve(charge)
         (query,) = channel._wait(channel._send_chain(
-            [(fp.CMD_QUERY_DIRECTORY, query_directory_body(handle.file_id, output), charge)], path))
+            [(fp.CMD_QUERY_DIRECTORY, query_directory_body(handle.file_id, output, info_class), charge)], path))
         status = channel._status(query)
         if status in _STATUS_DONE:
             return own_id, entries, 0
         if status:
             return 0, [], status
+        if info_class == fp.FILE_DIRECTORY_INFORMATION:
+            entries += parse_plain_directory_buffer(channel._query_output(query), path)
+            continue
         found, more = _own_id_and_entries(channel._query_output(query), path)
         own_id = own_id or found
         entries += more
@@ -461,4 +491,4 @@ def walk(tree, root: str = "", errors: list[WalkError] | None = None) -> Iterato
 
 
 __all__ = ["DirEntry", "PipelinedWalker", "ShareWalker", "WalkError", "join", "parse_directory_buffer",
-           "query_directory_body", "query_to_the_end", "walk"]
+           "parse_plain_directory_buffer", "query_directory_body", "query_to_the_end", "walk"]

@@ -13,6 +13,14 @@ return, log or echo a credential: passwords are write-only fields, and validatio
 never repeat the request's input.
 """
 
-from orchestrator.api.app import create_app
-
 __all__ = ["create_app"]
+
+
+def __getattr__(name: str):
+    """``create_app``, imported on first use: ``sms serve`` lives in this package
+    (``orchestrator.api.cli``), and every ``sms`` call must not pay for loading FastAPI."""
+    if name == "create_app":
+        from orchestrator.api.app import create_app
+
+        return create_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

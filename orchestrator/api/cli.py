@@ -15,8 +15,6 @@ import ipaddress
 import typer
 from rich.console import Console
 
-from common.settings import get_settings
-
 err_console = Console(stderr=True)
 FAILURE = 2  # orchestrator.cli.ExitCode.FAILURE (that module imports this one)
 
@@ -39,6 +37,7 @@ def serve(host: str = typer.Option(None, help="Listen address (default: SMS_API_
     """Run the REST API (bearer token required on every endpoint but /api/health)."""
     import uvicorn
 
+    from common.settings import get_settings
     from orchestrator.api.app import create_app
     from orchestrator.api.auth import ApiConfigurationError, resolve_api_token
 

@@ -20,20 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from common.db import session_scope
-from common.settings import get_settings
-from orchestrator.inventory.service import (
-    InventoryOptions,
-    inventory_view,
-    resume_scans,
-    run_inventory,
-    wait_for_scans,
-)
-from orchestrator.inventory.tasks import run_scans_inline
-from orchestrator.jobs import JobError
 from orchestrator.jobs_cli import JSON_OPTION, emit_json, fail, plain
-from orchestrator.worker import main as worker_main
-from orchestrator.worker import start_local_worker
 
 SUCCESS, COMPLETED_WITH_ERRORS, FAILURE = 0, 1, 2  # orchestrator.cli.ExitCode
 
@@ -48,6 +35,8 @@ console = Console()
 def orchestrator_worker(concurrency: int = typer.Option(0, help="Prefork processes (default: settings)."),
                         loglevel: str = typer.Option("INFO", help="Celery log level.")):
     """Serve the orchestrator queue (the inventory's directory scan tasks) until stopped."""
+    from orchestrator.worker import main as worker_main
+
     worker_main((["--concurrency", str(concurrency)] if concurrency else []) + ["--loglevel", loglevel])
 
 
@@ -73,6 +62,13 @@ def inventory_run(
     as_json: bool = JSON_OPTION,
 ):
     """Inventory a job's source servers and scan their shares' files."""
+    from common.db import session_scope
+    from common.settings import get_settings
+    from orchestrator.inventory.service import InventoryOptions, inventory_view, run_inventory, wait_for_scans
+    from orchestrator.inventory.tasks import run_scans_inline
+    from orchestrator.jobs import JobError
+    from orchestrator.worker import start_local_worker
+
     options = InventoryOptions(include_admin_shares=include_admin_shares,
                                skip_excluded_folders=not scan_excluded_folders,
                                scan_files=not no_files, restart_running_scans=restart)
@@ -132,6 +128,11 @@ def inventory_resume(
     as_json: bool = JSON_OPTION,
 ):
     """Publish again the folders that unfinished file scans still wait for (lost messages)."""
+    from common.settings import get_settings
+    from orchestrator.inventory.service import resume_scans, wait_for_scans
+    from orchestrator.jobs import JobError
+    from orchestrator.worker import start_local_worker
+
     if start_worker is None:
         start_worker = wait and get_settings().broker_is_embedded
     worker = start_local_worker() if start_worker else None
@@ -169,6 +170,10 @@ def print_share_table(view: dict[str, Any]) -> None:
 @inventory_app.command("show")
 def inventory_show(job: str = typer.Argument(..., help="Job name or id."), as_json: bool = JSON_OPTION):
     """Show what the inventory found: servers, shares, volumes, users and groups, files."""
+    from common.db import session_scope
+    from orchestrator.inventory.service import inventory_view
+    from orchestrator.jobs import JobError
+
     try:
         with session_scope() as session:
             view = inventory_view(session, job)

@@ -107,8 +107,8 @@ class DirectoryTask:
 
     ``fresh`` says the folder had no records before this scan (nothing under it can have
     vanished). ``ancestors`` are the server's file ids of the folders from the share
-    root down to this one (inclusive, when known): a subfolder with one of those ids is
-    a link back to an ancestor and is not entered.
+    root down to its parent, as far as known: a folder whose own id (read when it is
+    listed) is among them is a link back to an ancestor, and its contents are not taken.
     """
 
     share_id: int
@@ -128,12 +128,14 @@ class DirectoryTask:
 
 @dataclass
 class FolderListing:
-    """One folder of a batch as listed: its entries (``common.smb.walk.DirEntry``: raw
-    FILETIMEs, attributes, size, the server's file id), or why it could not be listed."""
+    """One folder of a batch as listed: its own file id on the server (0 when unknown), its
+    entries (``common.smb.walk.DirEntry``: raw FILETIMEs, attributes, size), or why it
+    could not be listed."""
 
     task: DirectoryTask
     entries: list[DirEntry] = field(default_factory=list)
     error: ListingError | None = None
+    own_id: int = 0
 
 
 def _scan_rows(share_id: int):
@@ -342,6 +344,9 @@ def apply_listings(session: Session, share_id: int, listings: Sequence[FolderLis
     follow: list[DirectoryTask] = []
     for listing in listings:
         task, path = listing.task, listing.task.path
+        if listing.error is None and listing.own_id and listing.own_id in task.ancestors:
+            listing.error = ListingError(LOOP, f"share {share.name!r}: folder {path!r} not entered: it is "
+                                               "the same folder as one of its ancestors (a link loop)")
         own = {"id": claimed[path], "state": FileState.SCANNED, "error_code": None, "error_message": None}
         if listing.error is not None:
             own.update(state=FileState.FAILED, error_code=listing.error.status_name,
@@ -352,6 +357,7 @@ def apply_listings(session: Session, share_id: int, listings: Sequence[FolderLis
                 doomed.extend(_subtree_ids(session, share_id, path))
             continue
         own_updates.append(own)
+        chain = (*task.ancestors, listing.own_id) if listing.own_id else task.ancestors
         listed_paths: set[str] = set()
         for entry in listing.entries:
             if path_too_long(entry.path):
@@ -362,11 +368,6 @@ def apply_listings(session: Session, share_id: int, listings: Sequence[FolderLis
             entered = False
             if is_excluded(path, entry.name, options):
                 state, message = FileState.SKIPPED, EXCLUDED_MESSAGE
-            elif entry.is_dir and entry.file_id and entry.file_id in task.ancestors:
-                message = (f"share {share.name!r}: folder {entry.path!r} not entered: it is the same "
-                           "folder as one of its ancestors (a link loop)")
-                state, code = FileState.FAILED, LOOP
-                scan_error(entry.path, LOOP, message)
             elif entry.is_dir and not entry.is_reparse_point:
                 entered = True
                 state, code, message = FileState.FAILED, PENDING, PENDING_MESSAGE
@@ -374,8 +375,7 @@ def apply_listings(session: Session, share_id: int, listings: Sequence[FolderLis
                       entry.last_access_time, entry.change_time, entry.attributes, state, code, message)
             previous = known.get(entry.path) if known else None
             if entered:
-                follow.append(DirectoryTask(share_id, entry.path, task.fresh or previous is None,
-                                            (*task.ancestors, entry.file_id)))
+                follow.append(DirectoryTask(share_id, entry.path, task.fresh or previous is None, chain))
             if previous is None:
                 inserts.append((share_id, entry.path, *values))
                 continue

@@ -19,6 +19,7 @@ line or an error.
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 
@@ -31,7 +32,7 @@ from common.settings import get_settings
 from common.smb import fastpath as fp
 from common.smb.connection import SmbEndpoint, close_pool, get_tree
 from common.smb.errors import SmbFileError, status_name
-from common.smb.walk import DirEntry, ShareWalker, parse_directory_buffer, query_directory_body, query_to_the_end
+from common.smb.walk import DirEntry, parse_plain_directory_buffer, query_directory_body, query_to_the_end
 from orchestrator.inventory.scan import (
     DirectoryTask,
     FolderListing,
@@ -57,6 +58,7 @@ _FIRST_OUTPUT = 4 * 65536
 _SECOND_OUTPUT = 65536
 _DONE = (fp.STATUS_NO_MORE_FILES, fp.STATUS_NO_SUCH_FILE)
 _LIST_ACCESS = fp.FILE_LIST_DIRECTORY | fp.FILE_READ_ATTRIBUTES | fp.SYNCHRONIZE
+_FILE_ID = struct.Struct("<Q")  # FileInternalInformation: the 64-bit file id
 
 _HINTS = {
     "STATUS_ACCESS_DENIED": "the migration account may not read it: grant it read access",
@@ -91,10 +93,6 @@ def _first_query(channel: fp.FastChannel) -> tuple[int, int]:
     return output, -(-output // 65536)
 
 
-def _entries(buffer: bytes, path: str) -> list[DirEntry]:
-    return list(parse_directory_buffer(buffer, path))
-
-
 def _list_to_the_end(channel: fp.FastChannel, path: str) -> tuple[list[DirEntry], int]:
     """A big folder: opened, queried until STATUS_NO_MORE_FILES, closed."""
     try:
@@ -102,24 +100,29 @@ def _list_to_the_end(channel: fp.FastChannel, path: str) -> tuple[list[DirEntry]
     except fp.FastPathError as exc:
         return [], exc.status
     try:
-        _own_id, entries, status = query_to_the_end(channel, handle, path, *_first_query(channel))
+        _own_id, entries, status = query_to_the_end(channel, handle, path, *_first_query(channel),
+                                                    info_class=fp.FILE_DIRECTORY_INFORMATION)
     finally:
         channel.close(handle, query=False)
     return entries, status
 
 
-def _list_pipelined(channel: fp.FastChannel, paths: Sequence[str]) -> Iterator[tuple[str, list[DirEntry], int]]:
-    """(path, entries, NTSTATUS or 0) of each folder, in order, one level each.
+def _list_pipelined(channel: fp.FastChannel, paths: Sequence[str]) -> Iterator[tuple[str, int, list[DirEntry], int]]:
+    """(path, the folder's own file id or 0, entries, NTSTATUS or 0) of each folder, in
+    order, one level each.
 
-    Each folder is one related compound CREATE + QUERY_DIRECTORY + QUERY_DIRECTORY +
-    CLOSE: when the second query answers STATUS_NO_MORE_FILES the first held the whole
-    listing (one round trip); otherwise the folder is listed again to the end. Up to
-    LISTING_WINDOW folders are in flight at once. A broken connection raises
-    ``fp.ChannelBroken``.
+    Each folder is one related compound CREATE + QUERY_INFO (FileInternalInformation: the
+    folder's own id, for loop detection) + QUERY_DIRECTORY + QUERY_DIRECTORY + CLOSE; the
+    listing asks for FileDirectoryInformation, which spares the server reading every
+    entry's extended attributes for an EA size nobody uses. When the second query answers
+    STATUS_NO_MORE_FILES the first held the whole listing (one round trip); otherwise the
+    folder is listed again to the end. Up to LISTING_WINDOW folders are in flight at
+    once. A broken connection raises ``fp.ChannelBroken``.
     """
     output, charge = _first_query(channel)
-    first = query_directory_body(fp.RELATED_FILE_ID, output)
-    second = query_directory_body(fp.RELATED_FILE_ID, _SECOND_OUTPUT)
+    own_id = fp._QUERY.pack(41, fp.INFO_FILE, fp.FILE_INTERNAL_INFORMATION, 8, 0, 0, 0, 0, 0, fp.RELATED_FILE_ID, 0)
+    first = query_directory_body(fp.RELATED_FILE_ID, output, fp.FILE_DIRECTORY_INFORMATION)
+    second = query_directory_body(fp.RELATED_FILE_ID, _SECOND_OUTPUT, fp.FILE_DIRECTORY_INFORMATION)
     close = channel._close_body(fp.RELATED_FILE_ID)
     in_flight: deque = deque()
     waiting = deque(paths)
@@ -128,37 +131,38 @@ def _list_pipelined(channel: fp.FastChannel, paths: Sequence[str]) -> Iterator[t
             path = waiting.popleft()
             create_body = channel._create_body(path, _LIST_ACCESS, fp.FILE_OPEN, fp.FILE_DIRECTORY_FILE,
                                                fp.SHARE_READ_WRITE_DELETE)
-            channel._reserve(charge + 3)
+            channel._reserve(charge + 4)
             in_flight.append(channel._send_chain([
-                (fp.CMD_CREATE, create_body, 1), (fp.CMD_QUERY_DIRECTORY, first, charge),
-                (fp.CMD_QUERY_DIRECTORY, second, 1), (fp.CMD_CLOSE, close, 1)], path))
+                (fp.CMD_CREATE, create_body, 1), (fp.CMD_QUERY_INFO, own_id, 1),
+                (fp.CMD_QUERY_DIRECTORY, first, charge), (fp.CMD_QUERY_DIRECTORY, second, 1),
+                (fp.CMD_CLOSE, close, 1)], path))
         op = in_flight.popleft()
         path = op.context
-        created, listed, more, closed = channel._wait(op)
+        created, identified, listed, more, closed = channel._wait(op)
         status = channel._status(created)
         if status:
-            yield path, [], status
+            yield path, 0, [], status
             continue
         if channel._status(closed):  # a server that fails the rest of a related compound
             channel._call([(fp.CMD_CLOSE, channel._close_body(channel._create_info(created)[1]), 1)],
                           path, ["CLOSE"])
+        folder_id = 0 if channel._status(identified) else _FILE_ID.unpack_from(channel._query_output(identified))[0]
         status, more_status = channel._status(listed), channel._status(more)
         if status in _DONE:
-            yield path, [], 0
+            yield path, folder_id, [], 0
         elif status:
-            yield path, [], status
+            yield path, folder_id, [], status
         elif more_status in _DONE:
-            yield path, _entries(channel._query_output(listed), path), 0
+            yield path, folder_id, parse_plain_directory_buffer(channel._query_output(listed), path), 0
         elif more_status:
-            yield path, [], more_status
+            yield path, folder_id, [], more_status
         else:
-            yield (path, *_list_to_the_end(channel, path))
+            yield (path, folder_id, *_list_to_the_end(channel, path))
 
 
 def list_folders(endpoint: SmbEndpoint, tasks: Sequence[DirectoryTask]) -> list[FolderListing]:
     """List every folder of ``tasks`` (one level each) over this process's pooled session,
-    several at once; each gets its entries or why it could not be listed. A folder whose
-    ancestor chain is unknown (the share root, a resumed folder) gets its own id as chain."""
+    several at once; each gets its own file id and entries, or why it could not be listed."""
     listings = {task.path: FolderListing(task) for task in tasks}
     try:
         tree = get_tree(endpoint)
@@ -170,14 +174,9 @@ def list_folders(endpoint: SmbEndpoint, tasks: Sequence[DirectoryTask]) -> list[
         return list(listings.values())
     listed: set[str] = set()
     try:
-        for listing in listings.values():
-            if not listing.task.ancestors:
-                chain = ShareWalker(tree, listing.task.path)._root_chain()
-                if chain:
-                    task = listing.task
-                    listing.task = DirectoryTask(task.share_id, task.path, task.fresh, (chain[0][0],))
         with fp.FastChannel.attach(tree.connection, tree.session, tree.tree) as channel:
-            for path, entries, status in _list_pipelined(channel, list(listings)):
+            for path, folder_id, entries, status in _list_pipelined(channel, list(listings)):
+                listings[path].own_id = folder_id
                 if status:
                     listings[path].error = listing_error(endpoint, path, status_name(status), "list")
                 else:
