@@ -52,11 +52,13 @@ _ENTRY = struct.Struct("<IIQQQQqqIIIIQ")
 # and no file id, which spares the server a look at each entry's extended attributes
 # (measured on Samba 4.17: 0.21 s of smbd CPU per 20,000 entries against 0.28 s).
 _PLAIN_ENTRY = struct.Struct("<IIQQQQqqII")
+_FILE_ID = struct.Struct("<Q")  # FileInternalInformation: the 64-bit file id
 _STATUS_DONE = (NtStatus.STATUS_NO_MORE_FILES, NtStatus.STATUS_NO_SUCH_FILE)
 # One credit covers 64 KiB of QUERY_DIRECTORY output (MS-SMB2 3.1.5.2).
 _CREDIT_UNIT = 65536
 _MAX_OUTPUT = 1 << 20
-# The longest FileIdFullDirectoryInformation entry: 80 bytes, a 255-character name, padding.
+# The longest entry of either listing (FileIdFullDirectoryInformation: 80 bytes, a
+# 255-character name, padding).
 _LONGEST_ENTRY = 80 + 510 + 8
 _SHARE_ALL = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
 
@@ -312,17 +314,21 @@ class PipelinedWalker:
     Why: ``ShareWalker`` waits for each folder's CREATE, QUERY_DIRECTORY and CLOSE in
     turn through smbprotocol, so a share of many small folders costs three round trips
     and smbprotocol's message parsing per folder. Here each folder is one related
-    compound (CREATE + QUERY_DIRECTORY + CLOSE) and up to ``depth`` folders are in flight
-    on the one connection, so the walk is bound by the server, not by round trips. A
-    folder whose listing may not have fit in one response (more than ``max_output``
-    bytes of entries) is listed again with follow-up queries on an open handle.
+    compound (CREATE + QUERY_INFO of its own file id + QUERY_DIRECTORY + CLOSE) and up to
+    ``depth`` folders are in flight on the one connection, so the walk is bound by the
+    server, not by round trips. The listing asks for FileDirectoryInformation (no EA
+    size, which the server would compute from every entry's extended attributes): its
+    entries carry no file id (0). A folder whose listing may not have fit in one
+    response (more than ``max_output`` bytes of entries) is listed again with follow-up
+    queries on an open handle.
 
     The same guarantees as ``ShareWalker``: only folders still to list are held (each
     folder's entries are yielded as its response is parsed), reparse points are never
-    entered, a folder that is its own ancestor (a link loop) is recorded as an error and
-    not entered, nothing is written. ``enter(entry)`` may refuse to descend into a folder
-    (its entry is still yielded). Folders are visited in no fixed order. A broken
-    connection raises ``SmbFileError``.
+    entered, a folder that is its own ancestor (a link loop: its own id, read when it is
+    listed, is an ancestor's) is recorded as an error and its contents are not yielded,
+    nothing is written. ``enter(entry)`` may refuse to descend into a folder (its entry
+    is still yielded). Folders are visited in no fixed order. A broken connection raises
+    ``SmbFileError``.
     """
 
     def __init__(self, channel, root: str = "", *, depth: int = 16, max_output: int = _MAX_OUTPUT,
@@ -340,6 +346,8 @@ class PipelinedWalker:
     def __iter__(self) -> Iterator[DirEntry]:
         self.errors = []
         self.directories_listed = 0
+        # Each folder to list carries its parent's chain of ancestors' file ids as a linked
+        # list ((file id, path), parent chain); its own id joins it once it is listed.
         pending: list[tuple[str, tuple | None]] = [(self.root, None)]
         inflight: deque = deque()
         try:
@@ -352,14 +360,18 @@ class PipelinedWalker:
                 if listed is None:
                     continue
                 own_id, entries = listed
-                if ancestors is None and own_id:
-                    ancestors = ((own_id, directory), None)
+                if own_id:
+                    loop = _find(ancestors, own_id)
+                    if loop is not None:
+                        self._record(directory, NtStatus.STATUS_STOPPED_ON_SYMLINK,
+                                     f"not entered: the same directory as its ancestor {loop or chr(92)!r} "
+                                     "(a link loop)")
+                        continue
+                    ancestors = ((own_id, directory), ancestors)
                 for entry in entries:
                     if entry.is_dir and not entry.is_reparse_point \
                             and (self.enter is None or self.enter(entry)):
-                        child = _child_chain(entry, ancestors, self.errors)
-                        if child is not None:
-                            pending.append((entry.path, child))
+                        pending.append((entry.path, ancestors))
                     yield entry
         except fp.ChannelBroken as exc:
             raise SmbFileError(0, f"walk: {exc}", self.root) from None
@@ -370,36 +382,38 @@ class PipelinedWalker:
     def _send(self, directory: str):
         channel = self.channel
         charge = self._charge()
-        channel._reserve(charge + 2)
+        channel._reserve(charge + 3)
         create = channel._create_body(directory, fp.FILE_LIST_DIRECTORY | fp.FILE_READ_ATTRIBUTES
                                       | fp.SYNCHRONIZE, fp.FILE_OPEN, self.options, fp.SHARE_READ_WRITE_DELETE)
         return channel._send_chain([
             (fp.CMD_CREATE, create, 1),
+            (fp.CMD_QUERY_INFO, own_id_query_body(fp.RELATED_FILE_ID), 1),
             (fp.CMD_QUERY_DIRECTORY, query_directory_body(fp.RELATED_FILE_ID, self.output), charge),
             (fp.CMD_CLOSE, channel._close_body(fp.RELATED_FILE_ID), 1)], directory)
 
     def _receive(self, directory: str, op) -> tuple[int, list[DirEntry]] | None:
-        """(the folder's own file id, its entries) from a compound's answer; None when it
-        could not be listed (recorded)."""
+        """(the folder's own file id or 0, its entries) from a compound's answer; None when
+        it could not be listed (recorded)."""
         channel = self.channel
-        create, query, _close = channel._wait(op)
+        create, identified, query, _close = channel._wait(op)
         status = channel._status(create)
         if status:
             self._record(directory, status, "open directory failed")
             return None
         self.directories_listed += 1
+        own_id = own_id_from(channel, identified)
         status = channel._status(query)
         if status in _STATUS_DONE:
-            return 0, []
+            return own_id, []
         if status:
             self._record(directory, status, "list directory failed")
             return None
         buffer = channel._query_output(query)
         if len(buffer) + _LONGEST_ENTRY > self.output:
-            return self._list_again(directory)  # the folder may hold more than one response
-        return _own_id_and_entries(buffer, directory)
+            return self._list_again(directory, own_id)  # the folder may hold more than one response
+        return own_id, parse_plain_directory_buffer(buffer, directory)
 
-    def _list_again(self, directory: str) -> tuple[int, list[DirEntry]] | None:
+    def _list_again(self, directory: str, own_id: int) -> tuple[int, list[DirEntry]] | None:
         """List a big folder on an open handle, query after query, to the end."""
         channel = self.channel
         try:
@@ -409,7 +423,7 @@ class PipelinedWalker:
             self._record(directory, exc.status, "open directory failed")
             return None
         try:
-            own_id, entries, status = query_to_the_end(channel, handle, directory, self.output, self._charge())
+            entries, status = query_to_the_end(channel, handle, directory, self.output, self._charge())
         finally:
             channel.close(handle, query=False)
         if status:
@@ -421,59 +435,40 @@ class PipelinedWalker:
         self.errors.append(WalkError(path, status, status_name(status), message))
 
 
-def query_directory_body(file_id: bytes, output_length: int,
-                         info_class: int = fp.FILE_ID_FULL_DIRECTORY_INFORMATION) -> bytes:
-    """A QUERY_DIRECTORY body asking for ``info_class`` (FileIdFullDirectoryInformation by
-    default, or FileDirectoryInformation) of every name."""
+def own_id_query_body(file_id: bytes) -> bytes:
+    """A QUERY_INFO body asking for an open file's FileInternalInformation (its 64-bit id)."""
+    return fp._QUERY.pack(41, fp.INFO_FILE, fp.FILE_INTERNAL_INFORMATION, 8, 0, 0, 0, 0, 0, file_id, 0)
+
+
+def own_id_from(channel, response) -> int:
+    """The file id in a FileInternalInformation QUERY_INFO response; 0 if it failed."""
+    if channel._status(response):
+        return 0
+    return _FILE_ID.unpack_from(channel._query_output(response))[0]
+
+
+def query_directory_body(file_id: bytes, output_length: int) -> bytes:
+    """A QUERY_DIRECTORY body asking for the FileDirectoryInformation of every name."""
     pattern = "*".encode("utf-16-le")
-    return fp._QUERY_DIR.pack(33, info_class, 0, 0, file_id, 96, len(pattern), output_length) + pattern
+    return fp._QUERY_DIR.pack(33, fp.FILE_DIRECTORY_INFORMATION, 0, 0, file_id, 96, len(pattern),
+                              output_length) + pattern
 
 
-def query_to_the_end(channel, handle, path: str, output: int, charge: int,
-                     info_class: int = fp.FILE_ID_FULL_DIRECTORY_INFORMATION) -> tuple[int, list[DirEntry], int]:
+def query_to_the_end(channel, handle, path: str, output: int, charge: int) -> tuple[list[DirEntry], int]:
     """Query the open folder ``handle`` on ``channel`` until the server says there is no
-    more: (the folder's own file id or 0, its entries, 0), or (0, [], NTSTATUS) when a
-    query fails. The own id comes from the '.' entry, so it is 0 with
-    FileDirectoryInformation. The caller opens and closes the handle."""
-    own_id, entries = 0, []
+    more: (its entries, 0), or ([], NTSTATUS) when a query fails. The caller opens and
+    closes the handle."""
+    entries: list[DirEntry] = []
     while True:
         channel._reserve(charge)
         (query,) = channel._wait(channel._send_chain(
-            [(fp.CMD_QUERY_DIRECTORY, query_directory_body(handle.file_id, output, info_class), charge)], path))
+            [(fp.CMD_QUERY_DIRECTORY, query_directory_body(handle.file_id, output), charge)], path))
         status = channel._status(query)
         if status in _STATUS_DONE:
-            return own_id, entries, 0
+            return entries, 0
         if status:
-            return 0, [], status
-        if info_class == fp.FILE_DIRECTORY_INFORMATION:
-            entries += parse_plain_directory_buffer(channel._query_output(query), path)
-            continue
-        found, more = _own_id_and_entries(channel._query_output(query), path)
-        own_id = own_id or found
-        entries += more
-
-
-def _own_id_and_entries(buffer: bytes, parent: str) -> tuple[int, list[DirEntry]]:
-    """The file id of '.' (the listed folder itself, 0 if absent) and the other entries
-    of a FileIdFullDirectoryInformation buffer."""
-    own_id = 0
-    entries = []
-    offset = 0
-    view = memoryview(buffer)
-    while len(buffer) - offset >= _ENTRY.size:
-        (next_offset, _index, creation, access, write, change, eof, allocation, attributes,
-         name_length, ea_size, _reserved, file_id) = _ENTRY.unpack_from(view, offset)
-        start = offset + _ENTRY.size
-        name = bytes(view[start:start + name_length]).decode("utf-16-le", "surrogatepass")
-        if name == ".":
-            own_id = file_id
-        elif name != "..":
-            entries.append(DirEntry(name, join(parent, name), eof, allocation, creation, access, write,
-                                    change, attributes, file_id, ea_size))
-        if not next_offset:
-            break
-        offset += next_offset
-    return own_id, entries
+            return [], status
+        entries += parse_plain_directory_buffer(channel._query_output(query), path)
 
 
 def walk(tree, root: str = "", errors: list[WalkError] | None = None) -> Iterator[DirEntry]:
@@ -491,4 +486,5 @@ def walk(tree, root: str = "", errors: list[WalkError] | None = None) -> Iterato
 
 
 __all__ = ["DirEntry", "PipelinedWalker", "ShareWalker", "WalkError", "join", "parse_directory_buffer",
-           "parse_plain_directory_buffer", "query_directory_body", "query_to_the_end", "walk"]
+           "own_id_from", "own_id_query_body", "parse_plain_directory_buffer", "query_directory_body",
+           "query_to_the_end", "walk"]

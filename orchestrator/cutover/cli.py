@@ -28,22 +28,8 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy import select
 
-from common.db import session_scope
 from common.models import Job, RunState
-from orchestrator.cutover.delta import EngineDeltaTransfer
 from orchestrator.cutover.plan import DHCP
-from orchestrator.cutover.service import (
-    EXIT_CODES,
-    check_can_drive,
-    cutover_status,
-    drive_cutover,
-    parse_address,
-    parse_move,
-    plan_cutover,
-    rollback_cutover,
-    start_driver,
-)
-from orchestrator.cutover.stages import CutoverError
 from orchestrator.transfer.cli import _prepare_database
 
 cutover_app = typer.Typer(help="Cut over: the destination takes the source's name, addresses and shares.",
@@ -66,6 +52,9 @@ def _print_json(data) -> None:
 
 
 def _status(run_id: int) -> dict:
+    from common.db import session_scope
+    from orchestrator.cutover.service import cutover_status
+
     try:
         with session_scope() as session:
             return cutover_status(session, run_id)
@@ -112,6 +101,10 @@ def plan(job: str = typer.Option(..., help="Job name."),
              False, help="Accept a last transfer that does not reconcile clean."),
          as_json: bool = typer.Option(False, "--json")):
     """Plan a cutover of a source: creates a pending run (start it with 'sms cutover run')."""
+    from common.db import session_scope
+    from orchestrator.cutover.service import parse_address, parse_move, plan_cutover
+    from orchestrator.cutover.stages import CutoverError
+
     _prepare_database()
     try:
         moves = [parse_move(item) for item in move]
@@ -170,6 +163,10 @@ def _watch(run_id: int, drive, quiet: bool) -> RunState:
 
 def _drive(run_id: int, *, resume: bool, takeover: bool, wait: bool, as_json: bool,
            timeout: int | None) -> None:
+    from orchestrator.cutover.delta import EngineDeltaTransfer
+    from orchestrator.cutover.service import EXIT_CODES, check_can_drive, drive_cutover, start_driver
+    from orchestrator.cutover.stages import CutoverError
+
     if timeout is not None and timeout <= 0:
         _fail("the timeout must be positive")
     if not wait:
@@ -228,6 +225,9 @@ def resume(run_id: int = typer.Argument(..., help="Cutover run id."),
 def rollback(run_id: int = typer.Argument(..., help="Cutover run id."),
              as_json: bool = typer.Option(False, "--json")):
     """Give the source back its name, addresses and share access; release the destination."""
+    from orchestrator.cutover.service import rollback_cutover
+    from orchestrator.cutover.stages import CutoverError
+
     try:
         failures = rollback_cutover(run_id)
     except (CutoverError, LookupError) as exc:

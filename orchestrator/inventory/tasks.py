@@ -19,7 +19,6 @@ line or an error.
 
 from __future__ import annotations
 
-import struct
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 
@@ -32,7 +31,14 @@ from common.settings import get_settings
 from common.smb import fastpath as fp
 from common.smb.connection import SmbEndpoint, close_pool, get_tree
 from common.smb.errors import SmbFileError, status_name
-from common.smb.walk import DirEntry, parse_plain_directory_buffer, query_directory_body, query_to_the_end
+from common.smb.walk import (
+    DirEntry,
+    own_id_from,
+    own_id_query_body,
+    parse_plain_directory_buffer,
+    query_directory_body,
+    query_to_the_end,
+)
 from orchestrator.inventory.scan import (
     DirectoryTask,
     FolderListing,
@@ -58,7 +64,6 @@ _FIRST_OUTPUT = 4 * 65536
 _SECOND_OUTPUT = 65536
 _DONE = (fp.STATUS_NO_MORE_FILES, fp.STATUS_NO_SUCH_FILE)
 _LIST_ACCESS = fp.FILE_LIST_DIRECTORY | fp.FILE_READ_ATTRIBUTES | fp.SYNCHRONIZE
-_FILE_ID = struct.Struct("<Q")  # FileInternalInformation: the 64-bit file id
 
 _HINTS = {
     "STATUS_ACCESS_DENIED": "the migration account may not read it: grant it read access",
@@ -100,8 +105,7 @@ def _list_to_the_end(channel: fp.FastChannel, path: str) -> tuple[list[DirEntry]
     except fp.FastPathError as exc:
         return [], exc.status
     try:
-        _own_id, entries, status = query_to_the_end(channel, handle, path, *_first_query(channel),
-                                                    info_class=fp.FILE_DIRECTORY_INFORMATION)
+        entries, status = query_to_the_end(channel, handle, path, *_first_query(channel))
     finally:
         channel.close(handle, query=False)
     return entries, status
@@ -120,9 +124,9 @@ def _list_pipelined(channel: fp.FastChannel, paths: Sequence[str]) -> Iterator[t
     once. A broken connection raises ``fp.ChannelBroken``.
     """
     output, charge = _first_query(channel)
-    own_id = fp._QUERY.pack(41, fp.INFO_FILE, fp.FILE_INTERNAL_INFORMATION, 8, 0, 0, 0, 0, 0, fp.RELATED_FILE_ID, 0)
-    first = query_directory_body(fp.RELATED_FILE_ID, output, fp.FILE_DIRECTORY_INFORMATION)
-    second = query_directory_body(fp.RELATED_FILE_ID, _SECOND_OUTPUT, fp.FILE_DIRECTORY_INFORMATION)
+    own_id = own_id_query_body(fp.RELATED_FILE_ID)
+    first = query_directory_body(fp.RELATED_FILE_ID, output)
+    second = query_directory_body(fp.RELATED_FILE_ID, _SECOND_OUTPUT)
     close = channel._close_body(fp.RELATED_FILE_ID)
     in_flight: deque = deque()
     waiting = deque(paths)
@@ -146,7 +150,7 @@ def _list_pipelined(channel: fp.FastChannel, paths: Sequence[str]) -> Iterator[t
         if channel._status(closed):  # a server that fails the rest of a related compound
             channel._call([(fp.CMD_CLOSE, channel._close_body(channel._create_info(created)[1]), 1)],
                           path, ["CLOSE"])
-        folder_id = 0 if channel._status(identified) else _FILE_ID.unpack_from(channel._query_output(identified))[0]
+        folder_id = own_id_from(channel, identified)
         status, more_status = channel._status(listed), channel._status(more)
         if status in _DONE:
             yield path, folder_id, [], 0

@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
@@ -34,9 +35,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy import func, select
 
-from common.db import session_scope
 from common.models import Batch, BatchState, Job, Pairing, RunState, Server, TransferRun
-from common.settings import get_settings
+# The defaults and choices of ``sms transfer run``: Typer needs them to build the command tree.
 from common.transfer_options import (
     CHECKSUM_CHOICES,
     DEFAULT_RETRIES,
@@ -44,10 +44,10 @@ from common.transfer_options import (
     PRINCIPAL_CHOICES,
     TransferOptions,
 )
-from orchestrator.transfer import planning
 from orchestrator.transfer.logs import export_run_logs
-from orchestrator.transfer.reconcile import RunReconciliation, cutover_allowed, reconcile
-from orchestrator.transfer.workers import LocalWorkers, WorkerStartError
+
+if TYPE_CHECKING:
+    from orchestrator.transfer.reconcile import RunReconciliation
 
 transfer_app = typer.Typer(help="Transfer shares from sources to destinations.", no_args_is_help=True)
 console = Console()
@@ -62,6 +62,8 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _prepare_database() -> None:
     """In embedded mode, create or upgrade the SQLite job database on first use."""
+    from common.settings import get_settings
+
     settings = get_settings()
     if settings.database_url.startswith("sqlite"):
         from orchestrator.database import upgrade_to_head
@@ -94,6 +96,9 @@ def pair(job: str = typer.Option(..., help="Job name."),
                                                  "used to recreate shares on a manageable destination."),
          as_json: bool = typer.Option(False, "--json")):
     """Pair a source server with a destination server and choose the shares to move."""
+    from common.db import session_scope
+    from orchestrator.transfer import planning
+
     if any("=" not in item for item in path_map):
         _fail("--path-map takes SOURCE_PREFIX=DESTINATION_PREFIX")
     mapping = dict(item.split("=", 1) for item in path_map)
@@ -131,6 +136,8 @@ def _pairings(session, job: str | None, pairing_ids: list[int]) -> list[Pairing]
 
 
 def _destinations(run_ids: list[int]) -> list[str]:
+    from common.db import session_scope
+
     with session_scope() as session:
         return [session.scalar(select(Server.name).join(Pairing, Pairing.destination_server_id == Server.id)
                                .join(TransferRun, TransferRun.pairing_id == Pairing.id)
@@ -146,6 +153,11 @@ def drive_runs(run_ids: list[int], *, start_workers: bool | None = None,
     destination for the duration. ``resume`` also continues runs left running by a
     driver that died.
     """
+    from common.db import session_scope
+    from common.settings import get_settings
+    from orchestrator.transfer import planning
+    from orchestrator.transfer.workers import LocalWorkers, WorkerStartError
+
     if start_workers is None:
         start_workers = get_settings().broker_is_embedded
     workers = LocalWorkers(_destinations(run_ids), concurrency=concurrency) if start_workers else None
@@ -190,6 +202,8 @@ def drive_runs(run_ids: list[int], *, start_workers: bool | None = None,
 
 def _batch_counts(run_ids: list[int]) -> dict[int, tuple[int, int]]:
     """(finished batches, all batches) of each run, from the job database."""
+    from common.db import session_scope
+
     counts = {run_id: (0, 0) for run_id in run_ids}
     finished = Batch.state.in_((BatchState.DONE, BatchState.FAILED))
     with session_scope() as session:
@@ -250,6 +264,10 @@ def run(job: str = typer.Option(None, help="Job name: run every pairing of the j
         concurrency: int = typer.Option(0, help="Processes per local worker (embedded mode)."),
         as_json: bool = typer.Option(False, "--json")):
     """Start a transfer run for each chosen pairing."""
+    from common.db import session_scope
+    from orchestrator.transfer import planning
+    from orchestrator.transfer.reconcile import reconcile
+
     try:
         mapping = dict(item.split("=", 1) for item in share_map)
         options = TransferOptions(checksum=checksum, retries=retries, retry_delay=retry_delay,
@@ -286,6 +304,8 @@ def run(job: str = typer.Option(None, help="Job name: run every pairing of the j
 
 def _background_drive(run_ids: list[int], concurrency: int) -> Path:
     """Start a detached ``sms transfer drive`` for ``run_ids``; returns its log file."""
+    from common.settings import get_settings
+
     log_dir = get_settings().ensure_state_dir() / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"transfer-drive-{'-'.join(map(str, run_ids))}.log"
@@ -315,6 +335,9 @@ def drive(run_id: list[int] = typer.Argument(..., help="Run ids to drive to the 
 def status(run_id: int = typer.Argument(..., help="Transfer run id."),
            as_json: bool = typer.Option(False, "--json")):
     """Show a run's progress and its reconciliation."""
+    from common.db import session_scope
+    from orchestrator.transfer.reconcile import reconcile
+
     with session_scope() as session:
         run_row = session.get(TransferRun, run_id)
         if run_row is None:
@@ -342,6 +365,8 @@ def status(run_id: int = typer.Argument(..., help="Transfer run id."),
 def list_runs(job: str = typer.Option(..., help="Job name."),
               as_json: bool = typer.Option(False, "--json")):
     """List the transfer runs of a job, newest first."""
+    from common.db import session_scope
+
     with session_scope() as session:
         job_row = _job(session, job)
         runs = [{"run_id": r.id, "pairing_id": r.pairing_id, "state": r.state.value,
@@ -365,6 +390,8 @@ def list_runs(job: str = typer.Option(..., help="Job name."),
 def export(run_id: int = typer.Argument(..., help="Transfer run id."),
            directory: Path = typer.Option(Path("."), "--dir", help="Where to write the CSV files.")):
     """Write the run's transfer log and error-only log as CSV files."""
+    from common.db import session_scope
+
     with session_scope() as session:
         if session.get(TransferRun, run_id) is None:
             _fail(f"no transfer run {run_id}")
@@ -375,6 +402,9 @@ def export(run_id: int = typer.Argument(..., help="Transfer run id."),
 @transfer_app.command("cancel")
 def cancel(run_id: int = typer.Argument(..., help="Transfer run id.")):
     """Cancel a pending or running run: its driver stops, workers skip its remaining batches."""
+    from common.db import session_scope
+    from orchestrator.transfer import planning
+
     with session_scope() as session:
         if session.get(TransferRun, run_id) is None:
             _fail(f"no transfer run {run_id}")
@@ -388,6 +418,9 @@ def cancel(run_id: int = typer.Argument(..., help="Transfer run id.")):
 def gate(run_id: int = typer.Argument(..., help="Transfer run id."),
          override: bool = typer.Option(False, help="Allow cutover although the run is not clean.")):
     """Exit 0 when cutover may follow this run (clean, or overridden), 1 otherwise."""
+    from common.db import session_scope
+    from orchestrator.transfer.reconcile import cutover_allowed
+
     with session_scope() as session:
         if session.get(TransferRun, run_id) is None:
             _fail(f"no transfer run {run_id}")
