@@ -54,3 +54,26 @@ def test_readme_documents_every_setting():
     documented = set(re.findall(r"`(SMS_[A-Z_]+)`", readme))
     expected = {f"SMS_{name.upper()}" for name in Settings.model_fields}
     assert expected <= documented, f"README misses {sorted(expected - documented)}"
+
+
+# Machinery a command imports when it runs; none of it may load just to build ``sms``'s
+# command tree, which every ``sms`` call (and every ``--help``) does.
+HEAVY_MODULES = ("impacket", "fastapi", "uvicorn", "celery", "alembic",
+                 "orchestrator.transfer.planning", "orchestrator.cutover.stages",
+                 "orchestrator.inventory.service", "orchestrator.api.app", "orchestrator.worker")
+
+
+def test_cli_command_tree_loads_without_heavy_machinery():
+    """``import orchestrator.cli`` and building its whole Typer command tree (what
+    ``sms --help`` does) import none of the heavy modules, in a fresh interpreter."""
+    probe = ("import json, sys\n"
+             "import orchestrator.cli\n"
+             "from typer.main import get_command\n"
+             "commands = get_command(orchestrator.cli.app).commands\n"
+             f"loaded = [name for name in {HEAVY_MODULES!r} if name in sys.modules]\n"
+             "print(json.dumps({'commands': sorted(commands), 'loaded': loaded}))\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         cwd=ROOT, timeout=120).stdout
+    result = json.loads(out)
+    assert {"transfer", "cutover", "job", "server", "inventory", "serve", "flower"} <= set(result["commands"])
+    assert result["loaded"] == []
