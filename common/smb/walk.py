@@ -327,13 +327,15 @@ class PipelinedWalker:
     entered, a folder that is its own ancestor (a link loop: its own id, read when it is
     listed, is an ancestor's) is recorded as an error and its contents are not yielded,
     nothing is written. ``enter(entry)`` may refuse to descend into a folder (its entry
-    is still yielded). Folders are visited in no fixed order. A broken connection raises
-    ``SmbFileError``.
+    is still yielded). ``listed(path)`` is called once every entry of a folder has been
+    yielded (not for a folder that could not be listed or is a loop). Folders are visited
+    in no fixed order. A broken connection raises ``SmbFileError``.
     """
 
     def __init__(self, channel, root: str = "", *, depth: int = 16, max_output: int = _MAX_OUTPUT,
-                 enter=None, backup_intent: bool = False):
+                 enter=None, listed=None, backup_intent: bool = False):
         self.channel = channel
+        self.listed = listed
         self.root = root.strip("\\/").replace("/", "\\")
         self.depth = depth
         self.enter = enter
@@ -373,6 +375,8 @@ class PipelinedWalker:
                             and (self.enter is None or self.enter(entry)):
                         pending.append((entry.path, ancestors))
                     yield entry
+                if self.listed is not None:
+                    self.listed(directory)
         except fp.ChannelBroken as exc:
             raise SmbFileError(0, f"walk: {exc}", self.root) from None
 

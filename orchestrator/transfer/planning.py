@@ -133,6 +133,8 @@ DIRECTORY_POLL_INTERVAL = 0.1
 # Folders listed at once by the pipelined walks of the source and the destination.
 WALK_DEPTH = 16
 MIRROR_LOOKUP_CHUNK = 500
+# How many source entries a re-run walks between looks for waiting folders it can now compare.
+COMPARE_CHECK_EVERY = 256
 # Unchanged files a re-run's planner hands to its recorder thread at once.
 UNCHANGED_CHUNK = 2000
 REAP_INTERVAL = 10.0
@@ -623,8 +625,10 @@ def _plan_share(context: _Context, target: _ShareTarget, source: Server, destina
         source_tree = open_tree(server_endpoint(source, target.name))
         try:
             with ThreadPoolExecutor(1, thread_name_prefix="sms-baseline") as executor:
-                baseline = None if previous_run is None else executor.submit(
-                    _Baseline.load, context, target, previous_run, destination_tree)
+                baseline = None
+                if previous_run is not None:
+                    baseline = _Baseline(previous_run, context.options.algorithm if context.options.verify else None)
+                    baseline.start(executor, context, target, destination_tree)
                 mirror = _walk_and_dispatch(context, target, source_tree, publish, say,
                                             resuming=not first_walk, baseline=baseline)
         finally:
@@ -672,43 +676,68 @@ class _Baseline:
     (relatime); setting a creation time on purpose moves the change time anyway.
     """
 
-    def __init__(self, run_id: int, previous: dict[str, tuple], destination: dict[str, DirEntry],
-                 errors: list[WalkError], algorithm: str | None):
+    def __init__(self, run_id: int, algorithm: str | None):
         self.run_id = run_id
-        self.previous = previous
-        self.destination = destination
-        self.errors = errors
         self.algorithm = algorithm
+        self.previous: dict[str, tuple] = {}
+        self.destination: dict[str, DirEntry] = {}
+        self.errors: list[WalkError] = []
         self.replaced: list[DirEntry] = []  # destination entries of the other type
+        # Destination folders listed to the end (their entries are all in ``destination``),
+        # once the previous records are loaded; everything, once ``complete``.
+        self.listed: set[str] = set()
+        self.loaded = False
+        self.complete = False
+        self.filled: Future | None = None
 
-    @classmethod
-    def load(cls, context: _Context, target: _ShareTarget, previous_run: int,
-             tree: SmbTree) -> "_Baseline":
-        """Read the previous run's records and list the destination (runs in a thread
-        beside the source walk; ``tree`` is used by it alone meanwhile)."""
+    def start(self, executor: ThreadPoolExecutor, context: _Context, target: _ShareTarget,
+              tree: SmbTree) -> None:
+        """Begin ``fill`` in ``executor``'s thread."""
+        self.filled = executor.submit(self.fill, context, target, tree)
+
+    def check(self) -> None:
+        """Re-raise what stopped the filling thread, if it has failed."""
+        if self.filled.done():
+            self.filled.result()
+
+    def wait(self) -> None:
+        """Block until the filling has ended; re-raise its failure."""
+        self.filled.result()
+
+    def fill(self, context: _Context, target: _ShareTarget, tree: SmbTree) -> None:
+        """Read the previous run's records, then list the destination (runs in a thread
+        beside the source walk; ``tree`` is used by it alone meanwhile). Folders are
+        marked listed as their listings end, so the walk compares what it can early."""
         with session_scope() as session:
-            previous = {row[0]: tuple(row[1:]) for row in session.execute(select(
+            self.previous = {row[0]: tuple(row[1:]) for row in session.execute(select(
                 FileRecord.relative_path, FileRecord.is_dir, FileRecord.size,
                 FileRecord.creation_time, FileRecord.last_write_time, FileRecord.change_time,
                 FileRecord.attributes, FileRecord.hash_algorithm, FileRecord.source_hash,
                 FileRecord.destination_hash).where(
-                FileRecord.run_id == previous_run, FileRecord.share_id == target.share_id,
+                FileRecord.run_id == self.run_id, FileRecord.share_id == target.share_id,
                 FileRecord.state.in_(ARRIVED_STATES)))}
         basic = md.stat(tree, "").basic
-        destination = {"": DirEntry("", "", 0, 0, basic.creation_time, basic.last_access_time,
-                                    basic.last_write_time, basic.change_time, basic.attributes, 0, 0)}
+        self.destination[""] = DirEntry("", "", 0, 0, basic.creation_time, basic.last_access_time,
+                                        basic.last_write_time, basic.change_time, basic.attributes, 0, 0)
+        self.loaded = True
         options = context.options
         channel = FastChannel.attach(tree.connection, tree.session, tree.tree)
+        walker = PipelinedWalker(channel, "", depth=WALK_DEPTH, enter=lambda entry: not (
+            dest_ops.is_protected(entry.path) or options.is_system_folder(entry.path)),
+            listed=self.listed.add)
         try:
-            walker = PipelinedWalker(channel, "", depth=WALK_DEPTH, enter=lambda entry: not (
-                dest_ops.is_protected(entry.path) or options.is_system_folder(entry.path)))
             for entry in walker:
                 if not dest_ops.is_protected(entry.path):
-                    destination[entry.path] = entry
+                    self.destination[entry.path] = entry
         finally:
             channel.release()
-        return cls(previous_run, previous, destination, walker.errors,
-                   options.algorithm if options.verify else None)
+            self.errors = walker.errors
+            self.complete = True
+
+    def ready(self, folder: str) -> bool:
+        """True when the source entries of ``folder`` can be compared: the destination's
+        listing of that folder has ended (or the whole listing has)."""
+        return self.complete or (self.loaded and folder in self.listed)
 
     def unchanged(self, row: dict[str, Any]) -> tuple | None:
         """The previous record of ``row`` (a source entry about to be recorded) when
@@ -920,12 +949,14 @@ def _parent(path: str) -> str:
 
 def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
                        publish: Publisher, say: Progress, *, resuming: bool = False,
-                       baseline: Future | None = None) -> _MirrorWork | None:
+                       baseline: _Baseline | None = None) -> _MirrorWork | None:
     """Walk the share and dispatch its file batches; with ``resuming``, entries this run
     already recorded (a walk cut short by a dead driver) are not recorded again.
 
-    With ``baseline`` (a future of a ``_Baseline``, loaded in a thread while the walk
-    starts), unchanged files are recorded ``skipped`` in bulk and never dispatched;
+    With ``baseline`` (a ``_Baseline`` being filled in a thread while the walk goes on),
+    a source entry is compared as soon as the destination's listing of its folder has
+    ended (until then it waits); unchanged files are recorded ``skipped`` in bulk and
+    never dispatched;
     folders whose metadata neither side changed, and in which nothing is copied or
     deleted this run, are recorded ``skipped`` too, so the folder stage leaves them
     alone. Returns the mirror's work then (None without a baseline).
@@ -933,12 +964,13 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
     settings = get_settings()
     files: list[dict[str, Any]] = []
     unchanged: list[dict[str, Any]] = []
-    directories: list[dict[str, Any]] = [_root_record(context, target.share_id, tree)]
+    root = _root_record(context, target.share_id, tree)
+    directories: list[dict[str, Any]] = [root]
     pending_bytes = 0
     batches = 0
-    compared: _Baseline | None = None
-    recorder: _UnchangedRecorder | None = None
-    waiting: list[DirEntry] = []  # walked before the baseline was ready
+    compared = baseline
+    recorder = None if baseline is None else _UnchangedRecorder(context, target.share_id, baseline.run_id)
+    waiting: dict[str, list[DirEntry]] = {}  # walked before their folder could be compared, by folder
     clean_directories: set[str] = set()
     touched: set[str] = set()  # folders in which something is written or deleted
 
@@ -1019,29 +1051,35 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
                 or pending_bytes >= settings.batch_max_bytes:
             flush_batch()
 
-    def use_baseline() -> None:
-        nonlocal compared, recorder
-        compared = baseline.result()
-        recorder = _UnchangedRecorder(context, target.share_id, compared.run_id)
-        compare_directory(directories[0])  # the share root
-        for entry in waiting:
-            take(entry)
-        waiting.clear()
+    def compare_ready() -> None:
+        """Take the waiting entries of every folder that can now be compared."""
+        compared.check()
+        for folder in [folder for folder in waiting if compared.ready(folder)]:
+            for entry in waiting.pop(folder):
+                take(entry)
 
+    walked = 0
     walk_errors: list[WalkError] = []
     counts = {"listed": 0, "excluded": 0}
     channel = FastChannel.attach(tree.connection, tree.session, tree.tree)
     try:
         try:
             for entry in _source_entries(context, channel, walk_errors, counts):
-                if baseline is not None and compared is None:
-                    if not baseline.done():
-                        waiting.append(entry)
-                        continue
-                    use_baseline()
-                take(entry)
-            if baseline is not None and compared is None:
-                use_baseline()
+                if compared is None:
+                    take(entry)
+                    continue
+                folder = _parent(entry.path)
+                if folder in waiting or not compared.ready(folder):
+                    waiting.setdefault(folder, []).append(entry)
+                else:
+                    take(entry)
+                walked += 1
+                if waiting and walked % COMPARE_CHECK_EVERY == 0:
+                    compare_ready()
+            if compared is not None:
+                compared.wait()
+                compare_directory(root)
+                compare_ready()
         finally:
             try:
                 channel.release()
