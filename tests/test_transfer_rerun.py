@@ -76,9 +76,15 @@ def _carried(run_id: int) -> dict[str, tuple]:
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_rerun_decides_unchanged_entries_in_the_planner(database, samba_factory, tmp_path, monkeypatch, request):
-    """On the embedded SQLite and on PostgreSQL (where unchanged paths travel as an array)."""
+    """On the embedded SQLite and on PostgreSQL (where unchanged paths travel as an array).
+    Tiny chunks, so that unchanged files are recorded in several transactions of the
+    recorder thread, folder records are flushed while the walk goes on, and waiting
+    entries are looked at often."""
     settings = {"SMS_DATABASE_URL": request.getfixturevalue("fresh_postgres_url")} if database == "postgresql" else {}
     use_settings(monkeypatch, SMS_STATE_DIR=str(tmp_path / "state"), SMS_BATCH_MAX_FILES="7", **settings)
+    monkeypatch.setattr(planning, "UNCHANGED_CHUNK", 3)
+    monkeypatch.setattr(planning, "DIRECTORY_BATCH_MAX", 2)
+    monkeypatch.setattr(planning, "COMPARE_CHECK_EVERY", 2)
     upgrade_to_head(get_settings().database_url)
     src, dst = samba_factory("src"), samba_factory("dst")
     with LabTree(src.address, "data") as lab:
