@@ -193,6 +193,12 @@ class FaultLab:
             session.expunge(run)
             return run
 
+    def walk_errors(self, run_id: int) -> list[tuple[str, str]]:
+        """(path, status) of every walk error event of the run, in the order recorded."""
+        with session_scope() as session:
+            events = planning.run_events(session, run_id, self.run_row(run_id).job_id, (planning.EVENT_WALK_ERROR,))
+            return [(event.detail["path"], event.detail["status"]) for event in events]
+
     # --- the proof ----------------------------------------------------------------------------
     def leftovers(self) -> list[str]:
         """In-progress temporary files (``~sms-*``, docs/copy-engine.md) anywhere under the

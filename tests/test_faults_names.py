@@ -86,13 +86,9 @@ def test_hostile_names_from_a_source(samba_factory, worker_factory, tmp_path, mo
 
     run_id, state = lab.run()
     assert state == "completed_with_errors"
-    with session_scope() as session:
-        errors = [event.detail for event in planning.run_events(
-            session, run_id, lab.run_row(run_id).job_id, (planning.EVENT_WALK_ERROR,))]
     refused_names = [ascii("surrogates\\" + name.decode("utf-8", "surrogatepass"))
                      for name in SURROGATE_NAMES]
-    assert sorted((e["path"], e["status"]) for e in errors) == \
-        sorted((name, "UNSUPPORTED_NAME") for name in refused_names)
+    assert sorted(lab.walk_errors(run_id)) == sorted((name, "UNSUPPORTED_NAME") for name in refused_names)
     assert os.listdir(lab.destination_path("surrogates")) == []
     with LabTree(lab.src.address, "data") as src, LabTree(lab.dst.address, "data") as dst:
         for folder in ("plain", "dir0"):
@@ -158,10 +154,7 @@ def test_a_path_longer_than_a_file_record_holds(samba_factory, worker_factory, t
     lab.worker()
     run_id, state = lab.run()
     assert state == "completed_with_errors"
-    with session_scope() as session:
-        errors = [event.detail for event in planning.run_events(
-            session, run_id, lab.run_row(run_id).job_id, (planning.EVENT_WALK_ERROR,))]
-    assert [(error["path"], error["status"]) for error in errors] == [(refused, PATH_TOO_LONG)]
+    assert lab.walk_errors(run_id) == [(refused, PATH_TOO_LONG)]
     assert lab.destination_path("\\".join(chain[:10]).replace("\\", os.sep)).is_dir()
     assert not lab.destination_path(refused.replace("\\", os.sep)).exists()
     with LabTree(lab.src.address, "data") as src, LabTree(lab.dst.address, "data") as dst:

@@ -29,7 +29,6 @@ import common  # noqa: F401  (keeps impacket's bin/smbclient.py off the import p
 from common.crypto import encrypt_secret
 from common.db import session_scope
 from common.models import Server
-from orchestrator.transfer import planning
 from tests.fault_support import FaultLab, kill_fault_workers, wait_until  # noqa: F401  (kill_fault_workers: a fixture)
 from tests.lab.samba import SambaServer
 from tests.lab.smbio import FILE_READ_DATA, FILE_WRITE_DATA, SYNCHRONIZE, LabTree
@@ -153,10 +152,7 @@ def test_folder_the_account_may_not_read(samba_factory, worker_factory, tmp_path
         lab.worker()
         run_id, state = lab.run()
         assert state == "completed_with_errors"
-        with session_scope() as session:
-            errors = [event.detail for event in planning.run_events(
-                session, run_id, lab.run_row(run_id).job_id, (planning.EVENT_WALK_ERROR,))]
-        assert [(e["path"], e["status"]) for e in errors] == [("secret", "STATUS_ACCESS_DENIED")]
+        assert lab.walk_errors(run_id) == [("secret", "STATUS_ACCESS_DENIED")]
         proof = lab.proof(expected_missing={"secret"})
         assert proof.checked > len(files)
         assert proof.differences == [] and proof.leftovers == []
