@@ -739,10 +739,10 @@ class _Baseline:
         listing of that folder has ended (or the whole listing has)."""
         return self.complete or (self.loaded and folder in self.listed)
 
-    def unchanged(self, row: dict[str, Any]) -> tuple | None:
-        """The previous record of ``row`` (a source entry about to be recorded) when
-        neither side changed it since, else None."""
-        path, is_dir = row["relative_path"], row["is_dir"]
+    def unchanged(self, path: str, is_dir: bool, size: int, last_write: int, change: int,
+                  attributes: int) -> tuple | None:
+        """The previous record of a source entry about to be recorded (a folder's size is
+        0) when neither side changed it since, else None."""
         there = self.destination.pop(path, None)
         before = self.previous.pop(path, None)
         if there is not None and (there.is_dir and not there.is_reparse_point) != is_dir:
@@ -750,11 +750,10 @@ class _Baseline:
             return None
         if before is None or there is None or before[0] != is_dir:
             return None
-        if (before[1], before[3], before[4], before[5]) != (
-                row["size"], row["last_write_time"], row["change_time"], row["attributes"]):
+        if (before[1], before[3], before[4], before[5]) != (size, last_write, change, attributes):
             return None
-        if there.attributes & COMPARED_ATTRIBUTES != row["attributes"] & COMPARED_ATTRIBUTES \
-                or there.last_write_time != row["last_write_time"] or there.size != row["size"]:
+        if there.attributes & COMPARED_ATTRIBUTES != attributes & COMPARED_ATTRIBUTES \
+                or there.last_write_time != last_write or there.size != size:
             return None
         if self.algorithm and not (before[6] == self.algorithm and before[7]
                                    and before[8] == before[7]):
@@ -821,10 +820,10 @@ class _UnchangedRecorder:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sms-unchanged")
         self._pending: list[Future] = []
 
-    def record(self, rows: list[dict[str, Any]]) -> None:
-        """Hand over source rows found unchanged (their paths and sizes are used)."""
-        paths = [row["relative_path"] for row in rows]
-        size = sum(row["size"] for row in rows)
+    def record(self, files: list[tuple[str, int]]) -> None:
+        """Hand over source files found unchanged, as (path, size)."""
+        paths = [path for path, _size in files]
+        size = sum(size for _path, size in files)
         self._pending.append(self._executor.submit(self._store, paths, size))
 
     def _store(self, paths: list[str], size: int) -> None:
@@ -963,7 +962,7 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
     """
     settings = get_settings()
     files: list[dict[str, Any]] = []
-    unchanged: list[dict[str, Any]] = []
+    unchanged: list[tuple[str, int]] = []  # (path, size) of unchanged files not handed over yet
     root = _root_record(context, target.share_id, tree)
     directories: list[dict[str, Any]] = [root]
     pending_bytes = 0
@@ -1016,11 +1015,13 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
         pending_bytes = 0
 
     def compare_directory(row: dict[str, Any]) -> None:
-        there = compared.destination.get(row["relative_path"])
-        if compared.unchanged(row) is not None:
-            clean_directories.add(row["relative_path"])
-        elif there is None and row["relative_path"]:
-            touched.add(_parent(row["relative_path"]))  # it will be created in its parent
+        path = row["relative_path"]
+        there = compared.destination.get(path)
+        if compared.unchanged(path, True, 0, row["last_write_time"], row["change_time"],
+                              row["attributes"]) is not None:
+            clean_directories.add(path)
+        elif there is None and path:
+            touched.add(_parent(path))  # it will be created in its parent
 
     def take(entry: DirEntry) -> None:
         nonlocal pending_bytes
@@ -1028,8 +1029,8 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
         if refusal is not None:
             walk_errors.append(refusal)
             return
-        row = _record(context, target.share_id, entry)
         if entry.is_dir:
+            row = _record(context, target.share_id, entry)
             if compared is not None:
                 compare_directory(row)
             directories.append(row)
@@ -1037,15 +1038,16 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
                 with session_scope() as session:
                     flush_directories(session)
             return
-        if compared is not None and compared.unchanged(row) is not None:
-            unchanged.append(row)
+        if compared is not None and compared.unchanged(entry.path, False, entry.size, entry.last_write_time,
+                                                       entry.change_time, entry.attributes) is not None:
+            unchanged.append((entry.path, entry.size))
             if len(unchanged) >= UNCHANGED_CHUNK:
                 with session_scope() as session:
                     _check_cancelled(session, context.run_id)
                     flush_directories(session)
             return
         touched.add(_parent(entry.path))
-        files.append(row)
+        files.append(_record(context, target.share_id, entry))
         pending_bytes += entry.size
         if len(files) >= min(settings.batch_max_files, FIRST_BATCH_FILES << batches) \
                 or pending_bytes >= settings.batch_max_bytes:
