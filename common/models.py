@@ -416,10 +416,12 @@ class FileRecord(Base):
             postgresql_where=text("run_id IS NULL"),
             sqlite_where=text("run_id IS NULL"),
         ),
-        # Scan records have neither run nor batch: the two indexes below leave them out.
+        # Scan records have neither run nor batch: the run and batch indexes leave them
+        # out; the (share, state) index serves the scan's queries alone.
         Index("ix_file_records_run_id_state", "run_id", "state",
               postgresql_where=text("run_id IS NOT NULL"), sqlite_where=text("run_id IS NOT NULL")),
-        Index("ix_file_records_share_id_state", "share_id", "state"),
+        Index("ix_file_records_share_id_state", "share_id", "state",
+              postgresql_where=text("run_id IS NULL"), sqlite_where=text("run_id IS NULL")),
         Index("ix_file_records_batch_id", "batch_id",
               postgresql_where=text("batch_id IS NOT NULL"), sqlite_where=text("batch_id IS NOT NULL")),
     )
