@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -133,12 +132,5 @@ def start_orchestrator_worker(concurrency: int) -> LocalWorker:
     """A real orchestrator worker (``python -m orchestrator.worker``) serving this run's
     orchestrator queue with ``concurrency`` prefork processes, ready to take tasks."""
     worker = start_local_worker(concurrency)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if " ready." in worker.log_path.read_text(errors="replace"):
-            return worker
-        if not worker.alive():
-            break
-        time.sleep(0.2)
-    worker.stop()
-    raise RuntimeError(f"orchestrator worker not ready:\n{worker.log_path.read_text(errors='replace')[-3000:]}")
+    worker.wait_ready()
+    return worker

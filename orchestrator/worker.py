@@ -19,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from common.celery_app import create_celery_app
@@ -55,12 +56,20 @@ def main(argv: list[str] | None = None) -> None:
     app.worker_main(worker_argv(concurrency, options.loglevel))
 
 
+READY_MARK = " ready."  # what Celery logs once the worker consumes
+
+
+class WorkerStartError(RuntimeError):
+    """A local worker (orchestrator or proxy) exited, or did not become ready in time."""
+
+
 class LocalWorker:
     """An orchestrator worker subprocess this process started (its own process group)."""
 
-    def __init__(self, process: subprocess.Popen, log_path: Path):
+    def __init__(self, process: subprocess.Popen, log_path: Path, log_offset: int = 0):
         self.process = process
         self.log_path = log_path
+        self.log_offset = log_offset  # where this worker's output starts in its log file
 
     @property
     def pid(self) -> int:
@@ -71,25 +80,54 @@ class LocalWorker:
         """True while the worker's main process runs."""
         return self.process.poll() is None
 
-    def stop(self, grace: float = 10.0) -> None:
-        """Warm shutdown (SIGTERM to its group), SIGKILL after ``grace`` seconds."""
+    def log(self) -> str:
+        """What this worker has written to its log so far."""
+        with open(self.log_path, "rb") as log:
+            log.seek(self.log_offset)
+            return log.read().decode(errors="replace")
+
+    def gone_message(self) -> str:
+        """Why the worker is gone, for an administrator: its exit status and its log."""
+        return f"the orchestrator worker (pid {self.pid}) exited with status {self.process.returncode}; see {self.log_path}"
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Return once the worker consumes its queue; WorkerStartError if it exits first or
+        is not ready within ``timeout`` seconds (the worker is then stopped)."""
+        deadline = time.monotonic() + timeout
+        while READY_MARK not in self.log():
+            if not self.alive():
+                raise WorkerStartError(self.gone_message() + " before it was ready")
+            if time.monotonic() >= deadline:
+                self.stop()
+                raise WorkerStartError(f"the orchestrator worker was not ready after {timeout:.0f} s; "
+                                       f"see {self.log_path}")
+            time.sleep(0.1)
+
+    def stop(self, grace: float = 15.0) -> None:
+        """Warm shutdown: SIGTERM to the main process alone, which stops its pool and hands
+        back the messages it holds; SIGKILL to the whole group after ``grace`` seconds.
+
+        (SIGTERM to the whole group kills the pool processes under the main process, which
+        then hangs in billiard's pool finaliser until the SIGKILL.)
+        """
         if self.process.poll() is None:
-            os.killpg(self.pid, signal.SIGTERM)
+            self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=grace)
             except subprocess.TimeoutExpired:
                 pass
         try:
-            os.killpg(self.pid, signal.SIGKILL)
+            os.killpg(self.pid, signal.SIGKILL)  # whatever of the group outlived the main process
         except ProcessLookupError:
             pass
-        self.process.wait(timeout=10)
+        self.process.wait()
 
 
 def start_local_worker(concurrency: int | None = None) -> LocalWorker:
     """Start an orchestrator worker subprocess with this process's settings (environment).
 
-    Its output goes to ``STATE_DIR/logs/orchestrator-worker-PID.log``.
+    Its output goes to ``STATE_DIR/logs/orchestrator-worker-PID.log``; ``wait_ready`` on
+    the result waits until it consumes.
     """
     settings = get_settings()
     logs = settings.ensure_state_dir() / "logs"
@@ -99,9 +137,10 @@ def start_local_worker(concurrency: int | None = None) -> LocalWorker:
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
     with open(log_path, "ab") as log:
+        offset = log.tell()
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True, cwd=str(Path(__file__).resolve().parents[1]))
-    return LocalWorker(process, log_path)
+    return LocalWorker(process, log_path, offset)
 
 
 if __name__ == "__main__":

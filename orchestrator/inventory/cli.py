@@ -13,7 +13,7 @@ Nothing here prints a secret.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -21,6 +21,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.jobs_cli import JSON_OPTION, emit_json, fail, plain
+
+if TYPE_CHECKING:
+    from orchestrator.worker import LocalWorker
 
 SUCCESS, COMPLETED_WITH_ERRORS, FAILURE = 0, 1, 2  # orchestrator.cli.ExitCode
 
@@ -38,6 +41,22 @@ def orchestrator_worker(concurrency: int = typer.Option(0, help="Prefork process
     from orchestrator.worker import main as worker_main
 
     worker_main((["--concurrency", str(concurrency)] if concurrency else []) + ["--loglevel", loglevel])
+
+
+def wait_with_worker(share_ids: list[int], timeout: float, worker: LocalWorker | None) -> tuple[bool, str | None]:
+    """Wait for the scans of ``share_ids`` (with the worker this command started, if any):
+    (finished, why the worker is gone or None). A worker that cannot start fails the command."""
+    from orchestrator.inventory.service import wait_for_scans
+    from orchestrator.worker import WorkerStartError
+
+    if worker is not None:
+        try:
+            worker.wait_ready()
+        except WorkerStartError as exc:
+            fail(str(exc))
+    finished = wait_for_scans(share_ids, timeout=timeout, alive=worker.alive if worker is not None else None)
+    gone = worker.gone_message() if not finished and worker is not None and not worker.alive() else None
+    return finished, gone
 
 
 @inventory_app.command("run")
@@ -64,7 +83,7 @@ def inventory_run(
     """Inventory a job's source servers and scan their shares' files."""
     from common.db import session_scope
     from common.settings import get_settings
-    from orchestrator.inventory.service import InventoryOptions, inventory_view, run_inventory, wait_for_scans
+    from orchestrator.inventory.service import InventoryOptions, inventory_view, run_inventory
     from orchestrator.inventory.tasks import run_scans_inline
     from orchestrator.jobs import JobError
     from orchestrator.worker import start_local_worker
@@ -81,10 +100,9 @@ def inventory_run(
             report = run_inventory(job, options, publish=run_scans_inline if inline else None)
         except JobError as exc:
             fail(str(exc))
-        finished = True
+        finished, worker_gone = True, None
         if wait and report.scan_share_ids:
-            finished = wait_for_scans(report.scan_share_ids, timeout=timeout,
-                                      alive=worker.alive if worker is not None else None)
+            finished, worker_gone = wait_with_worker(report.scan_share_ids, timeout, worker)
     finally:
         if worker is not None:
             worker.stop()
@@ -93,7 +111,8 @@ def inventory_run(
     scan_errors = sum(share["scan"]["errors"] for server in view["servers"] for share in server["shares"]
                       if share["id"] in report.scan_share_ids)
     if as_json:
-        emit_json({**report.to_dict(), "waited": wait, "finished": finished, "inventory": view})
+        emit_json({**report.to_dict(), "waited": wait, "finished": finished, "worker_gone": worker_gone,
+                   "inventory": view})
     else:
         for server in report.servers:
             state = "[green]ok[/green]" if not server.errors else f"[yellow]{len(server.errors)} errors[/yellow]"
@@ -105,7 +124,9 @@ def inventory_run(
                 console.print(f"  share {escape(repr(name))}: a scan is still running (use --restart)", highlight=False)
         if wait:
             print_share_table(view)
-            if not finished:
+            if worker_gone:
+                console.print(f"[red]the file scans did not finish: {escape(worker_gone)}[/red]", highlight=False)
+            elif not finished:
                 console.print("[red]the file scans did not finish in time[/red]")
         elif report.scan_share_ids:
             console.print(f"file scans of {len(report.scan_share_ids)} shares queued for the orchestrator "
@@ -129,7 +150,7 @@ def inventory_resume(
 ):
     """Publish again the folders that unfinished file scans still wait for (lost messages)."""
     from common.settings import get_settings
-    from orchestrator.inventory.service import resume_scans, wait_for_scans
+    from orchestrator.inventory.service import resume_scans
     from orchestrator.jobs import JobError
     from orchestrator.worker import start_local_worker
 
@@ -141,17 +162,19 @@ def inventory_resume(
             share_ids = resume_scans(job)
         except JobError as exc:
             fail(str(exc))
-        finished = True
+        finished, worker_gone = True, None
         if wait and share_ids:
-            finished = wait_for_scans(share_ids, timeout=timeout,
-                                      alive=worker.alive if worker is not None else None)
+            finished, worker_gone = wait_with_worker(share_ids, timeout, worker)
     finally:
         if worker is not None:
             worker.stop()
     if as_json:
-        emit_json({"resumed_share_ids": share_ids, "waited": wait, "finished": finished})
+        emit_json({"resumed_share_ids": share_ids, "waited": wait, "finished": finished,
+                   "worker_gone": worker_gone})
     else:
-        console.print(f"{len(share_ids)} share scans resumed" + ("" if finished else "; not finished in time"))
+        console.print(f"{len(share_ids)} share scans resumed" + (
+            "" if finished else f"; not finished: {escape(worker_gone)}" if worker_gone else "; not finished in time"),
+            highlight=False)
     if not finished:
         raise typer.Exit(FAILURE)
 

@@ -22,13 +22,7 @@ import time
 from pathlib import Path
 
 from common.settings import get_settings
-
-READY_MARK = " ready."
-
-
-class WorkerStartError(RuntimeError):
-    """A local worker exited or did not become ready in time."""
-
+from orchestrator.worker import READY_MARK, WorkerStartError
 
 class LocalWorkers:
     """Worker processes of this CLI invocation, one per destination; a context manager."""
