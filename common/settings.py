@@ -63,7 +63,7 @@ class Settings(BaseSettings):
         ge=5,
         description="A batch whose worker sent no heartbeat for this long is leased again.",
     )
-    batch_max_files: int = Field(default=2000, ge=1, description="Files per batch at most.")
+    batch_max_files: int = Field(default=500, ge=1, description="Files per batch at most.")
     batch_max_bytes: int = Field(default=256 << 20, ge=1, description="Bytes per batch at most (a larger file is a batch of its own).")
     smb_require_signing: bool = Field(default=True, description="Refuse unsigned SMB sessions.")
     smb_encrypt: bool = Field(default=False, description="Encrypt SMB traffic (SMB 3).")
