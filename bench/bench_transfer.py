@@ -5,7 +5,9 @@ Two lab smbd instances (tests.lab.samba), the source holding the data-plane data
 (tests.lab.trees.make_dataset; by default 20,000 files of 1-64 KiB in 200 folders, and 8
 files of 256 MiB), each dataset also published as a share of its own. Services as in
 production: a fresh PostgreSQL database, Redis, real ``sms-worker`` proxy workers (Celery
-prefork) started per measurement (bench/lab_env.py). Parts (``--parts``):
+prefork) started per measurement (bench/lab_env.py). Before each timed run: ``os.sync()``
+and a 3-second pause, so that no run pays for the previous copy's writeback. Parts
+(``--parts``):
 
 ``datasets``
     For each dataset: ``rclone copy`` (``--transfers 16``; remotes from environment
@@ -21,9 +23,7 @@ prefork) started per measurement (bench/lab_env.py). Parts (``--parts``):
 ``rerun``
     The small dataset again with nothing changed: runs of the last orchestrator pairing
     (the most processes) and ``rclone copy`` into its existing copy, in turn,
-    ``--rerun-rounds`` times after ``os.sync()`` and a few seconds' pause (the first
-    copies' writeback otherwise lands in the first re-run); medians compared (target: at
-    least 3x faster).
+    ``--rerun-rounds`` times; medians compared (target: at least 3x faster).
 ``slow``
     Scale-out over a slow link. The kernel has no netem, so a delaying TCP proxy (asyncio,
     in a child process) sits between the clients and both servers: it listens on loopback
@@ -77,8 +77,8 @@ from tests.lab.samba import MIGRATION_PASSWORD, MIGRATION_USER, SambaServer, res
 from tests.lab.trees import make_dataset  # noqa: E402
 
 SMB_PORT = 445
-# Seconds to wait, after os.sync(), before the timed re-runs.
-RERUN_SETTLE_SECONDS = 5
+# Seconds to wait, after os.sync(), before each timed run.
+SETTLE_SECONDS = 3
 
 
 @dataclass
@@ -187,6 +187,16 @@ class DelayProxy:
 
 
 # --- rclone -------------------------------------------------------------------------------
+def settle() -> str:
+    """Flush dirty pages to disk and pause before a timed run; the load average then.
+
+    Without it each run paid for the previous copy's writeback: the first orchestrator
+    run after rclone's copy and the first re-run measured the disk, not the tools."""
+    os.sync()
+    time.sleep(SETTLE_SECONDS)
+    return load_average()
+
+
 def run_rclone(env: dict, source: str, destination: str, transfers: int) -> float:
     """``rclone copy src:SOURCE dst:DESTINATION``; the wall-clock seconds."""
     started = time.perf_counter()
@@ -412,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
                 set_batch_files(args.batch_files)
                 files, total = sizes[name]
                 if "datasets" in parts and "rclone" in tools:
-                    load = load_average()
+                    load = settle()
                     seconds = run_rclone(env, name, f"data/rclone/{name}", args.transfers)
                     note = check_copy(endpoint(destination.address, "data"), f"rclone\\{name}", (files, total))
                     record(Figure("rclone", name, args.transfers, files, total, seconds, load, note))
@@ -422,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
                     pairing_id = lab.pairing(source_id, destination_id, name)
                     worker = start_proxy_worker(f"d-{name}-{count}", count, workdir / "logs")
                     workers.append(worker)
-                    load = load_average()
+                    load = settle()
                     seconds, _run_id, note = run_orchestrator(
                         pairing_id, TransferOptions(**{**options.to_json(), "share_map": {name: f"{name}{count}"}}),
                         verbose=args.stages)
@@ -434,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
                         pool = multiprocessing.get_context("spawn").Pool(count)
                         pools.append(pool)
                         pool.map(_warm, range(count))
-                        load = load_average()
+                        load = settle()
                         seconds, failures = run_bare(pool, endpoint(source.address, name),
                                                      endpoint(destination.address, "data"), f"bare{count}-{name}",
                                                      args.checksum)
@@ -450,25 +460,21 @@ def main(argv: list[str] | None = None) -> int:
                 if name == "small" and "rerun" in parts:
                     pairing_id, count, worker = last_pairing[name]
                     if "rclone" in tools and "datasets" not in parts:
-                        load = load_average()
+                        load = settle()
                         seconds = run_rclone(env, name, f"data/rclone/{name}", args.transfers)
                         record(Figure("rclone", name, args.transfers, files, total, seconds, load, "; first copy"))
                     if worker.process.poll() is not None:
                         worker = start_proxy_worker(f"d-{name}-{count}", count, workdir / "logs")
                         workers.append(worker)
-                    # Let the first copies' dirty pages reach the disk first: a re-run timed
-                    # during that writeback measured the disk, not the tools.
-                    os.sync()
-                    time.sleep(RERUN_SETTLE_SECONDS)
                     for _round in range(args.rerun_rounds):
-                        load = load_average()
+                        load = settle()
                         seconds, _run_id, note = run_orchestrator(
                             pairing_id, TransferOptions(**{**options.to_json(), "share_map": {name: f"{name}{count}"}}),
                             verbose=args.stages)
                         note += check_copy(endpoint(destination.address, f"{name}{count}"), "", (files, total))
                         record(Figure("orchestrator re-run", name, count, files, total, seconds, load, note))
                         if "rclone" in tools:
-                            load = load_average()
+                            load = settle()
                             seconds = run_rclone(env, name, f"data/rclone/{name}", args.transfers)
                             record(Figure("rclone re-run", name, args.transfers, files, total, seconds, load, ""))
                     worker.stop()
@@ -490,7 +496,7 @@ def main(argv: list[str] | None = None) -> int:
                     pairing_id = lab.pairing(slow_source_id, destination_id, "slowset")
                     worker = start_proxy_worker(f"s-{count}", count, workdir / "logs")
                     workers.append(worker)
-                    load = load_average()
+                    load = settle()
                     seconds, _run_id, note = run_orchestrator(
                         pairing_id, TransferOptions(**{**options.to_json(), "share_map": {"slowset": f"slow{count}"}}),
                         verbose=args.stages)
@@ -500,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
                 if "rclone" in tools:
                     slow_env = rclone_environment(SimpleNamespace(address=via_source),
                                                   SimpleNamespace(address=via_destination), workdir)
-                    load = load_average()
+                    load = settle()
                     seconds = run_rclone(slow_env, "slowset", "data/rclone/slowset", args.transfers)
                     note = check_copy(endpoint(destination.address, "data"), "rclone\\slowset", (files, total))
                     record(Figure("rclone", "slowset", args.transfers, files, total, seconds, load, note))
