@@ -414,6 +414,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"{figure.files_per_second:8.1f} files/s {figure.megabytes_per_second:7.1f} MB/s "
                   f"load {figure.load}{figure.note}", flush=True)
 
+        def orchestrated(label: str, pairing_id: int, name: str, count: int, files: int, total: int) -> None:
+            """One timed orchestrator run of dataset ``name`` into share ``name`` + ``count``, checked."""
+            load = settle()
+            seconds, _run_id, note = run_orchestrator(
+                pairing_id, TransferOptions(**{**options.to_json(), "share_map": {name: f"{name}{count}"}}),
+                verbose=args.stages)
+            note += check_copy(endpoint(destination.address, f"{name}{count}"), "", (files, total))
+            record(Figure(label, name, count, files, total, seconds, load, note))
+
         with Services(workdir):
             lab = Lab()
             source_id = lab.server("src", ServerRole.SOURCE, source.address)
@@ -432,12 +441,7 @@ def main(argv: list[str] | None = None) -> int:
                     pairing_id = lab.pairing(source_id, destination_id, name)
                     worker = start_proxy_worker(f"d-{name}-{count}", count, workdir / "logs")
                     workers.append(worker)
-                    load = settle()
-                    seconds, _run_id, note = run_orchestrator(
-                        pairing_id, TransferOptions(**{**options.to_json(), "share_map": {name: f"{name}{count}"}}),
-                        verbose=args.stages)
-                    note += check_copy(endpoint(destination.address, f"{name}{count}"), "", (files, total))
-                    record(Figure("orchestrator", name, count, files, total, seconds, load, note))
+                    orchestrated("orchestrator", pairing_id, name, count, files, total)
                     last_pairing[name] = (pairing_id, count, worker)
                     if "datasets" in parts and "bare" in tools:
                         worker.stop()
@@ -467,12 +471,7 @@ def main(argv: list[str] | None = None) -> int:
                         worker = start_proxy_worker(f"d-{name}-{count}", count, workdir / "logs")
                         workers.append(worker)
                     for _round in range(args.rerun_rounds):
-                        load = settle()
-                        seconds, _run_id, note = run_orchestrator(
-                            pairing_id, TransferOptions(**{**options.to_json(), "share_map": {name: f"{name}{count}"}}),
-                            verbose=args.stages)
-                        note += check_copy(endpoint(destination.address, f"{name}{count}"), "", (files, total))
-                        record(Figure("orchestrator re-run", name, count, files, total, seconds, load, note))
+                        orchestrated("orchestrator re-run", pairing_id, name, count, files, total)
                         if "rclone" in tools:
                             load = settle()
                             seconds = run_rclone(env, name, f"data/rclone/{name}", args.transfers)

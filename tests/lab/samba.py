@@ -214,11 +214,18 @@ class SambaServer:
             time.sleep(0.05)
 
     def pids(self) -> list[int]:
-        """Pids of the daemons this server started (smbd and samba-dcerpcd)."""
+        """Pids of the daemons this server started (smbd and samba-dcerpcd) that still run.
+
+        A pid file can outlive its daemon (samba-dcerpcd's after a restart), and pids are
+        reused during a long test run: a pid counts only while its process was started with
+        this server's smb.conf, so stopping a server never signals somebody else's process."""
         found = []
+        marker = str(self.conf).encode()
         for pid_file in (self.root / "pid").glob("*.pid"):
             with contextlib.suppress(ValueError, OSError):
-                found.append(int(pid_file.read_text().split()[0]))
+                pid = int(pid_file.read_text().split()[0])
+                if marker in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(pid)
         return found
 
     def stop(self) -> None:
