@@ -386,7 +386,8 @@ PATH_TOO_LONG = "PATH_TOO_LONG"
 
 def path_too_long(path: str) -> bool:
     """True when ``path`` is longer than a file record can hold (``MAX_PATH_BYTES``)."""
-    return len(path) * 3 > MAX_PATH_BYTES and len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES
+    # A code point takes at most 4 bytes of UTF-8: shorter paths need no encoding.
+    return len(path) * 4 > MAX_PATH_BYTES and len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES
 
 
 class FileRecord(Base):

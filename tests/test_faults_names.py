@@ -138,6 +138,8 @@ def test_a_path_longer_than_a_file_record_holds(samba_factory, worker_factory, t
     (deepest / "inside.txt").write_bytes(b"below the refused folder\n")
     refused = "\\".join(chain)
     assert path_too_long(refused) and not path_too_long("\\".join(chain[:10]))
+    # Counted in bytes: 700 four-byte characters are 2,800 bytes, 650 are exactly 2,600.
+    assert path_too_long("\U0001F600" * 700) and not path_too_long("\U0001F600" * 650)
 
     report = run_inventory(JOB, InventoryOptions(), publish=run_scans_inline)
     with session_scope() as session:
