@@ -172,28 +172,6 @@ _COLUMN_DEFAULTS: dict[str, Any] = {
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
-_COPY_FORMATS: dict[type, Callable[[Any], str]] = {  # the common types, without isinstance checks
-    int: int.__repr__,
-    str: lambda value: value.translate(_COPY_ESCAPES),
-    type(None): lambda _value: "\\N",
-    bool: lambda value: "t" if value else "f",
-}
-
-
-def _copy_field(value: Any) -> str:
-    """One field of an uncommon type in PostgreSQL COPY text format."""
-    format_value = _COPY_FORMATS.get(type(value))
-    if format_value is not None:
-        return format_value(value)
-    if value is None:
-        return "\\N"
-    if isinstance(value, bool):
-        return "t" if value else "f"
-    if hasattr(value, "value"):  # enum members are stored by value
-        value = value.value
-    return str(value).translate(_COPY_ESCAPES)
-
-
 def copy_text(rows: Iterable[Sequence[Any]]) -> io.StringIO:
     """Rows (tuples of values in one column order) as PostgreSQL COPY text, ready to read.
 
@@ -212,7 +190,7 @@ def copy_text(rows: Iterable[Sequence[Any]]) -> io.StringIO:
             else str(value) if value.__class__ is int
             else ("t" if value else "f") if value.__class__ is bool
             else str(value._value_) if isinstance(value, enum.Enum)  # stored by value
-            else _copy_field(value)
+            else str(value).translate(_COPY_ESCAPES)
             for value in row]) + "\n"
         for row in rows])
     buffer.seek(0)
