@@ -147,14 +147,17 @@ def parse_plain_directory_buffer(buffer: bytes, parent: str) -> list[DirEntry]:
     return entries
 
 
-def _child_chain(entry: "DirEntry", ancestors: tuple | None, errors: list["WalkError"]) -> tuple | None:
-    """The ancestor chain to enter subdirectory ``entry`` with; None (and a WalkError in
-    ``errors``) when it is the same directory as one of its ancestors, a link loop."""
-    loop = _find(ancestors, entry.file_id)
+def _extend_chain(file_id: int, path: str, ancestors: tuple | None, errors: list["WalkError"]) -> tuple | None:
+    """The ancestor chain with directory ``path`` (server id ``file_id``) added; None (and
+    a WalkError in ``errors``) when it is the same directory as one of its ancestors, a
+    link loop. ShareWalker checks a subdirectory by its listing entry's id, before
+    entering it; PipelinedWalker, whose listing has no ids, by the id it reads when
+    listing the directory."""
+    loop = _find(ancestors, file_id)
     if loop is None:
-        return ((entry.file_id, entry.path), ancestors)
+        return ((file_id, path), ancestors)
     errors.append(WalkError(
-        entry.path, NtStatus.STATUS_STOPPED_ON_SYMLINK,
+        path, NtStatus.STATUS_STOPPED_ON_SYMLINK,
         status_name(NtStatus.STATUS_STOPPED_ON_SYMLINK),
         f"not entered: the same directory as its ancestor {loop or chr(92)!r} (a link loop)"))
     return None
@@ -200,7 +203,7 @@ class ShareWalker:
             subdirectories = []
             for entry in self._list(directory):
                 if entry.is_dir and not entry.is_reparse_point:
-                    child = _child_chain(entry, ancestors, self.errors)
+                    child = _extend_chain(entry.file_id, entry.path, ancestors, self.errors)
                     if child is not None:
                         subdirectories.append((entry.path, child))
                 yield entry
@@ -363,13 +366,9 @@ class PipelinedWalker:
                     continue
                 own_id, entries = listed
                 if own_id:
-                    loop = _find(ancestors, own_id)
-                    if loop is not None:
-                        self._record(directory, NtStatus.STATUS_STOPPED_ON_SYMLINK,
-                                     f"not entered: the same directory as its ancestor {loop or chr(92)!r} "
-                                     "(a link loop)")
+                    ancestors = _extend_chain(own_id, directory, ancestors, self.errors)
+                    if ancestors is None:
                         continue
-                    ancestors = ((own_id, directory), ancestors)
                 for entry in entries:
                     if entry.is_dir and not entry.is_reparse_point \
                             and (self.enter is None or self.enter(entry)):
