@@ -16,9 +16,9 @@ A run of a pairing goes through these stages, all recorded in the job database:
 2. **Walk and dispatch**: the source share is walked with the pipelined walker
    (common.smb.walk.PipelinedWalker: several folders listed at once). Files are cut into
    batches bounded by ``settings.batch_max_files`` and ``settings.batch_max_bytes``, the
-   first ones smaller (``FIRST_BATCH_FILES``, doubling) so that copying starts at once; each batch is written (a ``Batch`` row naming the
-   ``copy_batch`` task and the destination's queue, and one ``FileRecord`` per file, state
-   scanned) and committed, and only then published (common.db.after_commit through
+   first ones smaller (``FIRST_BATCH_FILES``, doubling) so that copying starts at once;
+   each batch is written (a ``Batch`` row naming the ``copy_batch`` task and the
+   destination's queue, and one ``FileRecord`` per file, state scanned) and committed, and only then published (common.db.after_commit through
    orchestrator.leases.dispatch_batch). Copying therefore starts while the walk goes on.
    Directories are recorded as they are met, without a batch yet. On a first run only
    the current batch and the walker's folders still to list are in memory. SMS's system
@@ -686,10 +686,10 @@ class _Baseline:
         self.destination: dict[str, DirEntry] = {}
         self.errors: list[WalkError] = []
         self.replaced: list[DirEntry] = []  # destination entries of the other type
-        # Destination folders listed to the end (their entries are all in ``destination``),
-        # once the previous records are loaded; everything, once ``complete``.
+        # Destination folders listed to the end (their entries are all in ``destination``;
+        # the listing starts once the previous records are loaded); everything, once
+        # ``complete``.
         self.listed: set[str] = set()
-        self.loaded = False
         self.complete = False
         self.filled: Future | None = None
 
@@ -722,7 +722,6 @@ class _Baseline:
         basic = md.stat(tree, "").basic
         self.destination[""] = DirEntry("", "", 0, 0, basic.creation_time, basic.last_access_time,
                                         basic.last_write_time, basic.change_time, basic.attributes, 0, 0)
-        self.loaded = True
         options = context.options
         channel = FastChannel.attach(tree.connection, tree.session, tree.tree)
         walker = PipelinedWalker(channel, "", depth=WALK_DEPTH, enter=lambda entry: not (
@@ -740,7 +739,7 @@ class _Baseline:
     def ready(self, folder: str) -> bool:
         """True when the source entries of ``folder`` can be compared: the destination's
         listing of that folder has ended (or the whole listing has)."""
-        return self.complete or (self.loaded and folder in self.listed)
+        return self.complete or folder in self.listed
 
     def unchanged(self, path: str, is_dir: bool, size: int, last_write: int, change: int,
                   attributes: int) -> tuple | None:
@@ -970,7 +969,6 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
     directories: list[dict[str, Any]] = [root]
     pending_bytes = 0
     batches = 0
-    compared = baseline
     recorder = None if baseline is None else _UnchangedRecorder(context, target.share_id, baseline.run_id)
     waiting: dict[str, list[DirEntry]] = {}  # walked before their folder could be compared, by folder
     clean_directories: set[str] = set()
@@ -1019,8 +1017,8 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
 
     def compare_directory(row: dict[str, Any]) -> None:
         path = row["relative_path"]
-        there = compared.destination.get(path)
-        if compared.unchanged(path, True, 0, row["last_write_time"], row["change_time"],
+        there = baseline.destination.get(path)
+        if baseline.unchanged(path, True, 0, row["last_write_time"], row["change_time"],
                               row["attributes"]) is not None:
             clean_directories.add(path)
         elif there is None and path:
@@ -1034,14 +1032,14 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
             return
         if entry.is_dir:
             row = _record(context, target.share_id, entry)
-            if compared is not None:
+            if baseline is not None:
                 compare_directory(row)
             directories.append(row)
             if len(directories) >= DIRECTORY_BATCH_MAX:
                 with session_scope() as session:
                     flush_directories(session)
             return
-        if compared is not None and compared.unchanged(entry.path, False, entry.size, entry.last_write_time,
+        if baseline is not None and baseline.unchanged(entry.path, False, entry.size, entry.last_write_time,
                                                        entry.change_time, entry.attributes) is not None:
             unchanged.append((entry.path, entry.size))
             if len(unchanged) >= UNCHANGED_CHUNK:
@@ -1058,8 +1056,8 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
 
     def compare_ready() -> None:
         """Take the waiting entries of every folder that can now be compared."""
-        compared.check()
-        for folder in [folder for folder in waiting if compared.ready(folder)]:
+        baseline.check()
+        for folder in [folder for folder in waiting if baseline.ready(folder)]:
             for entry in waiting.pop(folder):
                 take(entry)
 
@@ -1070,19 +1068,19 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
     try:
         try:
             for entry in _source_entries(context, channel, walk_errors, counts):
-                if compared is None:
+                if baseline is None:
                     take(entry)
                     continue
                 folder = _parent(entry.path)
-                if folder in waiting or not compared.ready(folder):
+                if folder in waiting or not baseline.ready(folder):
                     waiting.setdefault(folder, []).append(entry)
                 else:
                     take(entry)
                 walked += 1
                 if waiting and walked % COMPARE_CHECK_EVERY == 0:
                     compare_ready()
-            if compared is not None:
-                compared.wait()
+            if baseline is not None:
+                baseline.wait()
                 compare_directory(root)
                 compare_ready()
         finally:
@@ -1091,8 +1089,8 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
             except SmbError:
                 pass
         mirror = None
-        if compared is not None:
-            mirror = compared.mirror([error.path for error in walk_errors], context.options)
+        if baseline is not None:
+            mirror = baseline.mirror([error.path for error in walk_errors], context.options)
             touched.update(_parent(entry.path) for entry in mirror.extras)
         flush_batch()
     except BaseException:
@@ -1104,7 +1102,7 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
     skipped = sorted(clean_directories - touched)
     with session_scope() as session:
         if skipped:
-            _skip_directories(session, context, target.share_id, compared.run_id, skipped)
+            _skip_directories(session, context, target.share_id, baseline.run_id, skipped)
         run = session.get(TransferRun, context.run_id)
         for error in walk_errors:
             _event(session, run, EVENT_WALK_ERROR,
@@ -1113,7 +1111,7 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
                    share_id=target.share_id, path=error.path, status=error.status_name)
     excluded = f", {counts['excluded']} system folders left out" if counts["excluded"] else ""
     compared_note = (f", {len(skipped)} unchanged folders and the unchanged files recorded "
-                     f"without a batch" if compared is not None else "")
+                     f"without a batch" if baseline is not None else "")
     say(f"{target.name}: walked {counts['listed']} directories, "
         f"{batches} file batches dispatched, {len(walk_errors)} walk errors{excluded}{compared_note}")
     return mirror
