@@ -18,7 +18,8 @@ A run of a pairing goes through these stages, all recorded in the job database:
    batches bounded by ``settings.batch_max_files`` and ``settings.batch_max_bytes``, the
    first ones smaller (``FIRST_BATCH_FILES``, doubling) so that copying starts at once;
    each batch is written (a ``Batch`` row naming the ``copy_batch`` task and the
-   destination's queue, and one ``FileRecord`` per file, state scanned) and committed, and only then published (common.db.after_commit through
+   destination's queue, and one ``FileRecord`` per file, state scanned) and committed,
+   and only then published (common.db.after_commit through
    orchestrator.leases.dispatch_batch). Copying therefore starts while the walk goes on.
    Directories are recorded as they are met, without a batch yet. On a first run only
    the current batch and the walker's folders still to list are in memory. SMS's system
