@@ -63,6 +63,29 @@ class WorkerStartError(RuntimeError):
     """A local worker (orchestrator or proxy) exited, or did not become ready in time."""
 
 
+def wait_for_ready_mark(process: subprocess.Popen, log_path: Path, timeout: float,
+                        log_offset: int = 0) -> str | None:
+    """Wait until a worker started as ``process`` logs READY_MARK in ``log_path`` (after
+    ``log_offset``): None then, or why not: "exited" when the process ended first,
+    "timed out" after ``timeout`` seconds. Shared by the local orchestrator worker and the
+    embedded mode's proxy workers."""
+    deadline = time.monotonic() + timeout
+    while READY_MARK not in read_log(log_path, log_offset):
+        if process.poll() is not None:
+            return "exited"
+        if time.monotonic() >= deadline:
+            return "timed out"
+        time.sleep(0.1)
+    return None
+
+
+def read_log(log_path: Path, offset: int = 0) -> str:
+    """A worker's log file from ``offset`` on."""
+    with open(log_path, "rb") as log:
+        log.seek(offset)
+        return log.read().decode(errors="replace")
+
+
 class LocalWorker:
     """An orchestrator worker subprocess this process started (its own process group)."""
 
@@ -82,9 +105,7 @@ class LocalWorker:
 
     def log(self) -> str:
         """What this worker has written to its log so far."""
-        with open(self.log_path, "rb") as log:
-            log.seek(self.log_offset)
-            return log.read().decode(errors="replace")
+        return read_log(self.log_path, self.log_offset)
 
     def gone_message(self) -> str:
         """Why the worker is gone, for an administrator: its exit status and its log."""
@@ -93,15 +114,13 @@ class LocalWorker:
     def wait_ready(self, timeout: float = 120.0) -> None:
         """Return once the worker consumes its queue; WorkerStartError if it exits first or
         is not ready within ``timeout`` seconds (the worker is then stopped)."""
-        deadline = time.monotonic() + timeout
-        while READY_MARK not in self.log():
-            if not self.alive():
-                raise WorkerStartError(self.gone_message() + " before it was ready")
-            if time.monotonic() >= deadline:
-                self.stop()
-                raise WorkerStartError(f"the orchestrator worker was not ready after {timeout:.0f} s; "
-                                       f"see {self.log_path}")
-            time.sleep(0.1)
+        outcome = wait_for_ready_mark(self.process, self.log_path, timeout, self.log_offset)
+        if outcome == "exited":
+            raise WorkerStartError(self.gone_message() + " before it was ready")
+        if outcome == "timed out":
+            self.stop()
+            raise WorkerStartError(f"the orchestrator worker was not ready after {timeout:.0f} s; "
+                                   f"see {self.log_path}")
 
     def stop(self, grace: float = 15.0) -> None:
         """Warm shutdown: SIGTERM to the main process alone, which stops its pool and hands

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from common.settings import get_settings
-from orchestrator.worker import READY_MARK, WorkerStartError
+from orchestrator.worker import WorkerStartError, wait_for_ready_mark
 
 class LocalWorkers:
     """Worker processes of this CLI invocation, one per destination; a context manager."""
@@ -54,16 +54,10 @@ class LocalWorkers:
         return self
 
     def _wait_ready(self, destination: str) -> None:
-        process, log_path = self.processes[destination], self.log_paths[destination]
-        deadline = time.monotonic() + self.ready_timeout
-        while time.monotonic() < deadline:
-            if READY_MARK in log_path.read_text(errors="replace"):
-                return
-            if process.poll() is not None:
-                break
-            time.sleep(0.2)
-        self.stop()
-        raise WorkerStartError(f"worker for {destination} did not start; see {log_path}")
+        log_path = self.log_paths[destination]
+        if wait_for_ready_mark(self.processes[destination], log_path, self.ready_timeout) is not None:
+            self.stop()
+            raise WorkerStartError(f"worker for {destination} did not start; see {log_path}")
 
     def stop(self, grace: float = 15.0) -> None:
         """Warm shutdown of every started worker group; SIGKILL what outlives ``grace``."""
