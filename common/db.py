@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, Table, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -208,18 +208,17 @@ def _complete_row(row: Mapping[str, Any]) -> dict[str, Any]:
     return full
 
 
-def insert_file_rows(session: Session, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> int:
-    """Insert file records given as tuples in ``columns`` order, in ``session``'s
+def insert_rows(session: Session, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> int:
+    """Insert rows of ``table`` given as tuples in ``columns`` order, in ``session``'s
     transaction; returns how many were written. Columns left out take their database
     default (NULL for most). PostgreSQL gets one ``COPY ... FROM STDIN``; other databases
     an ``executemany`` INSERT. Nothing is committed here; a constraint violation raises
-    ``sqlalchemy.exc.IntegrityError`` on either. The fast path for a scan's thousands of
-    rows: no dict per row.
+    ``sqlalchemy.exc.IntegrityError`` on either. The fast path for the thousands of file
+    records a scan stores and of references a re-run stores: no dict per row.
     """
     if not rows:
         return 0
     connection = session.connection()
-    table = FileRecord.__table__
     if connection.dialect.name == "postgresql":
         statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
         dbapi_error = connection.dialect.loaded_dbapi.Error
@@ -243,7 +242,7 @@ def bulk_insert_file_records(
     """Insert file records in ``session``'s transaction; returns how many were written.
 
     Each row maps column names of ``FileRecord`` (``share_id`` and ``relative_path`` are
-    required; other columns default as in the model). Written by ``insert_file_rows`` in
+    required; other columns default as in the model). Written by ``insert_rows`` in
     chunks of ``chunk_size``; on PostgreSQL, columns NULL in every row of a chunk are left
     out (fewer fields to format and to parse). Nothing is committed here.
     """
@@ -256,7 +255,8 @@ def bulk_insert_file_records(
             return
         columns = [name for name in FILE_RECORD_COLUMNS
                    if _COLUMN_DEFAULTS.get(name, 0) is not None or any(full[name] is not None for full in chunk)]
-        total += insert_file_rows(session, columns, [tuple(full[name] for name in columns) for full in chunk])
+        total += insert_rows(session, FileRecord.__table__, columns,
+                             [tuple(full[name] for name in columns) for full in chunk])
         chunk.clear()
 
     for row in rows:

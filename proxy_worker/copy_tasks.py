@@ -57,6 +57,7 @@ from common.models import (
     Share,
     SidMap,
     TransferRun,
+    run_records,
     utcnow,
 )
 from common.smb import copy as engine
@@ -146,12 +147,13 @@ def _previous_hashes(session, run: TransferRun, share_id: int, paths: list[str])
     if previous is None:
         return {}
     found: dict[str, str] = {}
+    records = run_records(previous).c
     for start in range(0, len(paths), HASH_LOOKUP_CHUNK):
         chunk = paths[start:start + HASH_LOOKUP_CHUNK]
-        found.update(session.execute(select(FileRecord.relative_path, FileRecord.source_hash).where(
-            FileRecord.run_id == previous, FileRecord.share_id == share_id,
-            FileRecord.relative_path.in_(chunk), FileRecord.source_hash.is_not(None),
-            FileRecord.state.in_((FileState.COPIED, FileState.VERIFIED, FileState.SKIPPED)))).all())
+        found.update(session.execute(select(records.relative_path, records.source_hash).where(
+            records.share_id == share_id, records.relative_path.in_(chunk),
+            records.source_hash.is_not(None),
+            records.state.in_((FileState.COPIED, FileState.VERIFIED, FileState.SKIPPED)))).all())
     return found
 
 

@@ -27,7 +27,7 @@ import pytest
 from sqlalchemy import func, select
 
 from common.db import session_scope
-from common.models import Batch, BatchState, FileRecord, Server, ServerRole, TransferRun
+from common.models import Batch, BatchState, Server, ServerRole, TransferRun, run_records
 from common.settings import get_settings
 from common.transfer_options import TransferOptions
 from orchestrator.database import upgrade_to_head
@@ -181,10 +181,10 @@ class FaultLab:
 
     def records(self, run_id: int) -> dict[str, tuple[str, str | None]]:
         """{path: (state, error code)} of the run's records."""
+        records = run_records(run_id).c
         with session_scope() as session:
             return {path: (state.value, code) for path, state, code in session.execute(
-                select(FileRecord.relative_path, FileRecord.state, FileRecord.error_code)
-                .where(FileRecord.run_id == run_id))}
+                select(records.relative_path, records.state, records.error_code))}
 
     def run_row(self, run_id: int) -> TransferRun:
         """The run's row (detached)."""

@@ -30,6 +30,7 @@ from common.models import (
     Server,
     ServerFacts,
     Share,
+    UnchangedFile,
 )
 from common.settings import Settings
 from orchestrator.hosts.smb_only import parse_share_descriptor
@@ -341,6 +342,10 @@ def test_rerun_updates_what_changed(inventoried, lab):
     conf = str(lab.conf)
     with session_scope(url_of(state)) as session:
         before = {r.relative_path: r.id for r in session.scalars(select(FileRecord))}
+        # A transfer run's references to unchanged files (no foreign keys) into two shares.
+        referenced = {name: session.scalar(select(FileRecord.id).join(Share, Share.id == FileRecord.share_id)
+                                           .where(Share.name == name).limit(1)) for name in ("public", "Team Docs")}
+        session.add_all(UnchangedFile(run_id=1, record_id=record_id) for record_id in referenced.values())
     # Change files: one removed, a subtree removed, one added, one rewritten with new times.
     with LabTree(lab.address, "public") as tree:
         tree.delete("many\\f000.dat")
@@ -367,7 +372,9 @@ def test_rerun_updates_what_changed(inventoried, lab):
         after = {r.relative_path: r.id for r in session.scalars(select(FileRecord))}
         facts_rows = session.scalars(select(ServerFacts)).all()
         removed = session.scalars(select(Event).where(Event.kind == "inventory.share.removed")).all()
+        references = set(session.scalars(select(UnchangedFile.record_id)))
     assert set(shares) == {"public", "finance"}
+    assert references == {referenced["public"]}  # the removed share's records are not referred to
     assert shares["public"].remark == "now with a comment"
     assert users == {ALICE, NEWUSER, MIGRATION_USER}
     assert len(facts_rows) == 1  # replaced, not accumulated

@@ -50,6 +50,7 @@ from common.models import (
     ServerRole,
     SidMap,
     TransferRun,
+    run_records,
     utcnow,
 )
 from common.settings import get_settings
@@ -269,7 +270,7 @@ def test_resume_after_dead_driver_maximum_duration_and_retries(managed_lab):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "3 queued batches published again" in result.stdout
     with session_scope() as session:
-        paths = session.scalars(select(FileRecord.relative_path).where(FileRecord.run_id == run_id)).all()
+        paths = session.scalars(select(run_records(run_id).c.relative_path)).all()
         assert len(paths) == len(set(paths)) == 11  # ten files and the root, each recorded once
         assert reconcile(session, run_id).clean
     # The copy read each source file (relatime moved its last-access time afterwards).
@@ -297,8 +298,9 @@ def test_resume_after_dead_driver_maximum_duration_and_retries(managed_lab):
         assert "maximum duration of 30 s exceeded" in run.error
         # The ten files the first run copied are unchanged (decided while planning, no
         # batch); the new one was dispatched and given up.
-        codes = dict(session.execute(select(FileRecord.relative_path, FileRecord.error_code).where(
-            FileRecord.run_id == run_id, FileRecord.is_dir.is_(False))).all())
+        records = run_records(run_id).c
+        codes = dict(session.execute(select(records.relative_path, records.error_code).where(
+            records.is_dir.is_(False))).all())
         assert codes == {**{f"f{i:02d}.txt": None for i in range(10)}, "late.txt": "MAX_DURATION_EXCEEDED"}
         assert {b.state for b in session.scalars(select(Batch).where(Batch.run_id == run_id))} == {BatchState.FAILED}
         assert not reconcile(session, run_id).clean

@@ -28,7 +28,7 @@ import pytest
 from sqlalchemy import select
 
 from common.db import session_scope
-from common.models import Batch, FileRecord, Server, ServerRole
+from common.models import Batch, FileRecord, Server, ServerRole, UnchangedFile, run_records
 from common.settings import get_settings
 from common.smb.connection import SmbEndpoint, close_pool, open_tree
 from common.smb.fastpath import FastChannel
@@ -67,17 +67,37 @@ def _run(pairing_id: int, options: TransferOptions) -> tuple[int, list[list[str]
 
 def _carried(run_id: int) -> dict[str, tuple]:
     """{path: (size, last-write time, attributes, owner, hash algorithm, source hash)}."""
+    records = run_records(run_id).c
     with session_scope() as session:
         return {row[0]: tuple(row[1:]) for row in session.execute(select(
-            FileRecord.relative_path, FileRecord.size, FileRecord.last_write_time,
-            FileRecord.attributes, FileRecord.owner, FileRecord.hash_algorithm,
-            FileRecord.source_hash).where(FileRecord.run_id == run_id))}
+            records.relative_path, records.size, records.last_write_time, records.attributes,
+            records.owner, records.hash_algorithm, records.source_hash))}
+
+
+def _kinds(run_id: int) -> dict[str, bool]:
+    """{path: is a folder} of a run's records."""
+    records = run_records(run_id).c
+    with session_scope() as session:
+        return dict(session.execute(select(records.relative_path, records.is_dir)).all())
+
+
+def _referenced_runs(run_id: int) -> dict[str, int]:
+    """{path: run whose record it is} of the files run ``run_id`` recorded by reference."""
+    with session_scope() as session:
+        return dict(session.execute(select(FileRecord.relative_path, FileRecord.run_id).join(
+            UnchangedFile, UnchangedFile.record_id == FileRecord.id).where(UnchangedFile.run_id == run_id)).all())
+
+
+def _own_paths(run_id: int) -> set[str]:
+    """Paths of the records run ``run_id`` wrote itself."""
+    with session_scope() as session:
+        return set(session.scalars(select(FileRecord.relative_path).where(FileRecord.run_id == run_id)))
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_rerun_decides_unchanged_entries_in_the_planner(database, samba_factory, tmp_path, monkeypatch, request):
-    """On the embedded SQLite and on PostgreSQL (where unchanged paths travel as an array).
-    Tiny chunks, so that unchanged files are recorded in several transactions of the
+    """On the embedded SQLite and on PostgreSQL (where the references to unchanged files'
+    records go by COPY). Tiny chunks, so that unchanged files are recorded in several transactions of the
     recorder thread, folder records are flushed while the walk goes on, and waiting
     entries are looked at often."""
     settings = {"SMS_DATABASE_URL": request.getfixturevalue("fresh_postgres_url")} if database == "postgresql" else {}
@@ -112,6 +132,11 @@ def test_rerun_decides_unchanged_entries_in_the_planner(database, samba_factory,
         report = reconcile(session, second)
     assert record_states(second) == {path: ("skipped", None) for path in record_states(first)}
     assert _carried(second) == _carried(first)  # owner and hashes of the run that copied them
+    # The unchanged files are references to the first run's records, not copies of them;
+    # the folders are the second run's own records.
+    files = {path for path, is_dir in _kinds(first).items() if not is_dir}
+    assert _referenced_runs(second) == dict.fromkeys(files, first)
+    assert _own_paths(second) == set(record_states(first)) - files
     assert report.clean and report.shares[0].unchanged == report.shares[0].inventoried == len(record_states(first))
     assert unexplained_differences(src, dst, ignore_all_access_times=True) == []
 
@@ -135,6 +160,8 @@ def test_rerun_decides_unchanged_entries_in_the_planner(database, samba_factory,
     assert "b\\f2.txt" not in states
     assert all(states[path] == ("copied", None) for path in dispatched)
     assert all(state == ("skipped", None) for path, state in states.items() if path not in dispatched)
+    # A file unchanged twice refers to the record of the run that copied it, never to a reference.
+    assert _referenced_runs(third) == dict.fromkeys(files - set(changed_files) - {"b\\f2.txt"}, first)
     with session_scope() as session:
         assert reconcile(session, third).clean
     assert not (dst.shares["data"].path / "b" / "f2.txt").exists()

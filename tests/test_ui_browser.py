@@ -34,7 +34,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from common.db import session_scope
-from common.models import CutoverRun, FileRecord, FileState, Job, Pairing, RunState, Server, Share, TransferRun
+from common.models import (CutoverRun, FileRecord, FileState, Job, Pairing, RunState, Server, Share, TransferRun,
+                           run_records)
 from common.settings import get_settings
 from orchestrator.api import create_app
 from orchestrator.database import upgrade_to_head
@@ -143,11 +144,12 @@ def as_number(text: str) -> int:
 def database_reconciliation(run_id: int) -> dict[str, dict[str, int]]:
     """Per share, the counts the reconciliation must show, straight from the file records."""
     counts: dict[str, dict[str, int]] = {}
+    records = run_records(run_id).c
     with session_scope() as session:
         rows = session.execute(
-            select(Share.name, FileRecord.state, FileRecord.is_dir, func.count())
-            .join(Share, Share.id == FileRecord.share_id).where(FileRecord.run_id == run_id)
-            .group_by(Share.name, FileRecord.state, FileRecord.is_dir)).all()
+            select(Share.name, records.state, records.is_dir, func.count())
+            .join(Share, Share.id == records.share_id)
+            .group_by(Share.name, records.state, records.is_dir)).all()
     for share, state, is_dir, count in rows:
         entry = counts.setdefault(share, dict.fromkeys(
             ("files", "directories", "copied", "verified", "unchanged", "missing", "mismatched", "failed"), 0))

@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from common.crypto import encrypt_secret
 from common.db import dispose_engines, session_scope
-from common.models import FileRecord, Job, Server, ServerKind, ServerRole
+from common.models import Job, Server, ServerKind, ServerRole, run_records
 from common.settings import reset_settings_cache
 from tests.lab.compare import compare_trees
 from tests.lab.samba import MIGRATION_PASSWORD, MIGRATION_USER
@@ -60,10 +60,10 @@ def sms(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 def record_states(run_id: int) -> dict[str, tuple[str, str | None]]:
     """{relative path: (state, error code)} of every record of a run."""
+    records = run_records(run_id).c
     with session_scope() as session:
         return {path: (state.value, code) for path, state, code in session.execute(
-            select(FileRecord.relative_path, FileRecord.state, FileRecord.error_code)
-            .where(FileRecord.run_id == run_id))}
+            select(records.relative_path, records.state, records.error_code))}
 
 
 def unexplained_differences(source, destination, share: str = "data", *,

@@ -39,7 +39,7 @@ from typing import Any
 from sqlalchemy import and_, case, delete, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from common.db import after_commit, bulk_insert_file_records, insert_file_rows, session_scope
+from common.db import after_commit, bulk_insert_file_records, insert_rows, session_scope
 from common.models import (
     MAX_PATH_BYTES,
     PATH_TOO_LONG,
@@ -392,7 +392,7 @@ def apply_listings(session: Session, share_id: int, listings: Sequence[FolderLis
     for rows in (own_updates, updates):
         if rows:
             session.execute(update(FileRecord), rows)
-    insert_file_rows(session, _INSERTED_COLUMNS, inserts)
+    insert_rows(session, FileRecord.__table__, _INSERTED_COLUMNS, inserts)
     return follow
 
 

@@ -43,6 +43,7 @@ from common.models import (
     ServerKind,
     ServerRole,
     Share,
+    UnchangedFile,
 )
 from common.smb.rpc import LogonFailed, RpcError, SrvsvcClient
 from orchestrator.hosts.base import (
@@ -437,6 +438,10 @@ def store_shares(session: Session, server: Server, collected: Collected,
                      "its inventory records were removed",
                      job_id=server.job_id, server_id=server.id, level=EventLevel.WARNING,
                      detail={"share": name})
+        # Transfer runs' references to its records have no foreign key to cascade from
+        # (common.models.UnchangedFile).
+        session.execute(delete(UnchangedFile).where(UnchangedFile.record_id.in_(
+            select(FileRecord.id).where(FileRecord.share_id == share.id))))
         session.delete(share)
     session.flush()
     return kept

@@ -25,7 +25,7 @@ from typing import TextIO
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from common.models import FileRecord, FileState, Share
+from common.models import FileState, Share, run_records
 
 COLUMNS = ("share", "path", "type", "size", "attributes", "attribute_letters",
            "creation_time", "last_write_time", "last_access_time",
@@ -55,14 +55,14 @@ def attribute_letters(attributes: int) -> str:
 
 
 def _rows(session: Session, run_id: int, errors_only: bool) -> Iterator[list]:
-    query = (select(Share.name, FileRecord).join(Share, Share.id == FileRecord.share_id)
-             .where(FileRecord.run_id == run_id)
-             .order_by(Share.name, FileRecord.relative_path))
+    records = run_records(run_id)
+    query = (select(Share.name.label("share_name"), records).join(Share, Share.id == records.c.share_id)
+             .order_by(Share.name, records.c.relative_path))
     if errors_only:
-        query = query.where(FileRecord.state.in_(ERROR_STATES))
-    for share, record in session.execute(query.execution_options(yield_per=5000)):
+        query = query.where(records.c.state.in_(ERROR_STATES))
+    for record in session.execute(query.execution_options(yield_per=5000)):
         yield [
-            share, record.relative_path or "\\", "directory" if record.is_dir else "file",
+            record.share_name, record.relative_path or "\\", "directory" if record.is_dir else "file",
             record.size, f"0x{record.attributes:08X}", attribute_letters(record.attributes),
             filetime_iso(record.creation_time), filetime_iso(record.last_write_time),
             filetime_iso(record.last_access_time), record.creation_time or "",

@@ -26,9 +26,10 @@ A run of a pairing goes through these stages, all recorded in the job database:
    folders at the share root (``SYSTEM_FOLDERS``) are not walked unless the options say
    so. On a **re-run** (the pairing has an earlier finished run of the share) the
    destination is listed in a thread beside the source walk and both are compared with
-   that run's records (``_Baseline``): unchanged files are recorded ``skipped`` in bulk
-   and never dispatched, and folders nobody changed, in which nothing is written or
-   deleted, are recorded ``skipped`` too.
+   that run's records (``_Baseline``): unchanged files are recorded by reference to the
+   record that holds their details (``UnchangedFile``; read as ``skipped``) and never
+   dispatched, and folders nobody changed, in which nothing is written or deleted, are
+   recorded ``skipped``.
 3. **Wait** for every file batch to finish; meanwhile the lease reaper re-dispatches
    batches whose worker died or whose message was lost.
 4. **Mirror** (re-runs only): destination entries that the source no longer has are
@@ -69,13 +70,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, Text, any_, case, func, insert, literal, select, update
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import case, func, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from common.celery_app import create_celery_app
-from common.db import bulk_insert_file_records, session_scope
+from common.db import bulk_insert_file_records, insert_rows, session_scope
 from common.endpoints import server_endpoint
 from common.models import (
     MAX_PATH_BYTES,
@@ -94,7 +94,9 @@ from common.models import (
     Share,
     SidMap,
     TransferRun,
+    UnchangedFile,
     path_too_long,
+    run_records,
     utcnow,
 )
 from common.settings import get_settings
@@ -604,8 +606,9 @@ def _plan_share(context: _Context, target: _ShareTarget, source: Server, destina
     with session_scope() as session:
         planned = any(event.detail.get("share_id") == target.share_id for event in
                       run_events(session, context.run_id, context.job_id, (EVENT_SHARE_PLANNED,)))
-        first_walk = not session.scalar(select(func.count()).select_from(FileRecord).where(
-            FileRecord.run_id == context.run_id, FileRecord.share_id == target.share_id))
+        recorded = run_records(context.run_id)
+        first_walk = not session.scalar(select(func.count()).select_from(recorded).where(
+            recorded.c.share_id == target.share_id))
     if planned:
         with session_scope() as session:
             return _SharePlan(_is_first_run(session, context, target, exclude_run=False))
@@ -662,7 +665,7 @@ class _Baseline:
     ``previous``: the previous finished run's records of the share that arrived on the
     destination (copied, verified or unchanged), path -> (is_dir, size, creation,
     last-write, change time, attributes, hash algorithm, source hash, destination
-    hash). ``destination``: a listing of the destination share (PreExistingData and
+    hash, record id). ``destination``: a listing of the destination share (PreExistingData and
     system folders not entered), path -> DirEntry, the root under ''. Both are held in
     memory for the walk (roughly half a kilobyte per entry); each source entry takes its own
     out of both, so what is left of ``destination`` at the end is what the source no
@@ -712,14 +715,14 @@ class _Baseline:
         """Read the previous run's records, then list the destination (runs in a thread
         beside the source walk; ``tree`` is used by it alone meanwhile). Folders are
         marked listed as their listings end, so the walk compares what it can early."""
+        records = run_records(self.run_id).c
         with session_scope() as session:
             self.previous = {row[0]: tuple(row[1:]) for row in session.execute(select(
-                FileRecord.relative_path, FileRecord.is_dir, FileRecord.size,
-                FileRecord.creation_time, FileRecord.last_write_time, FileRecord.change_time,
-                FileRecord.attributes, FileRecord.hash_algorithm, FileRecord.source_hash,
-                FileRecord.destination_hash).where(
-                FileRecord.run_id == self.run_id, FileRecord.share_id == target.share_id,
-                FileRecord.state.in_(ARRIVED_STATES)))}
+                records.relative_path, records.is_dir, records.size, records.creation_time,
+                records.last_write_time, records.change_time, records.attributes,
+                records.hash_algorithm, records.source_hash, records.destination_hash,
+                records.id).where(
+                records.share_id == target.share_id, records.state.in_(ARRIVED_STATES)))}
         basic = md.stat(tree, "").basic
         self.destination[""] = DirEntry("", "", 0, 0, basic.creation_time, basic.last_access_time,
                                         basic.last_write_time, basic.change_time, basic.attributes, 0, 0)
@@ -743,9 +746,9 @@ class _Baseline:
         return self.complete or folder in self.listed
 
     def unchanged(self, path: str, is_dir: bool, size: int, last_write: int, change: int,
-                  attributes: int) -> tuple | None:
-        """The previous record of a source entry about to be recorded (a folder's size is
-        0) when neither side changed it since, else None."""
+                  attributes: int) -> int | None:
+        """The id of the record holding a source entry's details (a folder's size is 0)
+        when neither side changed the entry since the previous run, else None."""
         there = self.destination.pop(path, None)
         before = self.previous.pop(path, None)
         if there is not None and (there.is_dir and not there.is_reparse_point) != is_dir:
@@ -761,7 +764,7 @@ class _Baseline:
         if self.algorithm and not (before[6] == self.algorithm and before[7]
                                    and before[8] == before[7]):
             return None
-        return before
+        return before[9]
 
     def mirror(self, unlisted: list[str], options: TransferOptions) -> _MirrorWork:
         """What the mirror must delete: destination entries no source entry took, except
@@ -784,56 +787,39 @@ class _Baseline:
         return _MirrorWork(extras, self.errors)
 
 
-def _record_unchanged(session: Session, context: _Context, share_id: int, previous_run: int,
-                      paths: list[str]) -> None:
-    """Record ``paths`` unchanged (state skipped, no batch) in this run by copying their
-    records of ``previous_run`` inside the database (hashes and owner carried over),
-    which costs far less than sending every row again. The copies keep that run's
-    last-access and creation times: the comparison that found them unchanged does not
-    look at those two. On PostgreSQL the paths travel as one array parameter (no
-    statement with thousands of placeholders to build and parse)."""
-    columns = [column for column in FileRecord.__table__.c
-               if column.name not in ("id", "run_id", "batch_id", "state", "error_code", "error_message")]
-    table = FileRecord.__table__
-    postgresql = session.connection().dialect.name == "postgresql"
-    for start in range(0, len(paths), UNCHANGED_CHUNK):
-        chunk = paths[start:start + UNCHANGED_CHUNK]
-        wanted = (table.c.relative_path == any_(literal(chunk, ARRAY(Text))) if postgresql
-                  else table.c.relative_path.in_(chunk))
-        session.execute(insert(table).from_select(
-            [column.name for column in columns] + ["run_id", "state"],
-            select(*columns, literal(context.run_id, BigInteger),
-                   literal(FileState.SKIPPED, table.c.state.type)).where(
-                table.c.run_id == previous_run, table.c.share_id == share_id, wanted)))
+def _record_unchanged(session: Session, context: _Context, record_ids: list[int]) -> None:
+    """Record files unchanged in this run by reference to the records holding their details
+    (``UnchangedFile``: two integers per file, one COPY on PostgreSQL)."""
+    insert_rows(session, UnchangedFile.__table__, ("run_id", "record_id"),
+                [(context.run_id, record_id) for record_id in record_ids])
 
 
 class _UnchangedRecorder:
     """Records a re-run's unchanged files in a thread of its own while the walk goes on.
 
     Each ``record`` call is one transaction (``_record_unchanged`` plus the run's
-    totals) in the recorder's own session; the database does the copying while the
-    driver keeps walking and comparing. ``wait`` returns when everything handed over is
+    totals) in the recorder's own session, written while the driver keeps walking and
+    comparing. ``wait`` returns when everything handed over is
     committed and raises the first error any of it met.
     """
 
-    def __init__(self, context: _Context, share_id: int, previous_run: int):
+    def __init__(self, context: _Context):
         self.context = context
-        self.share_id = share_id
-        self.previous_run = previous_run
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sms-unchanged")
         self._pending: list[Future] = []
 
-    def record(self, files: list[tuple[str, int]]) -> None:
-        """Hand over source files found unchanged, as (path, size)."""
-        paths = [path for path, _size in files]
-        size = sum(size for _path, size in files)
-        self._pending.append(self._executor.submit(self._store, paths, size))
+    def record(self, files: list[tuple[int, int]]) -> None:
+        """Hand over source files found unchanged, as (id of the record holding their
+        details, size)."""
+        record_ids = [record_id for record_id, _size in files]
+        size = sum(size for _record_id, size in files)
+        self._pending.append(self._executor.submit(self._store, record_ids, size))
 
-    def _store(self, paths: list[str], size: int) -> None:
+    def _store(self, record_ids: list[int], size: int) -> None:
         with session_scope() as session:
-            _record_unchanged(session, self.context, self.share_id, self.previous_run, paths)
+            _record_unchanged(session, self.context, record_ids)
             session.execute(update(TransferRun).where(TransferRun.id == self.context.run_id).values(
-                files_total=TransferRun.files_total + len(paths),
+                files_total=TransferRun.files_total + len(record_ids),
                 bytes_total=TransferRun.bytes_total + size))
 
     def wait(self) -> None:
@@ -918,10 +904,11 @@ def _source_entries(context: _Context, channel: FastChannel, errors: list[WalkEr
 
 def _already_recorded(session: Session, context: _Context, share_id: int, paths: list[str]) -> set[str]:
     found: set[str] = set()
+    records = run_records(context.run_id).c
     for start in range(0, len(paths), MIRROR_LOOKUP_CHUNK):
-        found.update(session.scalars(select(FileRecord.relative_path).where(
-            FileRecord.run_id == context.run_id, FileRecord.share_id == share_id,
-            FileRecord.relative_path.in_(paths[start:start + MIRROR_LOOKUP_CHUNK]))))
+        found.update(session.scalars(select(records.relative_path).where(
+            records.share_id == share_id,
+            records.relative_path.in_(paths[start:start + MIRROR_LOOKUP_CHUNK]))))
     return found
 
 
@@ -965,12 +952,12 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
     """
     settings = get_settings()
     files: list[dict[str, Any]] = []
-    unchanged: list[tuple[str, int]] = []  # (path, size) of unchanged files not handed over yet
+    unchanged: list[tuple[int, int]] = []  # (record id, size) of unchanged files not handed over yet
     root = _root_record(context, target.share_id, tree)
     directories: list[dict[str, Any]] = [root]
     pending_bytes = 0
     batches = 0
-    recorder = None if baseline is None else _UnchangedRecorder(context, target.share_id, baseline.run_id)
+    recorder = None if baseline is None else _UnchangedRecorder(context)
     waiting: dict[str, list[DirEntry]] = {}  # walked before their folder could be compared, by folder
     clean_directories: set[str] = set()
     touched: set[str] = set()  # folders in which something is written or deleted
@@ -1040,9 +1027,10 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
                 with session_scope() as session:
                     flush_directories(session)
             return
-        if baseline is not None and baseline.unchanged(entry.path, False, entry.size, entry.last_write_time,
-                                                       entry.change_time, entry.attributes) is not None:
-            unchanged.append((entry.path, entry.size))
+        record_id = None if baseline is None else baseline.unchanged(
+            entry.path, False, entry.size, entry.last_write_time, entry.change_time, entry.attributes)
+        if record_id is not None:
+            unchanged.append((record_id, entry.size))
             if len(unchanged) >= UNCHANGED_CHUNK:
                 with session_scope() as session:
                     _check_cancelled(session, context.run_id)
@@ -1220,10 +1208,11 @@ def _mirror_share(context: _Context, target: _ShareTarget, destination: Server,
     def resolve() -> None:
         if not pending:
             return
+        records = run_records(context.run_id).c
         with session_scope() as session:
-            known = dict(session.execute(select(FileRecord.relative_path, FileRecord.is_dir).where(
-                FileRecord.run_id == context.run_id, FileRecord.share_id == target.share_id,
-                FileRecord.relative_path.in_([entry.path for entry in pending]))).all())
+            known = dict(session.execute(select(records.relative_path, records.is_dir).where(
+                records.share_id == target.share_id,
+                records.relative_path.in_([entry.path for entry in pending]))).all())
         for entry in pending:
             is_dir = entry.is_dir and not entry.is_reparse_point
             if known.get(entry.path) is None or known[entry.path] != is_dir:
@@ -1374,11 +1363,10 @@ def _copy_directories(context: _Context, target: _ShareTarget, publish: Publishe
 
 def _finish(context: _Context) -> RunState:
     with session_scope() as session:
+        records = run_records(context.run_id).c
         rows = session.execute(
-            select(FileRecord.state, FileRecord.is_dir, func.count(),
-                   func.coalesce(func.sum(FileRecord.size), 0))
-            .where(FileRecord.run_id == context.run_id)
-            .group_by(FileRecord.state, FileRecord.is_dir)).all()
+            select(records.state, records.is_dir, func.count(), func.coalesce(func.sum(records.size), 0))
+            .group_by(records.state, records.is_dir)).all()
         files: dict[FileState, int] = {}
         bytes_by_state: dict[FileState, int] = {}
         problems = 0

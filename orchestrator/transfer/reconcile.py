@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from common.models import FileRecord, FileState, RunState, Share, TransferRun
+from common.models import FileState, RunState, Share, TransferRun, run_records
 from orchestrator.transfer.planning import (
     EVENT_MAX_DURATION,
     EVENT_MIRROR_ERROR,
@@ -96,14 +96,14 @@ def reconcile(session: Session, run_id: int) -> RunReconciliation:
     run = session.get(TransferRun, run_id)
     if run is None:
         raise LookupError(f"no transfer run {run_id}")
-    names = dict(session.execute(select(Share.id, Share.name).where(
-        Share.id.in_(select(FileRecord.share_id).where(FileRecord.run_id == run_id).distinct()))).all())
-    shares = {share_id: ShareReconciliation(name) for share_id, name in names.items()}
+    records = run_records(run_id).c
     rows = session.execute(
-        select(FileRecord.share_id, FileRecord.state, FileRecord.is_dir, func.count(),
-               func.coalesce(func.sum(FileRecord.size), 0))
-        .where(FileRecord.run_id == run_id)
-        .group_by(FileRecord.share_id, FileRecord.state, FileRecord.is_dir)).all()
+        select(records.share_id, records.state, records.is_dir, func.count(),
+               func.coalesce(func.sum(records.size), 0))
+        .group_by(records.share_id, records.state, records.is_dir)).all()
+    names = dict(session.execute(select(Share.id, Share.name).where(
+        Share.id.in_({share_id for share_id, *_rest in rows}))).all())
+    shares = {share_id: ShareReconciliation(name) for share_id, name in names.items()}
     for share_id, state, is_dir, count, size in rows:
         report = shares[share_id]
         size = int(size)
