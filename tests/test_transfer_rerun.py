@@ -167,6 +167,14 @@ def test_rerun_decides_unchanged_entries_in_the_planner(database, samba_factory,
     assert not (dst.shares["data"].path / "b" / "f2.txt").exists()
     assert unexplained_differences(src, dst, ignore_all_access_times=True) == []
 
+    # A verifying run takes as unchanged only files whose record holds a verified hash of its
+    # algorithm: none does (no run so far verified), so the planner dispatches every file.
+    fourth, batches = _run(pairing_id, TransferOptions(retries=0, checksum="fast"))
+    assert {path for batch in batches for path in batch} >= {
+        path for path, is_dir in _kinds(third).items() if not is_dir}
+    with session_scope() as session:
+        assert reconcile(session, fourth).clean
+
 
 def test_the_pipelined_walk_lists_what_the_share_walker_lists(samba_factory):
     src = samba_factory("walk")

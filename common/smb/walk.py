@@ -63,13 +63,15 @@ _LONGEST_ENTRY = 80 + 510 + 8
 _SHARE_ALL = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DirEntry:
     """One file or directory as QUERY_DIRECTORY reported it.
 
     ``path`` is relative to the share root, with backslashes (``dir\\sub\\file.txt``).
     Times are raw FILETIME integers (100 ns ticks since 1601-01-01 UTC).
     ``ea_size`` holds the reparse tag instead when the entry is a reparse point.
+    Not frozen: a walk builds one per entry, and a frozen dataclass costs five times as
+    much to build (a re-run builds 40,000 for a share of 20,000 files).
     """
 
     name: str

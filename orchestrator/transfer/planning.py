@@ -63,19 +63,23 @@ before the transaction that wrote it has committed, and never import proxy_worke
 from __future__ import annotations
 
 import dataclasses
+import functools
+import gc
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import and_, case, exists, func, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from common.celery_app import create_celery_app
-from common.db import bulk_insert_file_records, insert_rows, session_scope
+from common.db import after_commit, bulk_insert_file_records, insert_rows, session_scope
 from common.endpoints import server_endpoint
 from common.models import (
     MAX_PATH_BYTES,
@@ -101,7 +105,7 @@ from common.models import (
 )
 from common.settings import get_settings
 from common.smb import metadata as md
-from common.smb.connection import SmbTree, open_tree
+from common.smb.connection import SmbEndpoint, SmbTree, open_tree
 from common.smb.copy import COMPARED_ATTRIBUTES
 from common.smb.errors import SmbError, SmbFileError
 from common.smb.fastpath import FastChannel
@@ -139,7 +143,10 @@ MIRROR_LOOKUP_CHUNK = 500
 # How many source entries a re-run walks between looks for waiting folders it can now compare.
 COMPARE_CHECK_EVERY = 256
 # Unchanged files a re-run's planner hands to its recorder thread at once.
-UNCHANGED_CHUNK = 2000
+UNCHANGED_CHUNK = 5000
+# Objects allocated between two collections of Python's youngest generation while a share
+# is walked (Python's default: 700).
+WALK_GC_THRESHOLD = 20_000
 REAP_INTERVAL = 10.0
 # How long the driver waits out an unreachable job database before the run fails.
 DATABASE_OUTAGE_GRACE = 120.0
@@ -604,20 +611,16 @@ def _plan_share(context: _Context, target: _ShareTarget, source: Server, destina
     A share this run already walked to the end (resumed run) is not walked again.
     """
     with session_scope() as session:
-        planned = any(event.detail.get("share_id") == target.share_id for event in
-                      run_events(session, context.run_id, context.job_id, (EVENT_SHARE_PLANNED,)))
-        recorded = run_records(context.run_id)
-        first_walk = not session.scalar(select(func.count()).select_from(recorded).where(
-            recorded.c.share_id == target.share_id))
-    if planned:
-        with session_scope() as session:
+        if any(event.detail.get("share_id") == target.share_id for event in
+               run_events(session, context.run_id, context.job_id, (EVENT_SHARE_PLANNED,))):
             return _SharePlan(_is_first_run(session, context, target, exclude_run=False))
-    destination_tree = open_tree(server_endpoint(destination, target.destination_share))
-    try:
-        with session_scope() as session:
-            first = _is_first_run(session, context, target, exclude_run=True)
-            handled = not _is_first_run(session, context, target) and first
-            previous_run = None if first or not first_walk else _previous_run(session, context, target)
+        first_walk = not session.scalar(select(exists().where(
+            FileRecord.run_id == context.run_id, FileRecord.share_id == target.share_id)))
+        first = _is_first_run(session, context, target, exclude_run=True)
+        handled = not _is_first_run(session, context, target) and first
+        previous_run = None if first or not first_walk else _previous_run(session, context, target)
+    with _open_trees(server_endpoint(source, target.name),
+                     server_endpoint(destination, target.destination_share)) as (source_tree, destination_tree):
         if first and not handled:
             moved = dest_ops.move_into_pre_existing_data(destination_tree)
             with session_scope() as session:
@@ -629,24 +632,50 @@ def _plan_share(context: _Context, target: _ShareTarget, source: Server, destina
             if moved:
                 say(f"{target.name}: {len(moved)} pre-existing entries moved into "
                     f"{dest_ops.PRE_EXISTING_DATA}")
-        source_tree = open_tree(server_endpoint(source, target.name))
-        try:
-            with ThreadPoolExecutor(1, thread_name_prefix="sms-baseline") as executor:
-                baseline = None
-                if previous_run is not None:
-                    baseline = _Baseline(previous_run, context.options.algorithm if context.options.verify else None)
-                    baseline.start(executor, context, target, destination_tree)
+        with ThreadPoolExecutor(2, thread_name_prefix="sms-baseline") as executor:
+            baseline = None
+            if previous_run is not None:
+                baseline = _Baseline(previous_run, context.options.algorithm if context.options.verify else None)
+                baseline.start(executor, context, target, destination_tree)
+            with _fewer_collections():
                 mirror = _walk_and_dispatch(context, target, source_tree, publish, say,
                                             resuming=not first_walk, baseline=baseline)
-        finally:
-            source_tree.close()
-    finally:
-        destination_tree.close()
     with session_scope() as session:
         run = session.get(TransferRun, context.run_id)
         _event(session, run, EVENT_SHARE_PLANNED, f"{target.name}: walked and dispatched",
                share=target.name, share_id=target.share_id)
     return _SharePlan(first, mirror)
+
+
+@contextmanager
+def _open_trees(*endpoints: SmbEndpoint) -> Iterator[list[SmbTree]]:
+    """Connect to the shares at ``endpoints`` at once (each connection is several round
+    trips) and close them all at the end. When one cannot be reached, the others are
+    closed and its error raised, before anything is done on any of them."""
+    with ThreadPoolExecutor(len(endpoints), thread_name_prefix="sms-connect") as executor:
+        opening = [executor.submit(open_tree, endpoint) for endpoint in endpoints]
+    trees = [future.result() for future in opening if future.exception() is None]
+    try:
+        for future in opening:
+            future.result()
+        yield trees
+    finally:
+        for tree in trees:
+            tree.close()
+
+
+@contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """Python's cyclic garbage collector runs less often inside: a walk makes tens of
+    thousands of objects that live until it ends (the listings, the baseline), and every
+    full collection goes through all of them (0.1 s in every other re-run of 20,000 files
+    with Python's default thresholds). Cycles are still collected."""
+    before = gc.get_threshold()
+    gc.set_threshold(WALK_GC_THRESHOLD, *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
 
 
 def _previous_run(session: Session, context: _Context, target: _ShareTarget) -> int | None:
@@ -663,9 +692,9 @@ class _Baseline:
     """What a re-run compares its source walk with, to decide unchanged entries itself.
 
     ``previous``: the previous finished run's records of the share that arrived on the
-    destination (copied, verified or unchanged), path -> (is_dir, size, creation,
-    last-write, change time, attributes, hash algorithm, source hash, destination
-    hash, record id). ``destination``: a listing of the destination share (PreExistingData and
+    destination (copied, verified or unchanged), path -> (is_dir, size, last-write
+    time, change time, attributes, record id[, whether it holds a verified hash of the
+    run's algorithm, when the run verifies]). ``destination``: a listing of the destination share (PreExistingData and
     system folders not entered), path -> DirEntry, the root under ''. Both are held in
     memory for the walk (roughly half a kilobyte per entry); each source entry takes its own
     out of both, so what is left of ``destination`` at the end is what the source no
@@ -690,39 +719,49 @@ class _Baseline:
         self.destination: dict[str, DirEntry] = {}
         self.errors: list[WalkError] = []
         self.replaced: list[DirEntry] = []  # destination entries of the other type
-        # Destination folders listed to the end (their entries are all in ``destination``;
-        # the listing starts once the previous records are loaded); everything, once
-        # ``complete``.
+        # Destination folders listed to the end (their entries are all in ``destination``);
+        # everything, once ``complete``.
         self.listed: set[str] = set()
         self.complete = False
+        self.loaded = False  # ``previous`` holds the previous run's records
+        self.loading: Future | None = None
         self.filled: Future | None = None
 
     def start(self, executor: ThreadPoolExecutor, context: _Context, target: _ShareTarget,
               tree: SmbTree) -> None:
-        """Begin ``fill`` in ``executor``'s thread."""
-        self.filled = executor.submit(self.fill, context, target, tree)
+        """Begin ``load`` and ``fill`` at once in two of ``executor``'s threads."""
+        self.loading = executor.submit(self.load, target)
+        self.filled = executor.submit(self.fill, context, tree)
 
     def check(self) -> None:
-        """Re-raise what stopped the filling thread, if it has failed."""
-        if self.filled.done():
-            self.filled.result()
+        """Re-raise what stopped a filling thread, if one has failed."""
+        for future in (self.loading, self.filled):
+            if future.done():
+                future.result()
 
     def wait(self) -> None:
-        """Block until the filling has ended; re-raise its failure."""
+        """Block until the loading and the listing have ended; re-raise their failure."""
+        self.loading.result()
         self.filled.result()
 
-    def fill(self, context: _Context, target: _ShareTarget, tree: SmbTree) -> None:
-        """Read the previous run's records, then list the destination (runs in a thread
-        beside the source walk; ``tree`` is used by it alone meanwhile). Folders are
-        marked listed as their listings end, so the walk compares what it can early."""
+    def load(self, target: _ShareTarget) -> None:
+        """Read the previous run's records of the share (in a thread of its own, beside the
+        destination's listing: most of it is the database's time)."""
         records = run_records(self.run_id).c
+        columns = [records.relative_path, records.is_dir, records.size, records.last_write_time,
+                   records.change_time, records.attributes, records.id]
+        if self.algorithm:
+            columns.append(and_(records.hash_algorithm == self.algorithm, records.source_hash.is_not(None),
+                                records.destination_hash == records.source_hash))
         with session_scope() as session:
-            self.previous = {row[0]: tuple(row[1:]) for row in session.execute(select(
-                records.relative_path, records.is_dir, records.size, records.creation_time,
-                records.last_write_time, records.change_time, records.attributes,
-                records.hash_algorithm, records.source_hash, records.destination_hash,
-                records.id).where(
+            self.previous = {row[0]: tuple(row[1:]) for row in session.execute(select(*columns).where(
                 records.share_id == target.share_id, records.state.in_(ARRIVED_STATES)))}
+        self.loaded = True
+
+    def fill(self, context: _Context, tree: SmbTree) -> None:
+        """List the destination (in a thread beside the source walk; ``tree`` is used by it
+        alone meanwhile). Folders are marked listed as their listings end, so the walk
+        compares what it can early."""
         basic = md.stat(tree, "").basic
         self.destination[""] = DirEntry("", "", 0, 0, basic.creation_time, basic.last_access_time,
                                         basic.last_write_time, basic.change_time, basic.attributes, 0, 0)
@@ -733,7 +772,8 @@ class _Baseline:
             listed=self.listed.add)
         try:
             for entry in walker:
-                if not dest_ops.is_protected(entry.path):
+                # Only the root's entries can be protected: protected folders are not entered.
+                if "\\" in entry.path or not dest_ops.is_protected(entry.path):
                     self.destination[entry.path] = entry
         finally:
             channel.release()
@@ -741,9 +781,10 @@ class _Baseline:
             self.complete = True
 
     def ready(self, folder: str) -> bool:
-        """True when the source entries of ``folder`` can be compared: the destination's
-        listing of that folder has ended (or the whole listing has)."""
-        return self.complete or folder in self.listed
+        """True when the source entries of ``folder`` can be compared: the previous records
+        are loaded and the destination's listing of that folder has ended (or the whole
+        listing has)."""
+        return self.loaded and (self.complete or folder in self.listed)
 
     def unchanged(self, path: str, is_dir: bool, size: int, last_write: int, change: int,
                   attributes: int) -> int | None:
@@ -754,17 +795,15 @@ class _Baseline:
         if there is not None and (there.is_dir and not there.is_reparse_point) != is_dir:
             self.replaced.append(there)
             return None
-        if before is None or there is None or before[0] != is_dir:
-            return None
-        if (before[1], before[3], before[4], before[5]) != (size, last_write, change, attributes):
+        if before is None or there is None \
+                or before[:5] != (is_dir, size, last_write, change, attributes):
             return None
         if there.attributes & COMPARED_ATTRIBUTES != attributes & COMPARED_ATTRIBUTES \
                 or there.last_write_time != last_write or there.size != size:
             return None
-        if self.algorithm and not (before[6] == self.algorithm and before[7]
-                                   and before[8] == before[7]):
+        if self.algorithm and not before[6]:
             return None
-        return before[9]
+        return before[5]
 
     def mirror(self, unlisted: list[str], options: TransferOptions) -> _MirrorWork:
         """What the mirror must delete: destination entries no source entry took, except
@@ -890,7 +929,7 @@ def _source_entries(context: _Context, channel: FastChannel, errors: list[WalkEr
         return "\\" not in entry.path and context.options.is_system_folder(entry.path)
 
     walker = PipelinedWalker(channel, "", depth=WALK_DEPTH,
-                             enter=lambda entry: not top_system_folder(entry) and not path_too_long(entry.path))
+                             enter=lambda entry: not top_system_folder(entry) and _refusal(entry) is None)
     try:
         for entry in walker:
             if top_system_folder(entry):
@@ -912,11 +951,24 @@ def _already_recorded(session: Session, context: _Context, share_id: int, paths:
     return found
 
 
-def _refusal(path: str) -> WalkError | None:
+# A name that needs no closer look: no separator, colon, NUL or UTF-16 surrogate ('.' and
+# '..' are looked at apart).
+_PLAIN_NAME = re.compile("[^\\\\/:\x00\ud800-\udfff]+")
+
+
+def _refusal(entry: DirEntry) -> WalkError | None:
     """A walk error for an entry that must not be transferred: a path that could leave the
     destination's root (common.smb.paths), a name the job database cannot store (an
     unpaired UTF-16 surrogate; the error names it as an ASCII escape), or a path longer
-    than a file record holds (common.models.MAX_PATH_BYTES). None otherwise."""
+    than a file record holds (common.models.MAX_PATH_BYTES). None otherwise.
+
+    The walk does not enter a refused folder, so the path of an entry it yields is safe
+    up to the entry's own name: a plain name (``_PLAIN_NAME``) and a short enough path
+    need nothing more, which keeps this cheap for the millions of ordinary entries.
+    """
+    name, path = entry.name, entry.path
+    if _PLAIN_NAME.fullmatch(name) and name != "." and name != ".." and not path_too_long(path):
+        return None
     try:
         safe_relative_path(path)
         path.encode("utf-8")
@@ -976,7 +1028,9 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
                 bulk_insert_file_records(session, rows)
             directories.clear()
         if unchanged:
-            recorder.record(unchanged[:])
+            # Handed over once the folders (the share root first of all) are committed: a
+            # share with references in this run always has records of its own.
+            after_commit(session, functools.partial(recorder.record, unchanged[:]))
             unchanged.clear()
 
     def flush_batch() -> None:
@@ -1014,7 +1068,7 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
 
     def take(entry: DirEntry) -> None:
         nonlocal pending_bytes
-        refusal = _refusal(entry.path)
+        refusal = _refusal(entry)
         if refusal is not None:
             walk_errors.append(refusal)
             return
