@@ -19,7 +19,10 @@ and a 3-second pause, so that no run pays for the previous copy's writeback. Par
     ``common.smb.copy.copy_batch`` over the same batches in N spawned processes, then the
     folders; the same copy options as the workers use). files/s, MB/s, the ratio to
     rclone and the orchestration overhead (time through the orchestrator / bare time - 1;
-    target at most 10 %).
+    target at most 10 %). ``--rounds N`` repeats both N times per process count, in turn
+    (each orchestrator round a first run of a new pairing into the emptied share) and
+    compares medians: single copies of the large files move by tens of percent with the
+    disk's writeback.
 ``rerun``
     The small dataset again with nothing changed: runs of the last orchestrator pairing
     (the most processes) and ``rclone copy`` into its existing copy, in turn,
@@ -318,6 +321,15 @@ def check_copy(endpoint: SmbEndpoint, root: str, expected: tuple[int, int]) -> s
     return "" if got == expected else f"; MISMATCH {got} != {expected}"
 
 
+def empty_directory(path: Path) -> None:
+    """Remove everything inside ``path`` (a destination share between two rounds)."""
+    for child in path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
 def set_batch_files(value: int | None) -> None:
     """Make ``value`` (None: the product's default) the planner's batch_max_files."""
     if value:
@@ -347,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checksum", default="none", help="transfer checksum option: none|fast|sha256")
     parser.add_argument("--transfers", type=int, default=16, help="rclone --transfers/--checkers")
     parser.add_argument("--stages", action="store_true", help="print each orchestrator run's stages, timed")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="copies of each dataset per process count, the orchestrator's and the "
+                             "bare engine's in turn (medians compared)")
     parser.add_argument("--rerun-rounds", type=int, default=3,
                         help="re-runs with nothing changed, ours and rclone's in turn (medians compared)")
     parser.add_argument("--workdir", type=Path, default=None, help="where servers keep files")
@@ -435,16 +450,22 @@ def main(argv: list[str] | None = None) -> int:
                     seconds = run_rclone(env, name, f"data/rclone/{name}", args.transfers)
                     note = check_copy(endpoint(destination.address, "data"), f"rclone\\{name}", (files, total))
                     record(Figure("rclone", name, args.transfers, files, total, seconds, load, note))
-                for count in (counts if "datasets" in parts else counts[-1:]):
-                    destination_id = lab.server(f"d-{name}-{count}", ServerRole.DESTINATION,
-                                                destination.address)
+                rounds = args.rounds if "datasets" in parts else 1
+                for count, round_ in [(count, round_) for count in (counts if "datasets" in parts else counts[-1:])
+                                      for round_ in range(rounds)]:
+                    # Each round a new destination server and pairing (a first run), into the
+                    # emptied share.
+                    server_name = f"d-{name}-{count}" + (f"-r{round_}" if round_ else "")
+                    empty_directory(destination.shares[f"{name}{count}"].path)
+                    destination_id = lab.server(server_name, ServerRole.DESTINATION, destination.address)
                     pairing_id = lab.pairing(source_id, destination_id, name)
-                    worker = start_proxy_worker(f"d-{name}-{count}", count, workdir / "logs")
+                    worker = start_proxy_worker(server_name, count, workdir / "logs")
                     workers.append(worker)
                     orchestrated("orchestrator", pairing_id, name, count, files, total)
-                    last_pairing[name] = (pairing_id, count, worker)
+                    last_pairing[name] = (pairing_id, count, server_name, worker)
                     if "datasets" in parts and "bare" in tools:
                         worker.stop()
+                        shutil.rmtree(destination.shares["data"].path / f"bare{count}-{name}", ignore_errors=True)
                         pool = multiprocessing.get_context("spawn").Pool(count)
                         pools.append(pool)
                         pool.map(_warm, range(count))
@@ -462,13 +483,13 @@ def main(argv: list[str] | None = None) -> int:
                     if name == "large":  # room on disk; the copies were checked
                         shutil.rmtree(destination.shares[f"{name}{count}"].path / "large", ignore_errors=True)
                 if name == "small" and "rerun" in parts:
-                    pairing_id, count, worker = last_pairing[name]
+                    pairing_id, count, server_name, worker = last_pairing[name]
                     if "rclone" in tools and "datasets" not in parts:
                         load = settle()
                         seconds = run_rclone(env, name, f"data/rclone/{name}", args.transfers)
                         record(Figure("rclone", name, args.transfers, files, total, seconds, load, "; first copy"))
                     if worker.process.poll() is not None:
-                        worker = start_proxy_worker(f"d-{name}-{count}", count, workdir / "logs")
+                        worker = start_proxy_worker(server_name, count, workdir / "logs")
                         workers.append(worker)
                     for _round in range(args.rerun_rounds):
                         orchestrated("orchestrator re-run", pairing_id, name, count, files, total)
@@ -534,18 +555,22 @@ def print_summary(figures: list[Figure]) -> None:
         print(f"{f.tool:20} {f.dataset:8} {f.processes:4d} {f.files:6d} {f.bytes / 1e6:8.1f} "
               f"{f.seconds:8.2f} {f.files_per_second:8.1f} {f.megabytes_per_second:7.1f}  {f.load:15} "
               f"{f.note.lstrip('; ')}")
-    find = {(f.tool, f.dataset, f.processes): f for f in figures}
-    by_tool = {(f.tool, f.dataset): f for f in figures}
+    runs: dict[tuple[str, str, int], list[float]] = {}
     for f in figures:
-        if f.tool != "orchestrator" or f.dataset == "slowset":
+        runs.setdefault((f.tool, f.dataset, f.processes), []).append(f.seconds)
+    median = {key: statistics.median(seconds) for key, seconds in runs.items()}
+    by_tool = {(f.tool, f.dataset): f for f in figures}
+    for (tool, dataset, processes), ours in median.items():
+        if tool != "orchestrator" or dataset == "slowset":
             continue
-        rclone, bare = by_tool.get(("rclone", f.dataset)), find.get(("bare", f.dataset, f.processes))
-        parts = [f"{f.dataset} p={f.processes}:"]
+        rclone, bare = by_tool.get(("rclone", dataset)), median.get(("bare", dataset, processes))
+        parts = [f"{dataset} p={processes}" + (f" (medians of {len(runs[tool, dataset, processes])})"
+                                                if len(runs[tool, dataset, processes]) > 1 else "") + ":"]
         if rclone:
-            parts.append(f"orchestrator/rclone {rclone.seconds / f.seconds:.2f}x")
+            parts.append(f"orchestrator/rclone {rclone.seconds / ours:.2f}x")
         if bare:
-            parts.append(f"bare/rclone {rclone.seconds / bare.seconds:.2f}x" if rclone else "")
-            parts.append(f"orchestration overhead {100 * (f.seconds / bare.seconds - 1):+.1f} % (target <= 10 %)")
+            parts.append(f"bare/rclone {rclone.seconds / bare:.2f}x" if rclone else "")
+            parts.append(f"orchestration overhead {100 * (ours / bare - 1):+.1f} % (target <= 10 %)")
         print(" ".join(p for p in parts if p))
     ours = [f.seconds for f in figures if (f.tool, f.dataset) == ("orchestrator re-run", "small")]
     theirs = [f.seconds for f in figures if (f.tool, f.dataset) == ("rclone re-run", "small")]
