@@ -619,8 +619,9 @@ def _plan_share(context: _Context, target: _ShareTarget, source: Server, destina
         first = _is_first_run(session, context, target, exclude_run=True)
         handled = not _is_first_run(session, context, target) and first
         previous_run = None if first or not first_walk else _previous_run(session, context, target)
-    with _open_trees(server_endpoint(source, target.name),
-                     server_endpoint(destination, target.destination_share)) as (source_tree, destination_tree):
+    source_endpoint = server_endpoint(source, target.name)
+    destination_endpoint = server_endpoint(destination, target.destination_share)
+    with _open_trees(source_endpoint, destination_endpoint) as (source_tree, destination_tree):
         if first and not handled:
             moved = dest_ops.move_into_pre_existing_data(destination_tree)
             with session_scope() as session:
@@ -694,8 +695,9 @@ class _Baseline:
     ``previous``: the previous finished run's records of the share that arrived on the
     destination (copied, verified or unchanged), path -> (is_dir, size, last-write
     time, change time, attributes, record id[, whether it holds a verified hash of the
-    run's algorithm, when the run verifies]). ``destination``: a listing of the destination share (PreExistingData and
-    system folders not entered), path -> DirEntry, the root under ''. Both are held in
+    run's algorithm, when the run verifies]). ``destination``: a listing of the
+    destination share (PreExistingData and system folders not entered), path ->
+    DirEntry, the root under ''. Both are held in
     memory for the walk (roughly half a kilobyte per entry); each source entry takes its own
     out of both, so what is left of ``destination`` at the end is what the source no
     longer has.
@@ -826,19 +828,13 @@ class _Baseline:
         return _MirrorWork(extras, self.errors)
 
 
-def _record_unchanged(session: Session, context: _Context, record_ids: list[int]) -> None:
-    """Record files unchanged in this run by reference to the records holding their details
-    (``UnchangedFile``: two integers per file, one COPY on PostgreSQL)."""
-    insert_rows(session, UnchangedFile.__table__, ("run_id", "record_id"),
-                [(context.run_id, record_id) for record_id in record_ids])
-
-
 class _UnchangedRecorder:
     """Records a re-run's unchanged files in a thread of its own while the walk goes on.
 
-    Each ``record`` call is one transaction (``_record_unchanged`` plus the run's
-    totals) in the recorder's own session, written while the driver keeps walking and
-    comparing. ``wait`` returns when everything handed over is
+    Each ``record`` call is one transaction in the recorder's own session: the files
+    recorded by reference to the records holding their details (``UnchangedFile``, two
+    integers per file, one COPY on PostgreSQL) and the run's totals, written while the
+    driver keeps walking and comparing. ``wait`` returns when everything handed over is
     committed and raises the first error any of it met.
     """
 
@@ -856,7 +852,8 @@ class _UnchangedRecorder:
 
     def _store(self, record_ids: list[int], size: int) -> None:
         with session_scope() as session:
-            _record_unchanged(session, self.context, record_ids)
+            insert_rows(session, UnchangedFile.__table__, ("run_id", "record_id"),
+                        [(self.context.run_id, record_id) for record_id in record_ids])
             session.execute(update(TransferRun).where(TransferRun.id == self.context.run_id).values(
                 files_total=TransferRun.files_total + len(record_ids),
                 bytes_total=TransferRun.bytes_total + size))
