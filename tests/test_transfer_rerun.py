@@ -168,12 +168,17 @@ def test_rerun_decides_unchanged_entries_in_the_planner(database, samba_factory,
     assert unexplained_differences(src, dst, ignore_all_access_times=True) == []
 
     # A verifying run takes as unchanged only files whose record holds a verified hash of its
-    # algorithm: none does (no run so far verified), so the planner dispatches every file.
-    fourth, batches = _run(pairing_id, TransferOptions(retries=0, checksum="fast"))
+    # algorithm: none does (no run so far verified), so the planner dispatches every file;
+    # the workers re-hash each destination file, find it equal and record the hash. The
+    # next verifying run then finds everything unchanged, folders included (no hash).
+    verifying = TransferOptions(retries=0, checksum="fast")
+    fourth, batches = _run(pairing_id, verifying)
     assert {path for batch in batches for path in batch} >= {
         path for path, is_dir in _kinds(third).items() if not is_dir}
     with session_scope() as session:
         assert reconcile(session, fourth).clean
+    fifth, batches = _run(pairing_id, verifying)
+    assert batches == [] and set(record_states(fifth).values()) == {("skipped", None)}
 
 
 def test_the_pipelined_walk_lists_what_the_share_walker_lists(samba_factory):

@@ -708,7 +708,7 @@ class _Baseline:
     still has what the copy engine would skip (size, last-write time and the compared
     attributes; for a folder, a last-write time still equal to the source's also means
     nobody added, removed or renamed anything in it). With a verifying checksum the
-    previous record must also hold a verified hash of the same algorithm. Creation
+    previous record of a file must also hold a verified hash of the same algorithm. Creation
     times are not compared: for a file made on the server's disk (no stored creation
     time) Samba reports the earliest of its other times, which the first read moves
     (relatime); setting a creation time on purpose moves the change time anyway.
@@ -803,7 +803,7 @@ class _Baseline:
         if there.attributes & COMPARED_ATTRIBUTES != attributes & COMPARED_ATTRIBUTES \
                 or there.last_write_time != last_write or there.size != size:
             return None
-        if self.algorithm and not before[6]:
+        if self.algorithm and not is_dir and not before[6]:  # a folder has no content to hash
             return None
         return before[5]
 
