@@ -19,6 +19,7 @@ client: models are plain data.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -37,6 +38,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    exists,
     literal,
     null,
     select,
@@ -484,24 +486,47 @@ class UnchangedFile(Base):
 _NOT_CARRIED = ("run_id", "batch_id", "state", "error_code", "error_message")
 
 
-def run_records(run_id: int) -> Subquery:
+def run_records(run_id: int, share_id: int | None = None,
+                paths: Sequence[str] | None = None) -> Subquery:
     """Transfer run ``run_id``'s file records, as a subquery with ``FileRecord``'s columns.
 
     The rows the run wrote, and for each file it found unchanged (``UnchangedFile``) the
     referenced record as this run's: ``run_id`` this run, state ``skipped``, no batch and no
     error; ``id`` stays the referenced record's (what a later run refers to). Every reader
     of a run's records (reconciliation, logs, the next run's baseline) goes through this.
+
+    With ``share_id`` and ``paths``, only those paths of that share: referenced records are
+    then looked up by path among the own records of the pairing's earlier runs (an index
+    probe per run and path) and kept when the run refers to them, instead of going through
+    all of the run's references, which a worker looking up one batch's paths cannot afford
+    at millions of files.
     """
     table = FileRecord.__table__
     references = UnchangedFile.__table__
-    own = select(table).where(table.c.run_id == run_id)
-    carried = select(*[
+    runs = TransferRun.__table__
+    carried_columns = [
         literal(run_id, BigInteger).label("run_id") if column.name == "run_id"
         else literal(FileState.SKIPPED, column.type).label("state") if column.name == "state"
         else null().label(column.name) if column.name in _NOT_CARRIED
         else column
-        for column in table.c]).join(references, references.c.record_id == table.c.id).where(
-        references.c.run_id == run_id)
+        for column in table.c]
+    own = select(table).where(table.c.run_id == run_id)
+    if share_id is not None:
+        own = own.where(table.c.share_id == share_id)
+    if paths is None:
+        carried = select(*carried_columns).join(references, references.c.record_id == table.c.id).where(
+            references.c.run_id == run_id)
+        if share_id is not None:
+            carried = carried.where(table.c.share_id == share_id)
+    else:
+        if share_id is None:
+            raise ValueError("run_records: paths need a share_id")
+        own = own.where(table.c.relative_path.in_(paths))
+        pairing = select(runs.c.pairing_id).where(runs.c.id == run_id).scalar_subquery()
+        earlier = select(runs.c.id).where(runs.c.pairing_id == pairing, runs.c.id < run_id)
+        carried = select(*carried_columns).where(
+            table.c.share_id == share_id, table.c.run_id.in_(earlier), table.c.relative_path.in_(paths),
+            exists().where(references.c.run_id == run_id, references.c.record_id == table.c.id))
     return union_all(own, carried).subquery("run_records")
 
 

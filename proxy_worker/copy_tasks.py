@@ -147,11 +147,9 @@ def _previous_hashes(session, run: TransferRun, share_id: int, paths: list[str])
     if previous is None:
         return {}
     found: dict[str, str] = {}
-    records = run_records(previous).c
     for start in range(0, len(paths), HASH_LOOKUP_CHUNK):
-        chunk = paths[start:start + HASH_LOOKUP_CHUNK]
+        records = run_records(previous, share_id, paths[start:start + HASH_LOOKUP_CHUNK]).c
         found.update(session.execute(select(records.relative_path, records.source_hash).where(
-            records.share_id == share_id, records.relative_path.in_(chunk),
             records.source_hash.is_not(None),
             records.state.in_((FileState.COPIED, FileState.VERIFIED, FileState.SKIPPED)))).all())
     return found

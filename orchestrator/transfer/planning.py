@@ -940,11 +940,9 @@ def _source_entries(context: _Context, channel: FastChannel, errors: list[WalkEr
 
 def _already_recorded(session: Session, context: _Context, share_id: int, paths: list[str]) -> set[str]:
     found: set[str] = set()
-    records = run_records(context.run_id).c
     for start in range(0, len(paths), MIRROR_LOOKUP_CHUNK):
-        found.update(session.scalars(select(records.relative_path).where(
-            records.share_id == share_id,
-            records.relative_path.in_(paths[start:start + MIRROR_LOOKUP_CHUNK]))))
+        records = run_records(context.run_id, share_id, paths[start:start + MIRROR_LOOKUP_CHUNK]).c
+        found.update(session.scalars(select(records.relative_path)))
     return found
 
 
@@ -1259,11 +1257,9 @@ def _mirror_share(context: _Context, target: _ShareTarget, destination: Server,
     def resolve() -> None:
         if not pending:
             return
-        records = run_records(context.run_id).c
+        records = run_records(context.run_id, target.share_id, [entry.path for entry in pending]).c
         with session_scope() as session:
-            known = dict(session.execute(select(records.relative_path, records.is_dir).where(
-                records.share_id == target.share_id,
-                records.relative_path.in_([entry.path for entry in pending]))).all())
+            known = dict(session.execute(select(records.relative_path, records.is_dir)).all())
         for entry in pending:
             is_dir = entry.is_dir and not entry.is_reparse_point
             if known.get(entry.path) is None or known[entry.path] != is_dir:
