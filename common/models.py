@@ -501,6 +501,8 @@ def run_records(run_id: int, share_id: int | None = None,
     all of the run's references, which a worker looking up one batch's paths cannot afford
     at millions of files.
     """
+    if (share_id is None) != (paths is None):
+        raise ValueError("run_records: a share_id and paths go together")
     table = FileRecord.__table__
     references = UnchangedFile.__table__
     runs = TransferRun.__table__
@@ -511,17 +513,11 @@ def run_records(run_id: int, share_id: int | None = None,
         else column
         for column in table.c]
     own = select(table).where(table.c.run_id == run_id)
-    if share_id is not None:
-        own = own.where(table.c.share_id == share_id)
     if paths is None:
         carried = select(*carried_columns).join(references, references.c.record_id == table.c.id).where(
             references.c.run_id == run_id)
-        if share_id is not None:
-            carried = carried.where(table.c.share_id == share_id)
     else:
-        if share_id is None:
-            raise ValueError("run_records: paths need a share_id")
-        own = own.where(table.c.relative_path.in_(paths))
+        own = own.where(table.c.share_id == share_id, table.c.relative_path.in_(paths))
         pairing = select(runs.c.pairing_id).where(runs.c.id == run_id).scalar_subquery()
         earlier = select(runs.c.id).where(runs.c.pairing_id == pairing, runs.c.id < run_id)
         carried = select(*carried_columns).where(
