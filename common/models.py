@@ -176,6 +176,10 @@ class FileState(str, enum.Enum):
     FAILED = "failed"
 
 
+# Record states that say the destination held the entry at the end of a transfer run.
+ARRIVED_STATES = (FileState.COPIED, FileState.VERIFIED, FileState.SKIPPED)
+
+
 class EventLevel(str, enum.Enum):
     """Severity of an audit event."""
 

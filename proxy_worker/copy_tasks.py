@@ -48,6 +48,7 @@ from common.db import copy_text, session_scope
 from common.endpoints import server_endpoint
 from common.leases import claim_batch, complete_batch, lease_duration, renew_lease
 from common.models import (
+    ARRIVED_STATES,
     Batch,
     FileRecord,
     FileState,
@@ -151,7 +152,7 @@ def _previous_hashes(session, run: TransferRun, share_id: int, paths: list[str])
         records = run_records(previous, share_id, paths[start:start + HASH_LOOKUP_CHUNK]).c
         found.update(session.execute(select(records.relative_path, records.source_hash).where(
             records.source_hash.is_not(None),
-            records.state.in_((FileState.COPIED, FileState.VERIFIED, FileState.SKIPPED)))).all())
+            records.state.in_(ARRIVED_STATES))).all())
     return found
 
 

@@ -82,6 +82,7 @@ from common.celery_app import create_celery_app
 from common.db import after_commit, bulk_insert_file_records, insert_rows, session_scope
 from common.endpoints import server_endpoint
 from common.models import (
+    ARRIVED_STATES,
     MAX_PATH_BYTES,
     PATH_TOO_LONG,
     Batch,
@@ -168,8 +169,6 @@ ERROR_EVENTS = (EVENT_WALK_ERROR, EVENT_MIRROR_ERROR, EVENT_SHARE_ERROR, EVENT_M
 
 FINISHED_RUN_STATES = (RunState.SUCCEEDED, RunState.COMPLETED_WITH_ERRORS, RunState.FAILED,
                        RunState.CANCELLED)
-# Record states that say the destination held the entry at the end of a run.
-ARRIVED_STATES = (FileState.COPIED, FileState.VERIFIED, FileState.SKIPPED)
 
 
 class TransferError(Exception):
@@ -1438,8 +1437,7 @@ def _finish(context: _Context) -> RunState:
         run.bytes_copied = (bytes_by_state.get(FileState.COPIED, 0)
                             + bytes_by_state.get(FileState.VERIFIED, 0))
         run.ended_at = utcnow()
-        transferred = sum(count for state, _is_dir, count, _size in rows
-                          if state in (FileState.COPIED, FileState.VERIFIED, FileState.SKIPPED))
+        transferred = sum(count for state, _is_dir, count, _size in rows if state in ARRIVED_STATES)
         if (problems or run_errors) and not transferred and not stopped:
             # Nothing at all reached the destination (e.g. it refused the credentials):
             # that is a failure, not a run that merely "completed with errors". A run its
