@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import subprocess
-import time
 import uuid
 
 import pytest
@@ -27,6 +26,7 @@ from common.settings import reset_settings_cache
 from orchestrator.database import upgrade_to_head
 from orchestrator.inventory.service import InventoryOptions, resume_scans, run_inventory, wait_for_scans
 from orchestrator.jobs import add_server, create_job
+from orchestrator.worker import wait_for_ready_mark
 from tests.inventory_lab import ARCHIVE, DIRECTORY, HIDDEN, READONLY, SMS, build_tree, check_scan_records
 from tests.lab.samba import MIGRATION_PASSWORD, MIGRATION_USER
 from tests.lab.smbio import LabTree
@@ -61,12 +61,8 @@ class OrchestratorWorker:
         return self.log_path.read_text(errors="replace")
 
     def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.process.poll() is None:
-            if " ready." in self.log():
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"orchestrator worker not ready:\n{self.log()}")
+        if wait_for_ready_mark(self.process, self.log_path, timeout) is not None:
+            raise AssertionError(f"orchestrator worker not ready:\n{self.log()}")
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.worker import wait_for_ready_mark
 from tests.lab.fixtures import unavailable
 
 SMS_WORKER = Path(sys.executable).with_name("sms-worker")
@@ -63,13 +64,8 @@ class WorkerProcess:
 
     def wait_ready(self, timeout: float = 60) -> "WorkerProcess":
         """Block until Celery logs that the worker is ready; fail with its log otherwise."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if " ready." in self.log():
-                return self
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.2)
+        if wait_for_ready_mark(self.process, self.log_path, timeout) is None:
+            return self
         raise AssertionError(f"sms-worker for {self.destination!r} not ready:\n{self.log()}")
 
     def kill(self) -> None:
