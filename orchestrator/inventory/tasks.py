@@ -35,7 +35,7 @@ from common.smb.walk import (
     DirEntry,
     own_id_from,
     own_id_query_body,
-    parse_plain_directory_buffer,
+    parse_directory_buffer,
     query_directory_body,
     query_to_the_end,
 )
@@ -157,7 +157,7 @@ def _list_pipelined(channel: fp.FastChannel, paths: Sequence[str]) -> Iterator[t
         elif status:
             yield path, folder_id, [], status
         elif more_status in _DONE:
-            yield path, folder_id, parse_plain_directory_buffer(channel._query_output(listed), path), 0
+            yield path, folder_id, parse_directory_buffer(channel._query_output(listed), path), 0
         elif more_status:
             yield path, folder_id, [], more_status
         else:
