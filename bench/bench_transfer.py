@@ -36,9 +36,11 @@ and a 3-second pause, so that no run pays for the previous copy's writeback. Par
     it. The ``--slow-files`` dataset through the orchestrator with each process count
     (target: at least 3x the 1-process throughput at 4) and rclone through the same proxy.
 
-Every copy is walked afterwards and its file count and bytes compared with the source,
-and every orchestrator run must reconcile clean (outside the timed part). Each figure
-carries the load average at its start. Not a test: run it by hand (bench/README.md),
+``--cpu`` prints under each figure the CPU seconds each process name used during the
+timed run (bench.lab_env.cpu_spent): whether the run was bound by the shared cores or by
+round trips. Every copy is walked afterwards and its file count and bytes compared with
+the source, and every orchestrator run must reconcile clean (outside the timed part).
+Each figure carries the load average at its start. Not a test: run it by hand (bench/README.md),
 preferably under ``nice``. Loopback only; it stops every smbd, worker, proxy and private
 server it started, drops its database and removes its files unless ``--keep``.
 """
@@ -65,7 +67,7 @@ from dataclasses import dataclass, replace  # noqa: E402
 from types import SimpleNamespace  # noqa: E402
 
 from bench.bench_copy import rclone_environment, tree_totals  # noqa: E402
-from bench.lab_env import Services, load_average, start_proxy_worker  # noqa: E402
+from bench.lab_env import Services, cpu_seconds_by_process, cpu_spent, load_average, start_proxy_worker  # noqa: E402
 from common.crypto import encrypt_secret  # noqa: E402
 from common.db import session_scope  # noqa: E402
 from common.models import Job, Pairing, RunState, Server, ServerKind, ServerRole  # noqa: E402
@@ -189,6 +191,30 @@ class DelayProxy:
             lock.close()
 
 
+# --- timing -------------------------------------------------------------------------------
+# The CPU every process name used during the last timed run (bench.lab_env.cpu_spent).
+_last_run_cpu = {"reading": {}, "spent": ""}
+
+
+def start_timing() -> float:
+    """Start a timed run: read the processes' CPU times, then the clock."""
+    _last_run_cpu["reading"] = cpu_seconds_by_process()
+    return time.perf_counter()
+
+
+def stop_timing(started: float) -> float:
+    """End the timed run begun at ``started``: its seconds; the CPU each process name used
+    meanwhile is kept for ``last_run_cpu``."""
+    seconds = time.perf_counter() - started
+    _last_run_cpu["spent"] = cpu_spent(_last_run_cpu["reading"], cpu_seconds_by_process())
+    return seconds
+
+
+def last_run_cpu() -> str:
+    """CPU seconds by process name of the last timed run ("smbd 0.48, this process 0.31, ...")."""
+    return _last_run_cpu["spent"]
+
+
 # --- rclone -------------------------------------------------------------------------------
 def settle() -> str:
     """Flush dirty pages to disk and pause before a timed run; the load average then.
@@ -202,11 +228,11 @@ def settle() -> str:
 
 def run_rclone(env: dict, source: str, destination: str, transfers: int) -> float:
     """``rclone copy src:SOURCE dst:DESTINATION``; the wall-clock seconds."""
-    started = time.perf_counter()
+    started = start_timing()
     subprocess.run(["rclone", "copy", f"src:{source}", f"dst:{destination}",
                     "--transfers", str(transfers), "--checkers", str(transfers)],
                    env=env, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - started
+    return stop_timing(started)
 
 
 # --- the bare data plane ------------------------------------------------------------------
@@ -246,7 +272,7 @@ def run_bare(pool, source: SmbEndpoint, destination: SmbEndpoint, prefix: str,
     """Walk the source share, copy its files batch by batch in the pool, then its folders
     (deepest first, the root last) under ``prefix``; (seconds, failure messages)."""
     settings = get_settings()
-    started = time.perf_counter()
+    started = start_timing()
     tree = open_tree(source)
     try:
         walker = ShareWalker(tree, "")
@@ -265,7 +291,7 @@ def run_bare(pool, source: SmbEndpoint, destination: SmbEndpoint, prefix: str,
     results = engine.copy_batch(source, destination, folders, replace(
         TransferOptions(checksum=checksum).copy_options(), destination_prefix=prefix))
     failures += [f"{r.path}: {r.status_name}" for r in results if r.outcome == engine.Outcome.FAILED]
-    return time.perf_counter() - started, failures
+    return stop_timing(started), failures
 
 
 # --- the orchestrator ---------------------------------------------------------------------
@@ -301,11 +327,11 @@ def run_orchestrator(pairing_id: int, options: TransferOptions, *, verbose: bool
     prints the run's stages with the seconds since it started."""
     with session_scope() as session:
         run_id = planning.create_run(session, session.get(Pairing, pairing_id), options).id
-    started = time.perf_counter()
+    started = start_timing()
     stages: list[str] = []
     state = planning.execute_run(
         run_id, progress=lambda line: stages.append(f"{time.perf_counter() - started:7.2f} s  {line}"))
-    seconds = time.perf_counter() - started
+    seconds = stop_timing(started)
     if verbose:
         print("\n".join(f"      {stage}" for stage in stages), flush=True)
     with session_scope() as session:
@@ -359,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checksum", default="none", help="transfer checksum option: none|fast|sha256")
     parser.add_argument("--transfers", type=int, default=16, help="rclone --transfers/--checkers")
     parser.add_argument("--stages", action="store_true", help="print each orchestrator run's stages, timed")
+    parser.add_argument("--cpu", action="store_true",
+                        help="print the CPU seconds each process name used during each timed run")
     parser.add_argument("--rounds", type=int, default=1,
                         help="copies of each dataset per process count, the orchestrator's and the "
                              "bare engine's in turn (medians compared)")
@@ -428,6 +456,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {figure.tool:13} {figure.dataset:8} p={figure.processes} {figure.seconds:8.2f} s "
                   f"{figure.files_per_second:8.1f} files/s {figure.megabytes_per_second:7.1f} MB/s "
                   f"load {figure.load}{figure.note}", flush=True)
+            if args.cpu:
+                print(f"      cpu s: {last_run_cpu()}", flush=True)
 
         def orchestrated(label: str, pairing_id: int, name: str, count: int, files: int, total: int) -> None:
             """One timed orchestrator run of dataset ``name`` into share ``name`` + ``count``, checked."""

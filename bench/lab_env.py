@@ -5,7 +5,8 @@ a fresh PostgreSQL database (on the server at 127.0.0.1:5432 when it answers, el
 private cluster; tests.lab.services), Redis (the shared one or a private one) with queue
 names of this run only, a fresh credential key, and the ``SMS_*`` settings for all of it
 in this process's environment, from where the worker processes it starts inherit them
-(never on a command line). Also: the load average, and real Celery workers (orchestrator
+(never on a command line). Also: the load average, the CPU time every process on the
+machine has used (to say where a run's CPU went), and real Celery workers (orchestrator
 workers for the inventory, ``sms-worker`` proxy workers for transfers) started and
 stopped by their process-group id.
 
@@ -33,6 +34,40 @@ from tests.lab.workers import SMS_WORKER, WorkerProcess
 def load_average() -> str:
     """The 1, 5 and 15 minute load averages, as /proc/loadavg gives them."""
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def cpu_seconds_by_process() -> dict[str, float]:
+    """CPU seconds (user and system, with the children each has reaped) used so far by
+    every process on the machine, summed by process name; this process itself (all its
+    threads) under ``"this process"``. Two readings subtracted (``cpu_spent``) say where a
+    run's CPU went: smbd's connection processes, PostgreSQL's backends, the workers.
+    A process that ends between the readings counts only through its parent's reaped
+    children (smbd's connection processes do; a process whose parent never waits is lost).
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    own = os.getpid()
+    totals: dict[str, float] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # ended meanwhile
+            continue
+        name = text[text.index("(") + 1:text.rindex(")")]
+        fields = text[text.rindex(")") + 2:].split()
+        # Fields 14-17 of proc(5): utime, stime, cutime, cstime (here from index 11).
+        seconds = sum(int(value) for value in fields[11:15]) / ticks
+        if name.startswith("kworker"):  # a kernel worker's name changes with its work
+            name = "kworker"
+        key = "this process" if int(stat.parent.name) == own else name
+        totals[key] = totals.get(key, 0.0) + seconds
+    return totals
+
+
+def cpu_spent(before: dict[str, float], after: dict[str, float], least: float = 0.02) -> str:
+    """What each process name used between two ``cpu_seconds_by_process`` readings, the
+    largest first (below ``least`` seconds left out), as one line."""
+    spent = sorted(((after[name] - before.get(name, 0.0), name) for name in after), reverse=True)
+    return ", ".join(f"{name} {seconds:.2f}" for seconds, name in spent if seconds >= least)
 
 
 class Services:
