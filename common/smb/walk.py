@@ -54,6 +54,8 @@ _ENTRY = struct.Struct("<IIQQQQqqIIIIQ")
 _PLAIN_ENTRY = struct.Struct("<IIQQQQqqII")
 _ID_FIELDS = struct.Struct("<I4xQ")  # what _ENTRY has after _PLAIN_ENTRY's fields
 _FILE_ID = struct.Struct("<Q")  # FileInternalInformation: the 64-bit file id
+_DIRECTORY = FileAttributes.FILE_ATTRIBUTE_DIRECTORY
+_DIRECTORY_OR_LINK = _DIRECTORY | FileAttributes.FILE_ATTRIBUTE_REPARSE_POINT
 _STATUS_DONE = (NtStatus.STATUS_NO_MORE_FILES, NtStatus.STATUS_NO_SUCH_FILE)
 # One credit covers 64 KiB of QUERY_DIRECTORY output (MS-SMB2 3.1.5.2).
 _CREDIT_UNIT = 65536
@@ -324,15 +326,14 @@ class PipelinedWalker:
     entered, a folder that is its own ancestor (a link loop: its own id, read when it is
     listed, is an ancestor's) is recorded as an error and its contents are not yielded,
     nothing is written. ``enter(entry)`` may refuse to descend into a folder (its entry
-    is still yielded). ``listed(path)`` is called once every entry of a folder has been
-    yielded (not for a folder that could not be listed or is a loop). Folders are visited
-    in no fixed order. A broken connection raises ``SmbFileError``.
+    is still yielded). ``folders()`` gives each folder's entries together, which tells
+    the caller that folder was listed to the end. Folders are visited in no fixed order.
+    A broken connection raises ``SmbFileError``.
     """
 
     def __init__(self, channel, root: str = "", *, depth: int = 16, max_output: int = _MAX_OUTPUT,
-                 enter=None, listed=None, backup_intent: bool = False):
+                 enter=None, backup_intent: bool = False):
         self.channel = channel
-        self.listed = listed
         self.root = root.strip("\\/").replace("/", "\\")
         self.depth = depth
         self.enter = enter
@@ -343,8 +344,16 @@ class PipelinedWalker:
         self.directories_listed = 0
 
     def __iter__(self) -> Iterator[DirEntry]:
+        for _directory, entries in self.folders():
+            yield from entries
+
+    def folders(self) -> Iterator[tuple[str, list[DirEntry]]]:
+        """(folder path, its entries) for each folder as its listing ends (not for a folder
+        that could not be listed or is a loop): a caller comparing folder by folder needs
+        neither an entry's parent nor a signal that its folder is complete."""
         self.errors = []
         self.directories_listed = 0
+        enter = self.enter
         # Each folder to list carries its parent's chain of ancestors' file ids as a linked
         # list ((file id, path), parent chain); its own id joins it once it is listed.
         pending: list[tuple[str, tuple | None]] = [(self.root, None)]
@@ -364,12 +373,9 @@ class PipelinedWalker:
                     if ancestors is None:
                         continue
                 for entry in entries:
-                    if entry.is_dir and not entry.is_reparse_point \
-                            and (self.enter is None or self.enter(entry)):
+                    if entry.attributes & _DIRECTORY_OR_LINK == _DIRECTORY and (enter is None or enter(entry)):
                         pending.append((entry.path, ancestors))
-                    yield entry
-                if self.listed is not None:
-                    self.listed(directory)
+                yield directory, entries
         except fp.ChannelBroken as exc:
             raise SmbFileError(0, f"walk: {exc}", self.root) from None
 

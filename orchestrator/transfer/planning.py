@@ -769,13 +769,13 @@ class _Baseline:
         options = context.options
         channel = FastChannel.attach(tree.connection, tree.session, tree.tree)
         walker = PipelinedWalker(channel, "", depth=WALK_DEPTH, enter=lambda entry: not (
-            dest_ops.is_protected(entry.path) or options.is_system_folder(entry.path)),
-            listed=self.listed.add)
+            dest_ops.is_protected(entry.path) or options.is_system_folder(entry.path)))
         try:
-            for entry in walker:
-                # Only the root's entries can be protected: protected folders are not entered.
-                if "\\" in entry.path or not dest_ops.is_protected(entry.path):
-                    self.destination[entry.path] = entry
+            for folder, entries in walker.folders():
+                if not folder:  # only the root's entries can be protected (they are not entered)
+                    entries = [entry for entry in entries if not dest_ops.is_protected(entry.path)]
+                self.destination.update({entry.path: entry for entry in entries})
+                self.listed.add(folder)
         finally:
             channel.release()
             self.errors = walker.errors
@@ -916,22 +916,23 @@ def _root_record(context: _Context, share_id: int, tree: SmbTree) -> dict[str, A
                 basic.last_access_time, basic.change_time, basic.attributes)
 
 
-def _source_entries(context: _Context, channel: FastChannel, errors: list[WalkError],
-                    counts: dict[str, int]) -> Iterator[DirEntry]:
-    """Every entry of the source share except SMS's system folders at its root (unless the
-    run includes them, they are neither yielded nor entered), several folders listed at
-    once (common.smb.walk.PipelinedWalker)."""
+def _source_folders(context: _Context, channel: FastChannel, errors: list[WalkError],
+                    counts: dict[str, int]) -> Iterator[tuple[str, list[DirEntry]]]:
+    """(folder, its entries) for every folder of the source share, SMS's system folders at
+    its root left out (unless the run includes them, they are neither yielded nor
+    entered), several folders listed at once (common.smb.walk.PipelinedWalker)."""
     def top_system_folder(entry: DirEntry) -> bool:
         return "\\" not in entry.path and context.options.is_system_folder(entry.path)
 
     walker = PipelinedWalker(channel, "", depth=WALK_DEPTH,
                              enter=lambda entry: not top_system_folder(entry) and _refusal(entry) is None)
     try:
-        for entry in walker:
-            if top_system_folder(entry):
-                counts["excluded"] += 1
-                continue
-            yield entry
+        for folder, entries in walker.folders():
+            if not folder:
+                kept = [entry for entry in entries if not top_system_folder(entry)]
+                counts["excluded"] += len(entries) - len(kept)
+                entries = kept
+            yield folder, entries
     finally:
         errors.extend(walker.errors)
         counts["listed"] += walker.directories_listed
@@ -1004,7 +1005,7 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
     pending_bytes = 0
     batches = 0
     recorder = None if baseline is None else _UnchangedRecorder(context)
-    waiting: dict[str, list[DirEntry]] = {}  # walked before their folder could be compared, by folder
+    waiting: dict[str, list[DirEntry]] = {}  # folders walked before they could be compared
     clean_directories: set[str] = set()
     touched: set[str] = set()  # folders in which something is written or deleted
 
@@ -1060,62 +1061,62 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
         elif there is None and path:
             touched.add(_parent(path))  # it will be created in its parent
 
-    def take(entry: DirEntry) -> None:
+    def take(folder: str, entries: list[DirEntry]) -> None:
+        """Record the entries of ``folder``: refused ones as walk errors, folders, unchanged
+        files (by reference), and the other files into batches."""
         nonlocal pending_bytes
-        refusal = _refusal(entry)
-        if refusal is not None:
-            walk_errors.append(refusal)
-            return
-        if entry.is_dir:
-            row = _record(context, target.share_id, entry)
-            if baseline is not None:
-                compare_directory(row)
-            directories.append(row)
-            if len(directories) >= DIRECTORY_BATCH_MAX:
-                with session_scope() as session:
-                    flush_directories(session)
-            return
-        record_id = None if baseline is None else baseline.unchanged(
-            entry.path, False, entry.size, entry.last_write_time, entry.change_time, entry.attributes)
-        if record_id is not None:
-            unchanged.append((record_id, entry.size))
-            if len(unchanged) >= UNCHANGED_CHUNK:
-                with session_scope() as session:
-                    _check_cancelled(session, context.run_id)
-                    flush_directories(session)
-            return
-        touched.add(_parent(entry.path))
-        files.append(_record(context, target.share_id, entry))
-        pending_bytes += entry.size
-        if len(files) >= min(settings.batch_max_files, FIRST_BATCH_FILES << batches) \
-                or pending_bytes >= settings.batch_max_bytes:
-            flush_batch()
+        for entry in entries:
+            refusal = _refusal(entry)
+            if refusal is not None:
+                walk_errors.append(refusal)
+                continue
+            if entry.is_dir:
+                row = _record(context, target.share_id, entry)
+                if baseline is not None:
+                    compare_directory(row)
+                directories.append(row)
+                if len(directories) >= DIRECTORY_BATCH_MAX:
+                    with session_scope() as session:
+                        flush_directories(session)
+                continue
+            record_id = None if baseline is None else baseline.unchanged(
+                entry.path, False, entry.size, entry.last_write_time, entry.change_time, entry.attributes)
+            if record_id is not None:
+                unchanged.append((record_id, entry.size))
+                if len(unchanged) >= UNCHANGED_CHUNK:
+                    with session_scope() as session:
+                        _check_cancelled(session, context.run_id)
+                        flush_directories(session)
+                continue
+            touched.add(folder)
+            files.append(_record(context, target.share_id, entry))
+            pending_bytes += entry.size
+            if len(files) >= min(settings.batch_max_files, FIRST_BATCH_FILES << batches) \
+                    or pending_bytes >= settings.batch_max_bytes:
+                flush_batch()
 
     def compare_ready() -> None:
-        """Take the waiting entries of every folder that can now be compared."""
+        """Take the waiting folders that can now be compared."""
         baseline.check()
         for folder in [folder for folder in waiting if baseline.ready(folder)]:
-            for entry in waiting.pop(folder):
-                take(entry)
+            take(folder, waiting.pop(folder))
 
     walked = 0
+    next_look = COMPARE_CHECK_EVERY
     walk_errors: list[WalkError] = []
     counts = {"listed": 0, "excluded": 0}
     channel = FastChannel.attach(tree.connection, tree.session, tree.tree)
     try:
         try:
-            for entry in _source_entries(context, channel, walk_errors, counts):
-                if baseline is None:
-                    take(entry)
-                    continue
-                folder = _parent(entry.path)
-                if folder in waiting or not baseline.ready(folder):
-                    waiting.setdefault(folder, []).append(entry)
+            for folder, entries in _source_folders(context, channel, walk_errors, counts):
+                if baseline is None or baseline.ready(folder):
+                    take(folder, entries)
                 else:
-                    take(entry)
-                walked += 1
-                if waiting and walked % COMPARE_CHECK_EVERY == 0:
+                    waiting[folder] = entries
+                walked += len(entries)
+                if waiting and walked >= next_look:
                     compare_ready()
+                    next_look = walked + COMPARE_CHECK_EVERY
             if baseline is not None:
                 baseline.wait()
                 compare_directory(root)
