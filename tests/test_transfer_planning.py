@@ -12,7 +12,9 @@ once the lease expires, and the run still ends clean. A run cancelled while it i
 stops dispatching, its remaining batches are skipped by workers, and it cannot be driven
 again. A large file that grows while it is being copied is recorded failed and is copied
 by the next run. A worker that cannot decrypt the stored credential fails its batches at
-once with that reason, and the run still ends.
+once with that reason, and the run still ends. A destination share that does not exist
+(the destination has no management access to create it) is reported and left out while
+the others are transferred.
 """
 
 from __future__ import annotations
@@ -281,3 +283,47 @@ def test_directory_waves_keep_every_directory_after_its_children():
     assert waves[1] == [[99]]
     assert planning.directory_waves([(level, [level + 10]) for level in range(40, -2, -1)]) == \
         [[[level + 10 for level in range(40, -1, -1)]], [[9]]]
+
+
+def test_a_destination_share_that_does_not_exist_is_reported_and_the_others_are_transferred(
+        samba_factory, tmp_path, monkeypatch):
+    """A destination without management access must hold the shares already: one it lacks
+    is left out with an error event naming it (the run completes with errors and does not
+    reconcile clean), the share it has is transferred, on the first run and on a re-run."""
+    use_settings(monkeypatch, SMS_STATE_DIR=str(tmp_path / "state"))
+    upgrade_to_head(get_settings().database_url)
+    src, dst = samba_factory("src", shares=("data", "docs")), samba_factory("dst")
+    for share in ("data", "docs"):
+        with LabTree(src.address, share) as lab:
+            lab.mkdir("folder")
+            lab.write_file("folder\\file.txt", f"{share}\n".encode())
+    register_servers("missing", {"src": (src, ServerRole.SOURCE), "dst": (dst, ServerRole.DESTINATION)})
+    with session_scope() as session:
+        servers = {s.name: s for s in session.scalars(select(Server))}
+        pairing = planning.create_pairing(session, servers["src"], servers["dst"], ["data", "docs"])
+    runs = []
+    try:
+        for _ in range(2):
+            with session_scope() as session:
+                run_id = planning.create_run(session, pairing, TransferOptions(retries=0)).id
+            runs.append(run_id)
+            assert planning.execute_run(run_id, lambda d: copy_batch.run(d.batch_id),
+                                        poll_interval=0.1).value == "completed_with_errors"
+            # The copy read the file (its last access moved); a re-run lists both trees again.
+            assert unexplained_differences(src, dst, ignore_access_times_of={"folder\\file.txt"},
+                                           ignore_all_access_times=len(runs) > 1) == []
+    finally:
+        close_pool()
+    for run_id in runs:
+        with session_scope() as session:
+            run = session.get(planning.TransferRun, run_id)
+            errors = planning.run_events(session, run_id, run.job_id, (planning.EVENT_SHARE_ERROR,))
+            assert [(event.detail["share"], "cannot be opened" in event.message) for event in errors] \
+                == [("docs", True)]
+            report = reconcile(session, run_id)
+        assert not report.clean
+        assert {share.share: (share.clean, share.share_errors, share.inventoried)
+                for share in report.shares} == {"data": (True, 0, 3), "docs": (False, 1, 0)}
+    assert record_states(runs[0]) == {"": ("copied", None), "folder": ("copied", None),
+                                      "folder\\file.txt": ("copied", None)}
+    assert set(record_states(runs[1]).values()) == {("skipped", None)}

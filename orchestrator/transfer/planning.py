@@ -71,7 +71,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import and_, case, exists, func, select, update
@@ -292,6 +292,9 @@ class _Context:
     shares: tuple[_ShareTarget, ...]
     started_at: Any = None
     resumed: bool = False
+    # Destination trees the share check opened, by share id, each kept for its share's
+    # planning: a connection less per share (a log-on costs smbd ~20 ms of CPU).
+    checked_trees: dict[int, SmbTree] = field(default_factory=dict)
 
     def check_deadline(self) -> None:
         """Raise DurationExceeded once the run has lasted longer than its maximum duration."""
@@ -355,6 +358,9 @@ def execute_run(run_id: int, publish: Publisher | None = None, *, poll_interval:
                 run.ended_at = utcnow()
             _event(session, run, EVENT_RUN_ERROR, f"{type(exc).__name__}: {exc}", level=EventLevel.ERROR)
         raise
+    finally:
+        for tree in context.checked_trees.values():  # shares the run stopped before planning
+            tree.close()
     say(state.value)
     return state
 
@@ -555,7 +561,8 @@ def _check_existing_shares(context: _Context, destination: Server,
     kept = []
     for target in context.shares if targets is None else targets:
         try:
-            open_tree(server_endpoint(destination, target.destination_share)).close()
+            context.checked_trees[target.share_id] = open_tree(
+                server_endpoint(destination, target.destination_share))
             kept.append(target)
         except Exception as exc:  # noqa: BLE001 - any failure to connect: report, go on
             with session_scope() as session:
@@ -609,9 +616,12 @@ def _plan_share(context: _Context, target: _ShareTarget, source: Server, destina
     side changed since that run are recorded unchanged without a batch (``_Baseline``).
     A share this run already walked to the end (resumed run) is not walked again.
     """
+    checked = context.checked_trees.pop(target.share_id, None)
     with session_scope() as session:
         if any(event.detail.get("share_id") == target.share_id for event in
                run_events(session, context.run_id, context.job_id, (EVENT_SHARE_PLANNED,))):
+            if checked is not None:
+                checked.close()
             return _SharePlan(_is_first_run(session, context, target, exclude_run=False))
         first_walk = not session.scalar(select(exists().where(
             FileRecord.run_id == context.run_id, FileRecord.share_id == target.share_id)))
@@ -620,7 +630,7 @@ def _plan_share(context: _Context, target: _ShareTarget, source: Server, destina
         previous_run = None if first or not first_walk else _previous_run(session, context, target)
     source_endpoint = server_endpoint(source, target.name)
     destination_endpoint = server_endpoint(destination, target.destination_share)
-    with _open_trees(source_endpoint, destination_endpoint) as (source_tree, destination_tree):
+    with _open_trees(source_endpoint, checked or destination_endpoint) as (source_tree, destination_tree):
         if first and not handled:
             moved = dest_ops.move_into_pre_existing_data(destination_tree)
             with session_scope() as session:
@@ -648,12 +658,21 @@ def _plan_share(context: _Context, target: _ShareTarget, source: Server, destina
 
 
 @contextmanager
-def _open_trees(*endpoints: SmbEndpoint) -> Iterator[list[SmbTree]]:
-    """Connect to the shares at ``endpoints`` at once (each connection is several round
-    trips) and close them all at the end. When one cannot be reached, the others are
-    closed and its error raised, before anything is done on any of them."""
-    with ThreadPoolExecutor(len(endpoints), thread_name_prefix="sms-connect") as executor:
-        opening = [executor.submit(open_tree, endpoint) for endpoint in endpoints]
+def _open_trees(*places: SmbEndpoint | SmbTree) -> Iterator[list[SmbTree]]:
+    """Connect to the shares at ``places`` at once (each connection is several round
+    trips) and close them all at the end. A place may be a tree already open (the share
+    check's), used as it is while its connection is alive. When one cannot be reached,
+    the others are closed and its error raised, before anything is done on any of them."""
+    def connect(place: SmbEndpoint | SmbTree) -> SmbTree:
+        if isinstance(place, SmbEndpoint):
+            return open_tree(place)
+        if place.alive:
+            return place
+        place.close()  # the server dropped it while earlier shares were planned
+        return open_tree(place.endpoint)
+
+    with ThreadPoolExecutor(len(places), thread_name_prefix="sms-connect") as executor:
+        opening = [executor.submit(connect, place) for place in places]
     trees = [future.result() for future in opening if future.exception() is None]
     try:
         for future in opening:
