@@ -7,7 +7,8 @@ same batch are stored. Then many folders change at once (files removed, added an
 rewritten, whole folders removed and added, a folder becoming unreadable) and the
 re-scan must leave exactly the new tree's records, updating kept paths in place. Every
 record is compared field by field with an independent listing (plain smbprotocol, as
-the administrator) and the counters with that listing.
+the administrator) and the counters with that listing. With tiny queries, folders too
+long for the listing compound's two queries are listed to the end on an open handle.
 """
 
 from __future__ import annotations
@@ -128,3 +129,21 @@ def test_a_batch_with_an_unreadable_folder_and_a_rescan_of_many_changed_folders(
     kept = set(before) & set(after)
     assert f"{FOLDERS[9]}\\file1.bin" in kept and f"{FOLDERS[20 - 1]}\\sub\\deep.txt" in kept
     assert all(before[path].id == after[path].id for path in kept)  # updated in place
+
+
+def test_folders_longer_than_the_compounds_two_queries_are_listed_to_the_end(lab, database, monkeypatch):
+    """With queries of 256 bytes (two or three entries each) no folder fits in the listing
+    compound's two queries: each is listed again on an open handle, query after query,
+    and the records still match an independent listing field by field."""
+    monkeypatch.setattr(tasks, "_FIRST_OUTPUT", 256)
+    monkeypatch.setattr(tasks, "_SECOND_OUTPUT", 256)
+    server, _root = lab
+    with session_scope(database) as session:
+        job = create_job(session, "long-listings")
+        add_server(session, job, name="nas", kind="smb-only", role="source", address=server.address,
+                   username=READER, password=READER_PASSWORD)
+        job_id = job.id
+    report = run_inventory(job_id, InventoryOptions(), url=database, publish=run_scans_inline)
+    [share_id] = report.scan_share_ids
+    records = check_scan_records(database, share_id, server.address, frozenset({"secret"}))[1]
+    assert f"{FOLDERS[3]}\\file4.bin" in records and f"{FOLDERS[19]}\\sub\\deep.txt" in records

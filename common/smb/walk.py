@@ -418,19 +418,10 @@ class PipelinedWalker:
 
     def _list_again(self, directory: str, own_id: int) -> tuple[int, list[DirEntry]] | None:
         """List a big folder on an open handle, query after query, to the end."""
-        channel = self.channel
-        try:
-            handle = channel.open(directory, fp.FILE_LIST_DIRECTORY | fp.FILE_READ_ATTRIBUTES | fp.SYNCHRONIZE,
-                                  options=self.options)
-        except fp.FastPathError as exc:
-            self._record(directory, exc.status, "open directory failed")
-            return None
-        try:
-            entries, status = query_to_the_end(channel, handle, directory, self.output, self._charge())
-        finally:
-            channel.close(handle, query=False)
+        entries, status, action = list_to_the_end(self.channel, directory, self.output, self._charge(),
+                                                  self.options)
         if status:
-            self._record(directory, status, "list directory failed")
+            self._record(directory, status, f"{action} failed")
             return None
         return own_id, entries
 
@@ -457,21 +448,31 @@ def query_directory_body(file_id: bytes, output_length: int) -> bytes:
                               output_length) + pattern
 
 
-def query_to_the_end(channel, handle, path: str, output: int, charge: int) -> tuple[list[DirEntry], int]:
-    """Query the open folder ``handle`` on ``channel`` until the server says there is no
-    more: (its entries, 0), or ([], NTSTATUS) when a query fails. The caller opens and
-    closes the handle."""
+def list_to_the_end(channel, path: str, output: int, charge: int,
+                    options: int = fp.FILE_DIRECTORY_FILE) -> tuple[list[DirEntry], int, str]:
+    """Open folder ``path`` on ``channel`` (a ``FastChannel``), query it until the server
+    says there is no more and close it: (its entries, 0, ""), or ([], NTSTATUS, what
+    failed: "open directory" or "list directory"). For a folder whose listing did not fit
+    in one response of ``output`` bytes (``charge`` credits per query)."""
+    try:
+        handle = channel.open(path, fp.FILE_LIST_DIRECTORY | fp.FILE_READ_ATTRIBUTES | fp.SYNCHRONIZE,
+                              options=options)
+    except fp.FastPathError as exc:
+        return [], exc.status, "open directory"
     entries: list[DirEntry] = []
-    while True:
-        channel._reserve(charge)
-        (query,) = channel._wait(channel._send_chain(
-            [(fp.CMD_QUERY_DIRECTORY, query_directory_body(handle.file_id, output), charge)], path))
-        status = channel._status(query)
-        if status in _STATUS_DONE:
-            return entries, 0
-        if status:
-            return [], status
-        entries += parse_directory_buffer(channel._query_output(query), path)
+    try:
+        while True:
+            channel._reserve(charge)
+            (query,) = channel._wait(channel._send_chain(
+                [(fp.CMD_QUERY_DIRECTORY, query_directory_body(handle.file_id, output), charge)], path))
+            status = channel._status(query)
+            if status in _STATUS_DONE:
+                return entries, 0, ""
+            if status:
+                return [], status, "list directory"
+            entries += parse_directory_buffer(channel._query_output(query), path)
+    finally:
+        channel.close(handle, query=False)
 
 
 def walk(tree, root: str = "", errors: list[WalkError] | None = None) -> Iterator[DirEntry]:
@@ -490,4 +491,4 @@ def walk(tree, root: str = "", errors: list[WalkError] | None = None) -> Iterato
 
 __all__ = ["DirEntry", "PipelinedWalker", "ShareWalker", "WalkError", "join", "parse_directory_buffer",
            "own_id_from", "own_id_query_body", "query_directory_body",
-           "query_to_the_end", "walk"]
+           "list_to_the_end", "walk"]

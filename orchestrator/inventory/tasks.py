@@ -33,11 +33,11 @@ from common.smb.connection import SmbEndpoint, close_pool, get_tree
 from common.smb.errors import SmbFileError, status_name
 from common.smb.walk import (
     DirEntry,
+    list_to_the_end,
     own_id_from,
     own_id_query_body,
     parse_directory_buffer,
     query_directory_body,
-    query_to_the_end,
 )
 from orchestrator.inventory.scan import (
     DirectoryTask,
@@ -98,19 +98,6 @@ def _first_query(channel: fp.FastChannel) -> tuple[int, int]:
     return output, -(-output // 65536)
 
 
-def _list_to_the_end(channel: fp.FastChannel, path: str) -> tuple[list[DirEntry], int]:
-    """A big folder: opened, queried until STATUS_NO_MORE_FILES, closed."""
-    try:
-        handle = channel.open(path, _LIST_ACCESS, options=fp.FILE_DIRECTORY_FILE)
-    except fp.FastPathError as exc:
-        return [], exc.status
-    try:
-        entries, status = query_to_the_end(channel, handle, path, *_first_query(channel))
-    finally:
-        channel.close(handle, query=False)
-    return entries, status
-
-
 def _list_pipelined(channel: fp.FastChannel, paths: Sequence[str]) -> Iterator[tuple[str, int, list[DirEntry], int]]:
     """(path, the folder's own file id or 0, entries, NTSTATUS or 0) of each folder, in
     order, one level each.
@@ -161,7 +148,8 @@ def _list_pipelined(channel: fp.FastChannel, paths: Sequence[str]) -> Iterator[t
         elif more_status:
             yield path, folder_id, [], more_status
         else:
-            yield (path, folder_id, *_list_to_the_end(channel, path))
+            entries, status, _action = list_to_the_end(channel, path, *_first_query(channel))
+            yield path, folder_id, entries, status
 
 
 def list_folders(endpoint: SmbEndpoint, tasks: Sequence[DirectoryTask]) -> list[FolderListing]:
