@@ -57,6 +57,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 READY_MARK = " ready."  # what Celery logs once the worker consumes
+# Seconds a local worker gets to stop on its own (SIGTERM, warm shutdown) before it is
+# killed: while it may be copying or scanning, enough to finish a batch; once the work it
+# was started for has ended, one second. An idle worker on the embedded broker takes 5-7 s
+# to stop by itself (Celery's loop there notices a stop only every 2 s, then its pool winds
+# down), and it holds nothing: a message it had taken but not run is published again by
+# the lease reaper, as for a worker that died.
+STOP_GRACE = 15.0
+IDLE_STOP_GRACE = 1.0
 
 
 class WorkerStartError(RuntimeError):
@@ -122,9 +130,10 @@ class LocalWorker:
             raise WorkerStartError(f"the orchestrator worker was not ready after {timeout:.0f} s; "
                                    f"see {self.log_path}")
 
-    def stop(self, grace: float = 15.0) -> None:
+    def stop(self, grace: float = STOP_GRACE) -> None:
         """Warm shutdown: SIGTERM to the main process alone, which stops its pool and hands
-        back the messages it holds; SIGKILL to the whole group after ``grace`` seconds.
+        back the messages it holds; SIGKILL to the whole group after ``grace`` seconds
+        (``IDLE_STOP_GRACE`` once the scan it served has ended).
 
         (SIGTERM to the whole group kills the pool processes under the main process, which
         then hangs in billiard's pool finaliser until the SIGKILL.)

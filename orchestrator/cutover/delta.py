@@ -53,6 +53,7 @@ from orchestrator.transfer.reconcile import (
     reconcile,
 )
 from orchestrator.transfer.workers import LocalWorkers, WorkerStartError
+from orchestrator.worker import IDLE_STOP_GRACE, STOP_GRACE
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ class EngineDeltaTransfer:
                 with session_scope() as session:
                     planning.cancel_run(session, run_id, f"not started: {exc}")
                 raise CutoverError(f"final delta transfer run {run_id} not started: {exc}") from None
+        state = None  # the run's final state, once it has ended
         try:
             time_left = deadline - time.monotonic()
             if time_left <= 0:
@@ -108,7 +110,7 @@ class EngineDeltaTransfer:
             state = planning.execute_run(run_id, progress=self.progress)
         finally:
             if workers is not None:
-                workers.stop()
+                workers.stop(IDLE_STOP_GRACE if state is not None else STOP_GRACE)
         with session_scope() as session:
             run = session.get(TransferRun, run_id)
             if planning.run_events(session, run_id, run.job_id, [planning.EVENT_MAX_DURATION]):

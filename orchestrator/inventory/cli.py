@@ -86,7 +86,7 @@ def inventory_run(
     from orchestrator.inventory.service import InventoryOptions, inventory_view, run_inventory
     from orchestrator.inventory.tasks import run_scans_inline
     from orchestrator.jobs import JobError
-    from orchestrator.worker import start_local_worker
+    from orchestrator.worker import IDLE_STOP_GRACE, STOP_GRACE, start_local_worker
 
     options = InventoryOptions(include_admin_shares=include_admin_shares,
                                skip_excluded_folders=not scan_excluded_folders,
@@ -95,6 +95,7 @@ def inventory_run(
     if start_worker is None:
         start_worker = wait and get_settings().broker_is_embedded and options.scan_files and not inline
     worker = start_local_worker(concurrency or None) if start_worker else None
+    ended = False  # the scans the worker serves have all finished
     try:
         try:
             report = run_inventory(job, options, publish=run_scans_inline if inline else None)
@@ -103,9 +104,10 @@ def inventory_run(
         finished, worker_gone = True, None
         if wait and report.scan_share_ids:
             finished, worker_gone = wait_with_worker(report.scan_share_ids, timeout, worker)
+        ended = finished
     finally:
         if worker is not None:
-            worker.stop()
+            worker.stop(IDLE_STOP_GRACE if ended else STOP_GRACE)
     with session_scope() as session:
         view = inventory_view(session, report.job_id)
     scan_errors = sum(share["scan"]["errors"] for server in view["servers"] for share in server["shares"]
@@ -152,11 +154,12 @@ def inventory_resume(
     from common.settings import get_settings
     from orchestrator.inventory.service import resume_scans
     from orchestrator.jobs import JobError
-    from orchestrator.worker import start_local_worker
+    from orchestrator.worker import IDLE_STOP_GRACE, STOP_GRACE, start_local_worker
 
     if start_worker is None:
         start_worker = wait and get_settings().broker_is_embedded
     worker = start_local_worker() if start_worker else None
+    ended = False  # the scans the worker serves have all finished
     try:
         try:
             share_ids = resume_scans(job)
@@ -165,9 +168,10 @@ def inventory_resume(
         finished, worker_gone = True, None
         if wait and share_ids:
             finished, worker_gone = wait_with_worker(share_ids, timeout, worker)
+        ended = finished
     finally:
         if worker is not None:
-            worker.stop()
+            worker.stop(IDLE_STOP_GRACE if ended else STOP_GRACE)
     if as_json:
         emit_json({"resumed_share_ids": share_ids, "waited": wait, "finished": finished,
                    "worker_gone": worker_gone})

@@ -157,6 +157,7 @@ def drive_runs(run_ids: list[int], *, start_workers: bool | None = None,
     from common.settings import get_settings
     from orchestrator.transfer import planning
     from orchestrator.transfer.workers import LocalWorkers, WorkerStartError
+    from orchestrator.worker import IDLE_STOP_GRACE, STOP_GRACE
 
     if start_workers is None:
         start_workers = get_settings().broker_is_embedded
@@ -171,6 +172,7 @@ def drive_runs(run_ids: list[int], *, start_workers: bool | None = None,
             _fail(str(exc))
     states: dict[int, RunState] = {}
     failures: dict[int, BaseException] = {}
+    ended = False
 
     def drive(run_id: int) -> None:
         def say(line: str) -> None:
@@ -192,9 +194,10 @@ def drive_runs(run_ids: list[int], *, start_workers: bool | None = None,
                 thread.join()
         else:
             _show_progress_bars(run_ids, threads)
+        ended = True
     finally:
         if workers is not None:
-            workers.stop()
+            workers.stop(IDLE_STOP_GRACE if ended else STOP_GRACE)
     for run_id, exc in failures.items():
         console.print(f"[red]run {run_id} failed:[/red] {type(exc).__name__}: {exc}")
     return states

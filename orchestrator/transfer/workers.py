@@ -4,7 +4,8 @@ With the embedded defaults (SQLite database, SQLite broker) there is nobody else
 proxy workers, so ``sms transfer run --wait`` starts one ``sms-worker --destination NAME``
 process per destination on this machine (``LocalWorkers``), each the leader of its own
 process group, waits until Celery reports it ready, and stops each group by its id when
-the run ends (SIGTERM, then SIGKILL after a grace period).
+the run ends (SIGTERM, then SIGKILL after a grace period: one second once the runs have
+ended, see orchestrator.worker.IDLE_STOP_GRACE).
 
 Workers inherit this process's environment, which is where every ``SMS_*`` setting lives:
 nothing but the destination name and the concurrency goes on their command line, so no
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 
 from common.settings import get_settings
-from orchestrator.worker import WorkerStartError, wait_for_ready_mark
+from orchestrator.worker import STOP_GRACE, WorkerStartError, wait_for_ready_mark
 
 class LocalWorkers:
     """Worker processes of this CLI invocation, one per destination; a context manager."""
@@ -59,8 +60,9 @@ class LocalWorkers:
             self.stop()
             raise WorkerStartError(f"worker for {destination} did not start; see {log_path}")
 
-    def stop(self, grace: float = 15.0) -> None:
-        """Warm shutdown of every started worker group; SIGKILL what outlives ``grace``."""
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        """Warm shutdown of every started worker group; SIGKILL what outlives ``grace``
+        (``orchestrator.worker.IDLE_STOP_GRACE`` once the runs they served have ended)."""
         for process in self.processes.values():
             if process.poll() is None:
                 # The main process alone: it shuts its pool down itself (warm shutdown).
