@@ -9,7 +9,11 @@ to ``settings.orchestrator_queue``. There is no result backend: the job database
 truth about every batch (see common.leases, orchestrator.leases).
 
 Works on the embedded broker (``sqla+sqlite://``, kombu's SQLAlchemy transport, which
-has no fan-out: remote control is off there) and on Redis.
+has no fan-out: remote control is off there) and on Redis. On the embedded broker the
+consumers poll their queues every ``EMBEDDED_BROKER_POLL`` seconds instead of kombu's
+every second (``EmbeddedBrokerTransport``): each message otherwise waited up to a second
+before a worker took it, and an inventory or a folder stage is a chain of such messages
+(one per folder level or wave).
 
 This module must never put a credential in the configuration it logs or in a message.
 """
@@ -17,12 +21,21 @@ This module must never put a credential in the configuration it logs or in a mes
 from __future__ import annotations
 
 from celery import Celery
+from kombu.transport import sqlalchemy as sqlalchemy_transport
 
 from common.settings import Settings, get_settings
 
 PROXY_WORKER_TASKS = "proxy_worker.tasks"
 PROXY_WORKER_COPY_TASKS = "proxy_worker.copy_tasks"
 EMBEDDED_BROKER_BUSY_TIMEOUT = 30  # seconds
+EMBEDDED_BROKER_POLL = 0.1  # seconds between an idle consumer's looks at its queues
+
+
+class EmbeddedBrokerTransport(sqlalchemy_transport.Transport):
+    """kombu's SQLAlchemy transport with a shorter polling interval. (Its transport
+    options all go to ``create_engine``, so the interval cannot be passed as one.)"""
+
+    polling_interval = EMBEDDED_BROKER_POLL
 
 
 def celery_config(settings: Settings) -> dict:
@@ -34,8 +47,13 @@ def celery_config(settings: Settings) -> dict:
         broker_options = {"connect_args": {"timeout": EMBEDDED_BROKER_BUSY_TIMEOUT}}
     else:
         broker_options = dict(transport_options)
+    broker = {"broker_url": settings.broker_url}
+    if settings.broker_is_embedded:
+        # The transport named by its class; what follows "sqla+" is the database's URL.
+        broker = {"broker_url": settings.broker_url.partition("+")[2],
+                  "broker_transport": f"{__name__}:{EmbeddedBrokerTransport.__name__}"}
     return {
-        "broker_url": settings.broker_url,
+        **broker,
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": broker_options,
         "result_backend_transport_options": dict(transport_options),

@@ -9,6 +9,7 @@ with every file record written exactly once.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 import uuid
@@ -19,7 +20,7 @@ import pytest
 from celery import Celery
 from sqlalchemy import func, select
 
-from common.celery_app import create_celery_app
+from common.celery_app import EMBEDDED_BROKER_POLL, EmbeddedBrokerTransport, create_celery_app
 from common.db import session_scope
 from common.leases import claim_batch, complete_batch, renew_lease
 from common.models import (
@@ -317,3 +318,19 @@ def test_workers_refuse_anything_but_json(redis_postgres_pipeline, worker_factor
     assert (refused.state, refused.attempt) == (BatchState.QUEUED, 0)
     assert pipeline.file_records(pickled) == []
     assert "pickle" in worker.log() and "untrusted content" in worker.log()
+
+
+def test_the_embedded_broker_is_polled_often(embedded_pipeline):
+    """The embedded broker's consumers look at their queues every EMBEDDED_BROKER_POLL
+    seconds, not kombu's every second (a message waited up to a second before a worker
+    took it); the URL left once the transport is named by its class reaches the broker's
+    database."""
+    with embedded_pipeline.app.connection_for_write() as connection:
+        assert type(connection.transport) is EmbeddedBrokerTransport
+        assert connection.transport.polling_interval == EMBEDDED_BROKER_POLL < 1
+        connection.default_channel.queue_declare("sms.poll-check")
+    broker = sqlite3.connect(embedded_pipeline.worker_env["SMS_BROKER_URL"].removeprefix("sqla+sqlite:///"))
+    try:
+        assert ("sms.poll-check",) in broker.execute("SELECT name FROM kombu_queue").fetchall()
+    finally:
+        broker.close()
