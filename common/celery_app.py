@@ -13,7 +13,8 @@ has no fan-out: remote control is off there) and on Redis. On the embedded broke
 consumers poll their queues every ``EMBEDDED_BROKER_POLL`` seconds instead of kombu's
 every second (``EmbeddedBrokerTransport``): each message otherwise waited up to a second
 before a worker took it, and an inventory or a folder stage is a chain of such messages
-(one per folder level or wave).
+(one per folder level or wave). An idle worker's polling then costs about 2 % of a core
+(4 % at 0.1 s, measured).
 
 This module must never put a credential in the configuration it logs or in a message.
 """
@@ -28,7 +29,7 @@ from common.settings import Settings, get_settings
 PROXY_WORKER_TASKS = "proxy_worker.tasks"
 PROXY_WORKER_COPY_TASKS = "proxy_worker.copy_tasks"
 EMBEDDED_BROKER_BUSY_TIMEOUT = 30  # seconds
-EMBEDDED_BROKER_POLL = 0.1  # seconds between an idle consumer's looks at its queues
+EMBEDDED_BROKER_POLL = 0.2  # seconds between an idle consumer's looks at its queues
 
 
 class EmbeddedBrokerTransport(sqlalchemy_transport.Transport):
