@@ -23,10 +23,12 @@ This module must never hold a credential and must never import the orchestrator.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.smb.checksum import DEFAULT_ALGORITHM
-from common.smb.copy import CopyOptions
+
+if TYPE_CHECKING:  # the copy engine (smbprotocol's stack) is loaded by whoever copies
+    from common.smb.copy import CopyOptions
 
 CHECKSUM_CHOICES = ("none", "fast", "sha256")
 _ALGORITHMS = {"none": DEFAULT_ALGORITHM, "fast": DEFAULT_ALGORITHM, "sha256": "sha256"}
@@ -105,6 +107,8 @@ class TransferOptions:
 
     def copy_options(self) -> CopyOptions:
         """The copy engine's options for these transfer options."""
+        from common.smb.copy import CopyOptions
+
         return CopyOptions(checksum=self.algorithm, verify=self.verify,
                            skip_unchanged=True, copy_security=True, copy_sacl=self.copy_sacl)
 
