@@ -84,13 +84,18 @@ def database(tmp_path, monkeypatch):
     reset_settings_cache()
 
 
-def test_a_batch_with_an_unreadable_folder_and_a_rescan_of_many_changed_folders(lab, database):
-    server, root = lab
+def _job_with_the_lab_server(database: str, name: str, server) -> int:
+    """A job whose one source is the lab server, reached as the reader account; its id."""
     with session_scope(database) as session:
-        job = create_job(session, "batches")
+        job = create_job(session, name)
         add_server(session, job, name="nas", kind="smb-only", role="source", address=server.address,
                    username=READER, password=READER_PASSWORD)
-        job_id = job.id
+        return job.id
+
+
+def test_a_batch_with_an_unreadable_folder_and_a_rescan_of_many_changed_folders(lab, database):
+    server, root = lab
+    job_id = _job_with_the_lab_server(database, "batches", server)
     batches: list[list[str]] = []
     original = tasks.scan_batch
 
@@ -138,11 +143,7 @@ def test_folders_longer_than_the_compounds_two_queries_are_listed_to_the_end(lab
     monkeypatch.setattr(tasks, "_FIRST_OUTPUT", 256)
     monkeypatch.setattr(tasks, "_SECOND_OUTPUT", 256)
     server, _root = lab
-    with session_scope(database) as session:
-        job = create_job(session, "long-listings")
-        add_server(session, job, name="nas", kind="smb-only", role="source", address=server.address,
-                   username=READER, password=READER_PASSWORD)
-        job_id = job.id
+    job_id = _job_with_the_lab_server(database, "long-listings", server)
     report = run_inventory(job_id, InventoryOptions(), url=database, publish=run_scans_inline)
     [share_id] = report.scan_share_ids
     records = check_scan_records(database, share_id, server.address, frozenset({"secret"}))[1]
