@@ -110,11 +110,6 @@ class WalkError:
     message: str
 
 
-def join(parent: str, name: str) -> str:
-    """The share-relative path of ``name`` inside ``parent`` ('' is the share root)."""
-    return f"{parent}\\{name}" if parent else name
-
-
 def parse_directory_buffer(buffer: bytes, parent: str, *, ids: bool = False) -> list[DirEntry]:
     """Decode a QUERY_DIRECTORY buffer of FileDirectoryInformation entries (no file id and
     no EA size: both 0), or with ``ids`` of FileIdFullDirectoryInformation entries (the
@@ -489,6 +484,6 @@ def walk(tree, root: str = "", errors: list[WalkError] | None = None) -> Iterato
             errors.extend(walker.errors)
 
 
-__all__ = ["DirEntry", "PipelinedWalker", "ShareWalker", "WalkError", "join", "parse_directory_buffer",
+__all__ = ["DirEntry", "PipelinedWalker", "ShareWalker", "WalkError", "parse_directory_buffer",
            "own_id_from", "own_id_query_body", "query_directory_body",
            "list_to_the_end", "walk"]
