@@ -1,6 +1,7 @@
 """The job database schema on real SQLite and PostgreSQL: migrations, bulk load, indexes.
 
-Alembic takes an empty database to head and back to base; the models and the migrations
+Alembic takes an empty database to head and back to base; before a command, SQLite is
+brought to head and an older PostgreSQL refused; the models and the migrations
 describe the same schema; 100,000 file records load through the bulk path (COPY on
 PostgreSQL) byte- and tick-exact, and reconciliation queries are served by their indexes.
 """
@@ -8,6 +9,7 @@ PostgreSQL) byte- and tick-exact, and reconciliation queries are served by their
 from __future__ import annotations
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import func, inspect, select, text
@@ -26,7 +28,13 @@ from common.models import (
     Share,
     TransferRun,
 )
-from orchestrator.database import alembic_config, downgrade_to_base, upgrade_to_head
+from orchestrator.database import (
+    SchemaNotReady,
+    alembic_config,
+    downgrade_to_base,
+    ensure_schema,
+    upgrade_to_head,
+)
 
 FILE_COUNT = 100_000
 # FILETIMEs whose last 100 ns digit is not 0: datetimes would lose it.
@@ -63,6 +71,33 @@ def test_upgrade_to_head_then_downgrade_to_base(empty_database_url):
     assert table_names(empty_database_url) == {"alembic_version"}
     upgrade_to_head(empty_database_url)  # and up again: the downgrade left nothing behind
     assert table_names(empty_database_url) >= set(Base.metadata.tables)
+
+
+def test_ensure_schema_upgrades_sqlite_and_refuses_an_old_postgresql(empty_database_url):
+    """Before a command: the embedded SQLite database is created, or brought up from an
+    older revision, and left alone at head; a PostgreSQL database that is not at head is
+    refused with the command that upgrades it, and never changed."""
+    def version() -> str | None:
+        with get_engine(empty_database_url).connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+
+    sqlite = empty_database_url.startswith("sqlite")
+    if sqlite:
+        ensure_schema(empty_database_url)  # a new database
+        assert version() == head_revision()
+    upgrade_to_head(empty_database_url)
+    command.downgrade(alembic_config(empty_database_url), "-1")
+    older = version()
+    assert older not in (None, head_revision())
+    if sqlite:
+        ensure_schema(empty_database_url)
+        assert version() == head_revision()
+        ensure_schema(empty_database_url)  # at head: nothing to do
+        assert version() == head_revision()
+    else:
+        with pytest.raises(SchemaNotReady, match=f"revision {older}.*sms db upgrade"):
+            ensure_schema(empty_database_url)
+        assert version() == older
 
 
 def test_models_match_the_migrations(empty_database_url):
