@@ -61,8 +61,9 @@ READY_MARK = " ready."  # what Celery logs once the worker consumes
 # killed: while it may be copying or scanning, enough to finish a batch; once the work it
 # was started for has ended, one second. An idle worker on the embedded broker takes 5-7 s
 # to stop by itself (Celery's loop there notices a stop only every 2 s, then its pool winds
-# down), and it holds nothing: a message it had taken but not run is published again by
-# the lease reaper, as for a worker that died.
+# down), and it holds nothing of that work: a message of other work it had taken but not
+# run is published again as for a worker that died (a batch by the lease reaper, a scan's
+# folders by ``sms inventory resume``).
 STOP_GRACE = 15.0
 IDLE_STOP_GRACE = 1.0
 
