@@ -14,13 +14,15 @@ again. A large file that grows while it is being copied is recorded failed and i
 by the next run. A worker that cannot decrypt the stored credential fails its batches at
 once with that reason, and the run still ends. A destination share that does not exist
 (the destination has no management access to create it) is reported and left out while
-the others are transferred.
+the others are transferred. Overlapping walks leave Python's collector thresholds as
+they found them.
 """
 
 from __future__ import annotations
 
 import common  # noqa: F401  (keeps impacket's bin/smbclient.py off the import path)
 
+import gc
 import os
 import threading
 import time
@@ -327,3 +329,17 @@ def test_a_destination_share_that_does_not_exist_is_reported_and_the_others_are_
     assert record_states(runs[0]) == {"": ("copied", None), "folder": ("copied", None),
                                       "folder\\file.txt": ("copied", None)}
     assert set(record_states(runs[1]).values()) == {("skipped", None)}
+
+
+def test_overlapping_walks_put_the_collectors_thresholds_back_once_the_last_ends():
+    """Runs driven side by side overlap their walks: the process's collector thresholds stay
+    raised while any walk goes on and are what they were before once the last one ends,
+    whichever ends first."""
+    before = gc.get_threshold()
+    first, second = planning._fewer_collections(), planning._fewer_collections()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert gc.get_threshold() == (planning.WALK_GC_THRESHOLD, *before[1:])
+    second.__exit__(None, None, None)
+    assert gc.get_threshold() == before

@@ -67,6 +67,7 @@ import functools
 import gc
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -683,18 +684,35 @@ def _open_trees(*places: SmbEndpoint | SmbTree) -> Iterator[list[SmbTree]]:
             tree.close()
 
 
+# Walks under way in this process (runs are driven in threads side by side) and the
+# collector's thresholds from before the first of them.
+_walks_lock = threading.Lock()
+_walks_under_way = 0
+_thresholds_before: tuple[int, ...] = ()
+
+
 @contextmanager
 def _fewer_collections() -> Iterator[None]:
     """Python's cyclic garbage collector runs less often inside: a walk makes tens of
     thousands of objects that live until it ends (the listings, the baseline), and every
     full collection goes through all of them (0.1 s in every other re-run of 20,000 files
-    with Python's default thresholds). Cycles are still collected."""
-    before = gc.get_threshold()
-    gc.set_threshold(WALK_GC_THRESHOLD, *before[1:])
+    with Python's default thresholds). Cycles are still collected. The thresholds are the
+    process's: raised when the first of several concurrent walks starts, put back when
+    the last one ends (each putting back what it found would leave them raised when two
+    runs' walks overlap)."""
+    global _walks_under_way, _thresholds_before
+    with _walks_lock:
+        if not _walks_under_way:
+            _thresholds_before = gc.get_threshold()
+            gc.set_threshold(WALK_GC_THRESHOLD, *_thresholds_before[1:])
+        _walks_under_way += 1
     try:
         yield
     finally:
-        gc.set_threshold(*before)
+        with _walks_lock:
+            _walks_under_way -= 1
+            if not _walks_under_way:
+                gc.set_threshold(*_thresholds_before)
 
 
 def _previous_run(session: Session, context: _Context, target: _ShareTarget) -> int | None:
