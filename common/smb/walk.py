@@ -56,6 +56,8 @@ _ID_FIELDS = struct.Struct("<I4xQ")  # what _ENTRY has after _PLAIN_ENTRY's fiel
 _FILE_ID = struct.Struct("<Q")  # FileInternalInformation: the 64-bit file id
 _DIRECTORY = FileAttributes.FILE_ATTRIBUTE_DIRECTORY
 _DIRECTORY_OR_LINK = _DIRECTORY | FileAttributes.FILE_ATTRIBUTE_REPARSE_POINT
+# What listing a folder asks for: its entries, its own attributes, waiting on the handle.
+LIST_ACCESS = fp.FILE_LIST_DIRECTORY | fp.FILE_READ_ATTRIBUTES | fp.SYNCHRONIZE
 _STATUS_DONE = (NtStatus.STATUS_NO_MORE_FILES, NtStatus.STATUS_NO_SUCH_FILE)
 # One credit covers 64 KiB of QUERY_DIRECTORY output (MS-SMB2 3.1.5.2).
 _CREDIT_UNIT = 65536
@@ -381,8 +383,7 @@ class PipelinedWalker:
         channel = self.channel
         charge = self._charge()
         channel._reserve(charge + 3)
-        create = channel._create_body(directory, fp.FILE_LIST_DIRECTORY | fp.FILE_READ_ATTRIBUTES
-                                      | fp.SYNCHRONIZE, fp.FILE_OPEN, self.options, fp.SHARE_READ_WRITE_DELETE)
+        create = channel._create_body(directory, LIST_ACCESS, fp.FILE_OPEN, self.options, fp.SHARE_READ_WRITE_DELETE)
         return channel._send_chain([
             (fp.CMD_CREATE, create, 1),
             (fp.CMD_QUERY_INFO, own_id_query_body(fp.RELATED_FILE_ID), 1),
@@ -450,8 +451,7 @@ def list_to_the_end(channel, path: str, output: int, charge: int,
     failed: "open directory" or "list directory"). For a folder whose listing did not fit
     in one response of ``output`` bytes (``charge`` credits per query)."""
     try:
-        handle = channel.open(path, fp.FILE_LIST_DIRECTORY | fp.FILE_READ_ATTRIBUTES | fp.SYNCHRONIZE,
-                              options=options)
+        handle = channel.open(path, LIST_ACCESS, options=options)
     except fp.FastPathError as exc:
         return [], exc.status, "open directory"
     entries: list[DirEntry] = []
@@ -484,6 +484,6 @@ def walk(tree, root: str = "", errors: list[WalkError] | None = None) -> Iterato
             errors.extend(walker.errors)
 
 
-__all__ = ["DirEntry", "PipelinedWalker", "ShareWalker", "WalkError", "parse_directory_buffer",
+__all__ = ["DirEntry", "LIST_ACCESS", "PipelinedWalker", "ShareWalker", "WalkError", "parse_directory_buffer",
            "own_id_from", "own_id_query_body", "query_directory_body",
            "list_to_the_end", "walk"]

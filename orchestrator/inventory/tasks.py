@@ -32,6 +32,7 @@ from common.smb import fastpath as fp
 from common.smb.connection import SmbEndpoint, close_pool, get_tree
 from common.smb.errors import SmbFileError, status_name
 from common.smb.walk import (
+    LIST_ACCESS,
     DirEntry,
     list_to_the_end,
     own_id_from,
@@ -63,7 +64,6 @@ LISTING_WINDOW = 16
 _FIRST_OUTPUT = 4 * 65536
 _SECOND_OUTPUT = 65536
 _DONE = (fp.STATUS_NO_MORE_FILES, fp.STATUS_NO_SUCH_FILE)
-_LIST_ACCESS = fp.FILE_LIST_DIRECTORY | fp.FILE_READ_ATTRIBUTES | fp.SYNCHRONIZE
 
 _HINTS = {
     "STATUS_ACCESS_DENIED": "the migration account may not read it: grant it read access",
@@ -120,7 +120,7 @@ def _list_pipelined(channel: fp.FastChannel, paths: Sequence[str]) -> Iterator[t
     while waiting or in_flight:
         while waiting and len(in_flight) < LISTING_WINDOW:
             path = waiting.popleft()
-            create_body = channel._create_body(path, _LIST_ACCESS, fp.FILE_OPEN, fp.FILE_DIRECTORY_FILE,
+            create_body = channel._create_body(path, LIST_ACCESS, fp.FILE_OPEN, fp.FILE_DIRECTORY_FILE,
                                                fp.SHARE_READ_WRITE_DELETE)
             channel._reserve(charge + 4)
             in_flight.append(channel._send_chain([
