@@ -202,9 +202,7 @@ class SambaServer:
         for group in groups:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(group, signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and any(_alive(p) for p in groups):
-            time.sleep(0.05)
+        _wait_until_gone(list(groups), 5)
         time.sleep(downtime)
         subprocess.run(["smbd", "-D", "-s", str(self.conf)], check=True, capture_output=True)
         deadline = time.monotonic() + timeout
@@ -229,16 +227,18 @@ class SambaServer:
         return found
 
     def stop(self) -> None:
-        """Stop every daemon of this server by pid and release its address."""
-        for pid in self.pids():
+        """Stop every daemon of this server by pid, wait until each is gone, and release
+        its address. The daemons are waited on by the pids found before signalling them:
+        smbd removes its pid file while it shuts down, before it has exited."""
+        daemons = self.pids()
+        for pid in daemons:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and any(_alive(p) for p in self.pids()):
-            time.sleep(0.05)
-        for pid in self.pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        if not _wait_until_gone(daemons, 5):
+            for pid in daemons:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            _wait_until_gone(daemons, 5)
         self._started = False
         if self._address_lock is not None:
             subprocess.run(
@@ -269,6 +269,16 @@ def short_socket_directory() -> Path:
     for sub in ("lock", "ncalrpc"):
         (directory / sub).mkdir()
     return directory
+
+
+def _wait_until_gone(pids: list[int], seconds: float) -> bool:
+    """Wait up to ``seconds`` until none of ``pids`` runs; True when none does."""
+    deadline = time.monotonic() + seconds
+    while any(_alive(pid) for pid in pids):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _alive(pid: int) -> bool:
