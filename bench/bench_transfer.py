@@ -79,6 +79,7 @@ from common.transfer_options import TransferOptions  # noqa: E402
 from orchestrator.transfer import planning  # noqa: E402
 from orchestrator.transfer.reconcile import reconcile  # noqa: E402
 from tests.lab.samba import MIGRATION_PASSWORD, MIGRATION_USER, SambaServer, reserve_loopback_address  # noqa: E402
+from tests.lab.sshd import SshServer  # noqa: E402
 from tests.lab.trees import make_dataset  # noqa: E402
 
 SMB_PORT = 445
@@ -296,21 +297,29 @@ def run_bare(pool, source: SmbEndpoint, destination: SmbEndpoint, prefix: str,
 
 # --- the orchestrator ---------------------------------------------------------------------
 class Lab:
-    """The job database's view of the lab: one job, servers added as needed."""
+    """The job database's view of the lab: one job, servers added as needed; with ``sshd``
+    (a lab ``SshEndpoint``), Samba servers managed over SSH as root, else SMB-only ones."""
 
-    def __init__(self) -> None:
+    def __init__(self, sshd=None) -> None:
+        self.sshd = sshd
         with session_scope() as session:
             job = Job(name="bench")
             session.add(job)
             session.flush()
             self.job_id = job.id
 
-    def server(self, name: str, role: ServerRole, address: str) -> int:
-        """A Samba server row (migration account, encrypted password); its id."""
+    def server(self, name: str, role: ServerRole, address: str, samba: SambaServer | None = None) -> int:
+        """A Samba server row (migration account, encrypted password), managed through the
+        lab sshd when there is one and ``samba`` (its smb.conf) is given; its id."""
+        managed = self.sshd is not None and samba is not None
+        management = {"ssh_host": self.sshd.host, "ssh_port": self.sshd.port, "ssh_user": self.sshd.root_user,
+                      "key_file": str(self.sshd.client_key), "known_hosts": str(self.sshd.known_hosts),
+                      "smb_conf": str(samba.conf)} if managed else {}
         with session_scope() as session:
-            row = Server(job_id=self.job_id, name=name, role=role, kind=ServerKind.SMB_ONLY,
+            row = Server(job_id=self.job_id, name=name, role=role,
+                         kind=ServerKind.SAMBA if managed else ServerKind.SMB_ONLY,
                          address=address, port=SMB_PORT, username=MIGRATION_USER,
-                         credential=encrypt_secret(MIGRATION_PASSWORD))
+                         credential=encrypt_secret(MIGRATION_PASSWORD), management=management)
             session.add(row)
             session.flush()
             return row.id
@@ -392,13 +401,19 @@ def main(argv: list[str] | None = None) -> int:
                              "bare engine's in turn (medians compared)")
     parser.add_argument("--rerun-rounds", type=int, default=3,
                         help="re-runs with nothing changed, ours and rclone's in turn (medians compared)")
+    parser.add_argument("--managed", action="store_true",
+                        help="register the servers as Samba managed over SSH (a lab sshd, as root), so "
+                             "that re-runs compare on the hosts' own listings (docs/transfer.md)")
     parser.add_argument("--workdir", type=Path, default=None, help="where servers keep files")
     parser.add_argument("--keep", action="store_true", help="keep the servers' files")
     args = parser.parse_args(argv)
     parts = {part.strip() for part in args.parts.split(",") if part.strip()}
     counts = [int(n) for n in args.processes.split(",")]
     tools = {tool.strip() for tool in args.tools.split(",") if tool.strip()}
-    options = TransferOptions(checksum=args.checksum, retries=0)
+    # Managed servers: the files alone, as rclone does them (no local accounts, no share
+    # recreation: each costs host commands per run, reported apart in docs/benchmarks.md).
+    options = TransferOptions(checksum=args.checksum, retries=0,
+                              **({"migrate_principals": "skip", "recreate_shares": False} if args.managed else {}))
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="sms-bench-xfer-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -429,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     proxy = None
     workers = []
     pools = []
+    closers = []
     try:
         source.start()
         destination.start()
@@ -445,7 +461,8 @@ def main(argv: list[str] | None = None) -> int:
             sizes["slowset"] = (made.small_files, made.total_bytes)
         os.sync()
         print(f"datasets {sizes} written in {time.perf_counter() - started:.1f} s; servers "
-              f"{source.address} -> {destination.address}; {os.cpu_count()} cores shared", flush=True)
+              f"{source.address} -> {destination.address}{' (managed over SSH)' if args.managed else ''}; "
+              f"{os.cpu_count()} cores shared", flush=True)
         env = rclone_environment(source, destination, workdir) if "rclone" in tools else {}
 
         def endpoint(server_address: str, share: str) -> SmbEndpoint:
@@ -469,8 +486,13 @@ def main(argv: list[str] | None = None) -> int:
             record(Figure(label, name, count, files, total, seconds, load, note))
 
         with Services(workdir):
-            lab = Lab()
-            source_id = lab.server("src", ServerRole.SOURCE, source.address)
+            if args.managed:
+                sshd = SshServer(workdir / "sshd")
+                closers.append(sshd.stop)
+                lab = Lab(sshd.start())
+            else:
+                lab = Lab()
+            source_id = lab.server("src", ServerRole.SOURCE, source.address, source)
             last_pairing = {}
             for name in datasets:
                 set_batch_files(args.batch_files)
@@ -487,7 +509,8 @@ def main(argv: list[str] | None = None) -> int:
                     # emptied share.
                     server_name = f"d-{name}-{count}" + (f"-r{round_}" if round_ else "")
                     empty_directory(destination.shares[f"{name}{count}"].path)
-                    destination_id = lab.server(server_name, ServerRole.DESTINATION, destination.address)
+                    destination_id = lab.server(server_name, ServerRole.DESTINATION, destination.address,
+                                                destination)
                     pairing_id = lab.pairing(source_id, destination_id, name)
                     worker = start_proxy_worker(server_name, count, workdir / "logs")
                     workers.append(worker)
@@ -571,6 +594,8 @@ def main(argv: list[str] | None = None) -> int:
             worker.stop()
         if proxy is not None:
             proxy.stop()
+        for close in closers:
+            close()
         for server in (source, destination):
             server.stop()
         if not args.keep:

@@ -496,7 +496,8 @@ def run_records(run_id: int, share_id: int | None = None,
 
     The rows the run wrote, and for each file it found unchanged (``UnchangedFile``) the
     referenced record as this run's: ``run_id`` this run, state ``skipped``, no batch and no
-    error; ``id`` stays the referenced record's (what a later run refers to). Every reader
+    error; ``id`` stays the referenced record's (what a later run refers to) and
+    ``origin_run_id`` names the run that wrote it (this run for its own rows). Every reader
     of a run's records (reconciliation, logs, the next run's baseline) goes through this.
 
     With ``share_id`` and ``paths``, only those paths of that share: referenced records are
@@ -516,15 +517,16 @@ def run_records(run_id: int, share_id: int | None = None,
         else null().label(column.name) if column.name in _NOT_CARRIED
         else column
         for column in table.c]
-    own = select(table).where(table.c.run_id == run_id)
+    origin = table.c.run_id.label("origin_run_id")
+    own = select(table, origin).where(table.c.run_id == run_id)
     if paths is None:
-        carried = select(*carried_columns).join(references, references.c.record_id == table.c.id).where(
-            references.c.run_id == run_id)
+        carried = select(*carried_columns, origin).join(
+            references, references.c.record_id == table.c.id).where(references.c.run_id == run_id)
     else:
         own = own.where(table.c.share_id == share_id, table.c.relative_path.in_(paths))
         pairing = select(runs.c.pairing_id).where(runs.c.id == run_id).scalar_subquery()
         earlier = select(runs.c.id).where(runs.c.pairing_id == pairing, runs.c.id < run_id)
-        carried = select(*carried_columns).where(
+        carried = select(*carried_columns, origin).where(
             table.c.share_id == share_id, table.c.run_id.in_(earlier), table.c.relative_path.in_(paths),
             exists().where(references.c.run_id == run_id, references.c.record_id == table.c.id))
     return union_all(own, carried).subquery("run_records")

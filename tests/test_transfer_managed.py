@@ -46,7 +46,6 @@ from common.models import (
     Pairing,
     RunState,
     Server,
-    ServerKind,
     ServerRole,
     SidMap,
     TransferRun,
@@ -62,10 +61,9 @@ from orchestrator.transfer import planning
 from orchestrator.transfer.logs import export_run_logs
 from orchestrator.transfer.reconcile import reconcile
 from tests.lab.compare import split_security_descriptor
-from tests.lab.samba import MIGRATION_PASSWORD, MIGRATION_USER
 from tests.lab.smbio import FILE_READ_DATA, FILE_WRITE_DATA, SYNCHRONIZE, LabTree
 from tests.test_transfer_accounts import ace, descriptor, sid_bytes
-from tests.transfer_support import sms, unexplained_differences, use_settings
+from tests.transfer_support import management, register_servers, sms, unexplained_differences, use_settings
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:The ``noload`` loader strategy is deprecated:DeprecationWarning")
@@ -84,25 +82,6 @@ def _run(*argv: str, **kwargs) -> subprocess.CompletedProcess:
 def _sid_of(conf, user: str) -> str:
     out = _run("pdbedit", "-s", str(conf), "-L", "-v", "-u", user, check=True).stdout
     return re.search(r"User SID:\s+(\S+)", out).group(1)
-
-
-def _management(sshd, server) -> dict:
-    return {"ssh_host": sshd.host, "ssh_port": sshd.port, "ssh_user": sshd.root_user,
-            "key_file": str(sshd.client_key), "known_hosts": str(sshd.known_hosts),
-            "smb_conf": str(server.conf)}
-
-
-def _register(job_name: str, servers: dict) -> None:
-    from common.crypto import encrypt_secret
-
-    with session_scope() as session:
-        job = Job(name=job_name)
-        session.add(job)
-        session.flush()
-        for name, (samba, role, management) in servers.items():
-            session.add(Server(job_id=job.id, name=name, role=role, kind=ServerKind.SAMBA,
-                               address=samba.address, port=445, username=MIGRATION_USER,
-                               credential=encrypt_secret(MIGRATION_PASSWORD), management=management))
 
 
 def _pair_and_create_run(job: str, options: TransferOptions, path_mapping: dict) -> int:
@@ -162,8 +141,8 @@ def test_managed_samba_destination(managed_lab, tmp_path):
     _run("sharesec", "-s", str(src.conf), "data", "-R",
          f"S-1-1-0:ALLOWED/0x0/FULL,{alice}:ALLOWED/0x0/READ", check=True)
     owned_source_sd = _fill_source(src, alice)
-    _register("managed", {"src": (src, ServerRole.SOURCE, _management(sshd, src)),
-                          "dst": (dst, ServerRole.DESTINATION, _management(sshd, dst))})
+    register_servers("managed", {"src": (src, ServerRole.SOURCE, management(sshd, src)),
+                                 "dst": (dst, ServerRole.DESTINATION, management(sshd, dst))})
     paired = sms("transfer", "pair", "--job", "managed", "--source", "src", "--destination", "dst",
                  "--share", "data", "--path-map", f"{src.root / 'shares'}={dst.root / 'shares'}", "--json")
     assert json.loads(paired.stdout)["path_mapping"] == {str(src.root / "shares"): str(dst.root / "shares")}
@@ -250,7 +229,7 @@ def test_resume_after_dead_driver_maximum_duration_and_retries(managed_lab):
     with LabTree(src.address, "data") as lab:
         for index in range(10):
             lab.write_file(f"f{index:02d}.txt", b"x" * (index + 1))
-    _register("resume", {"src": (src, ServerRole.SOURCE, {}), "dst": (dst, ServerRole.DESTINATION, {})})
+    register_servers("resume", {"src": (src, ServerRole.SOURCE), "dst": (dst, ServerRole.DESTINATION)})
     run_id = _pair_and_create_run("resume", TransferOptions(retries=0, migrate_principals="skip"), {})
 
     # A driver that took the run, walked the share and recorded its batches, then died

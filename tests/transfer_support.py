@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from common.crypto import encrypt_secret
 from common.db import dispose_engines, session_scope
-from common.models import Job, Server, ServerKind, ServerRole, run_records
+from common.models import Job, Server, ServerKind, run_records
 from common.settings import reset_settings_cache
 from tests.lab.compare import compare_trees
 from tests.lab.samba import MIGRATION_PASSWORD, MIGRATION_USER
@@ -40,16 +40,25 @@ def use_settings(monkeypatch, **values: str) -> dict[str, str]:
     return env
 
 
-def register_servers(job_name: str, servers: dict[str, tuple[object, ServerRole]]) -> None:
-    """A job with one Samba server row per lab smbd: {name: (SambaServer, role)}."""
+def register_servers(job_name: str, servers: dict[str, tuple]) -> None:
+    """A job with one Samba server row per lab smbd: {name: (SambaServer, role)}, or
+    {name: (SambaServer, role, management)} for servers managed over SSH (``management``)."""
     with session_scope() as session:
         job = Job(name=job_name)
         session.add(job)
         session.flush()
-        for name, (samba, role) in servers.items():
+        for name, (samba, role, *management) in servers.items():
             session.add(Server(job_id=job.id, name=name, role=role, kind=ServerKind.SAMBA,
                                address=samba.address, port=445, username=MIGRATION_USER,
-                               credential=encrypt_secret(MIGRATION_PASSWORD)))
+                               credential=encrypt_secret(MIGRATION_PASSWORD),
+                               management=management[0] if management else {}))
+
+
+def management(sshd, server) -> dict:
+    """The management settings of a lab smbd reached as root through the lab sshd."""
+    return {"ssh_host": sshd.host, "ssh_port": sshd.port, "ssh_user": sshd.root_user,
+            "key_file": str(sshd.client_key), "known_hosts": str(sshd.known_hosts),
+            "smb_conf": str(server.conf)}
 
 
 def sms(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from smbprotocol.exceptions import SMBException, SMBResponseException
@@ -323,15 +323,18 @@ class PipelinedWalker:
     entered, a folder that is its own ancestor (a link loop: its own id, read when it is
     listed, is an ancestor's) is recorded as an error and its contents are not yielded,
     nothing is written. ``enter(entry)`` may refuse to descend into a folder (its entry
-    is still yielded). ``folders()`` gives each folder's entries together, which tells
+    is still yielded); ``roots`` walks several folders (none: nothing) instead of ``root``.
+    ``folders()`` gives each folder's entries together, which tells
     the caller that folder was listed to the end. Folders are visited in no fixed order.
     A broken connection raises ``SmbFileError``.
     """
 
     def __init__(self, channel, root: str = "", *, depth: int = 16, max_output: int = _MAX_OUTPUT,
-                 enter=None, backup_intent: bool = False):
+                 enter=None, backup_intent: bool = False, roots: Sequence[str] | None = None):
         self.channel = channel
         self.root = root.strip("\\/").replace("/", "\\")
+        # Folders to walk, each with everything below it (default: ``root``).
+        self.roots = [self.root] if roots is None else list(roots)
         self.depth = depth
         self.enter = enter
         self.options = 0x1 | (0x4000 if backup_intent else 0)  # FILE_DIRECTORY_FILE (+ backup intent)
@@ -353,7 +356,7 @@ class PipelinedWalker:
         enter = self.enter
         # Each folder to list carries its parent's chain of ancestors' file ids as a linked
         # list ((file id, path), parent chain); its own id joins it once it is listed.
-        pending: list[tuple[str, tuple | None]] = [(self.root, None)]
+        pending: list[tuple[str, tuple | None]] = [(root, None) for root in self.roots]
         inflight: deque = deque()
         try:
             while pending or inflight:

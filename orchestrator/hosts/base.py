@@ -13,8 +13,10 @@ and the server's own error text, never from a password or a key.
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterable
 
 from orchestrator.hosts.facts import (
+    HostListing,
     HostIdentity,
     LocalPrincipals,
     NetworkAdapter,
@@ -142,6 +144,17 @@ class HostAdapter(abc.ABC):
         ``ManagementUnavailable``.
         """
         raise ManagementUnavailable(self.host, "this adapter cannot create shares on the host")
+
+    def list_share(self, share: str, *, prune: Iterable[str] = (), clock_only: bool = False) -> HostListing:
+        """The server's clock and the folders of ``share`` as its own filesystem lists them
+        (``facts.HostListing``); top-level names in ``prune`` (any case) are left out with everything
+        under them. ``clock_only`` reads the clock alone (and where the share lives).
+
+        Lets a re-run compare a share without listing it over SMB (orchestrator.transfer
+        .host_listing). Adapters that cannot list a host's folders raise
+        ``ManagementUnavailable``.
+        """
+        raise ManagementUnavailable(self.host, "this adapter cannot list folders on the host")
 
     def close(self) -> None:
         """Release the connection to the host (the default adapter holds none)."""

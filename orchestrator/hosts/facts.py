@@ -171,3 +171,25 @@ class LocalPrincipals:
 
     users: list[LocalUser] = field(default_factory=list)
     groups: list[LocalGroup] = field(default_factory=list)
+
+
+@dataclass
+class HostListing:
+    """A share's folders as the file server's own filesystem shows them, read over the
+    management channel (``HostAdapter.list_share``), not over SMB.
+
+    ``clock`` is the server's own clock (nanoseconds since 1970) read before anything else,
+    so every change made after it carries a later change time (ctime). ``path`` and
+    ``refusal`` say where the share lives and, when the listing cannot stand in for an SMB
+    listing, why (None when it can). ``folders`` maps each folder's SMB-style path ('' the
+    share root, backslash separators) to its entries, name -> (kind, size, last-write
+    time as FILETIME, change time in ns): kind True for a folder, False for a regular file,
+    None for anything else (link, device, socket...). A folder holding a name that SMB
+    would show differently (a backslash in it, bytes that are not UTF-8) is left out, and
+    so is any folder whose path holds one. Empty when only the clock was asked for.
+    """
+
+    clock: int
+    path: str = ""
+    refusal: str | None = None
+    folders: dict[str, dict[str, tuple]] = field(default_factory=dict)

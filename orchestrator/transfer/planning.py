@@ -75,7 +75,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, case, exists, func, select, update
+from sqlalchemy import and_, case, exists, func, select, true, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -113,7 +113,7 @@ from common.smb.errors import SmbError, SmbFileError
 from common.smb.fastpath import FastChannel
 from common.smb.paths import UnsafePath, safe_relative_path
 from common.smb.walk import DirEntry, PipelinedWalker, ShareWalker, WalkError
-from common.transfer_options import TransferOptions
+from common.transfer_options import SYSTEM_FOLDERS, TransferOptions
 from orchestrator.jobs import advance_job
 from orchestrator.leases import (
     Publisher,
@@ -122,6 +122,7 @@ from orchestrator.leases import (
     reap_expired_leases,
 )
 from orchestrator.transfer import destination as dest_ops
+from orchestrator.transfer import host_listing
 
 # Host adapters (SSH, WinRM) are imported where the accounts-and-shares stage runs, so a
 # driver for an smb-only pairing does not need their libraries.
@@ -296,6 +297,8 @@ class _Context:
     # Destination trees the share check opened, by share id, each kept for its share's
     # planning: a connection less per share (a log-on costs smbd ~20 ms of CPU).
     checked_trees: dict[int, SmbTree] = field(default_factory=dict)
+    # The host adapters of the run (``_host_adapters``), made once, closed when it ends.
+    hosts: dict[str, Any] = field(default_factory=dict)
 
     def check_deadline(self) -> None:
         """Raise DurationExceeded once the run has lasted longer than its maximum duration."""
@@ -362,6 +365,8 @@ def execute_run(run_id: int, publish: Publisher | None = None, *, poll_interval:
     finally:
         for tree in context.checked_trees.values():  # shares the run stopped before planning
             tree.close()
+        for adapter in context.hosts.get("pair") or ():
+            adapter.close()
     say(state.value)
     return state
 
@@ -418,10 +423,18 @@ def _stop_for_duration(context: _Context, publish: Publisher, poll_interval: flo
     _wait_for_batches(context, publish, poll_interval, say, "files", check_deadline=False)
 
 
+def _host_adapters(context: _Context, source: Server, destination: Server):
+    """``_adapters``, made once per run: the accounts-and-shares stage and every share's
+    host listing use the same connections, closed when the run ends."""
+    if "pair" not in context.hosts:
+        context.hosts["pair"] = _adapters(source, destination)
+    return context.hosts["pair"]
+
+
 def _adapters(source: Server, destination: Server):
-    """(source adapter, destination adapter) for the accounts-and-shares stage, or None
-    when the destination cannot be managed (smb-only, or a Samba server registered
-    without SSH management)."""
+    """(source adapter, destination adapter) for the accounts-and-shares stage and the
+    host listings, or None when the destination cannot be managed (smb-only, or a Samba
+    server registered without SSH management)."""
     from common.models import ServerKind
     from orchestrator.inventory.service import management_adapter, smb_adapter
 
@@ -492,37 +505,36 @@ def _prepare_destination(context: _Context, source: Server, destination: Server,
     failed = {event.detail.get("share") for event in done if event.kind == EVENT_SHARE_ERROR}
     if done:  # a resumed run: this stage already ran
         return tuple(t for t in context.shares if t.name not in failed)
-    adapters = _adapters(source, destination)
+    adapters = _host_adapters(context, source, destination)
     if adapters is None:
         return _check_existing_shares(context, destination)
     from orchestrator.hosts import HostError
     from orchestrator.transfer.shares import recreate_shares
 
     source_adapter, destination_adapter = adapters
-    with source_adapter, destination_adapter:
-        sid_map = _migrate_accounts(context, source, destination, source_adapter,
-                                    destination_adapter, say)
-        if not context.options.recreate_shares:
-            return _check_existing_shares(context, destination)
-        with session_scope() as session:
-            pairing = session.get(Pairing, context.pairing_id)
-            path_mapping = dict(pairing.path_mapping or {})
-        try:
-            facts = {share.name: share for share in source_adapter.shares()}
-        except HostError as exc:
-            facts = {}
-            say(f"source shares could not be read: {exc}")
-        chosen, recreated, existing = [], [], []
-        for target in context.shares:
-            share = facts.get(target.name)
-            if share is not None and share.path and not _mapped(share.path, path_mapping):
-                existing.append(target)  # no mapping covers it: use the share as it is
-                continue
-            recreated.append(target)
-            chosen.append(dataclasses.replace(share, name=target.destination_share) if share
-                          else target.name)
-        outcomes = recreate_shares(source_adapter, destination_adapter, chosen, path_mapping,
-                                   sid_map, replace=True)
+    sid_map = _migrate_accounts(context, source, destination, source_adapter,
+                                destination_adapter, say)
+    if not context.options.recreate_shares:
+        return _check_existing_shares(context, destination)
+    with session_scope() as session:
+        pairing = session.get(Pairing, context.pairing_id)
+        path_mapping = dict(pairing.path_mapping or {})
+    try:
+        facts = {share.name: share for share in source_adapter.shares()}
+    except HostError as exc:
+        facts = {}
+        say(f"source shares could not be read: {exc}")
+    chosen, recreated, existing = [], [], []
+    for target in context.shares:
+        share = facts.get(target.name)
+        if share is not None and share.path and not _mapped(share.path, path_mapping):
+            existing.append(target)  # no mapping covers it: use the share as it is
+            continue
+        recreated.append(target)
+        chosen.append(dataclasses.replace(share, name=target.destination_share) if share
+                      else target.name)
+    outcomes = recreate_shares(source_adapter, destination_adapter, chosen, path_mapping,
+                               sid_map, replace=True)
     kept = list(_check_existing_shares(context, destination, existing,
                                        "no entry of the pairing's path mapping covers its folder, "
                                        "so it was not recreated"))
@@ -614,8 +626,11 @@ def _plan_share(context: _Context, target: _ShareTarget, source: Server, destina
 
     On a re-run with a previous finished run of the share (and not a resumed walk), the
     destination share is listed while the source is walked, and entries that neither
-    side changed since that run are recorded unchanged without a batch (``_Baseline``).
-    A share this run already walked to the end (resumed run) is not walked again.
+    side changed since that run are recorded unchanged without a batch (``_Baseline``);
+    where both servers are managed over SSH, folders their own listings show unchanged
+    are not listed over SMB at all (orchestrator.transfer.host_listing, whose clocks every
+    run reads first). A share this run already walked to the end (resumed run) is not
+    walked again.
     """
     checked = context.checked_trees.pop(target.share_id, None)
     with session_scope() as session:
@@ -631,8 +646,61 @@ def _plan_share(context: _Context, target: _ShareTarget, source: Server, destina
         previous_run = None if first or not first_walk else _previous_run(session, context, target)
     source_endpoint = server_endpoint(source, target.name)
     destination_endpoint = server_endpoint(destination, target.destination_share)
-    with _open_trees(source_endpoint, checked or destination_endpoint) as (source_tree, destination_tree):
-        if first and not handled:
+    hosts = _host_adapters(context, source, destination)
+    with ThreadPoolExecutor(1, thread_name_prefix="sms-host-listing") as early:
+        # The servers' clocks are read (and on a re-run both shares listed on the hosts)
+        # while the trees are opened, and before anything is listed over SMB.
+        reading = None if hosts is None else early.submit(
+            host_listing.read_listings, *hosts, target.name, target.destination_share,
+            _system_folders(context), [*_system_folders(context), dest_ops.PRE_EXISTING_DATA],
+            scan=previous_run is not None)
+        with _open_trees(source_endpoint, checked or destination_endpoint) as trees:
+            mirror = _walk_share(context, target, trees, first and not handled, previous_run, reading,
+                                 not first_walk, publish, say)
+    with session_scope() as session:
+        run = session.get(TransferRun, context.run_id)
+        _event(session, run, EVENT_SHARE_PLANNED, f"{target.name}: walked and dispatched",
+               share=target.name, share_id=target.share_id)
+    return _SharePlan(first, mirror)
+
+
+def _system_folders(context: _Context) -> list[str]:
+    """The share-root folders this run leaves out (none when it includes them)."""
+    return list(SYSTEM_FOLDERS) if context.options.skip_system_folders else []
+
+
+def _record_host_listing(context: _Context, target: _ShareTarget,
+                         listings: host_listing.HostListings) -> host_listing.HostListings | None:
+    """Record the clocks the hosts gave (``host_listing.EVENT_HOST_LISTING``) and say
+    whether their listings will stand in for SMB's; the listings when they will."""
+    usable = listings.usable
+    how = ("both shares listed on the hosts" if usable else
+           "compared over SMB" + (f" ({'; '.join(listings.notes)})" if listings.notes else ""))
+    with session_scope() as session:
+        run = session.get(TransferRun, context.run_id)
+        _event(session, run, host_listing.EVENT_HOST_LISTING, f"{target.name}: hosts' clocks read; {how}",
+               share=target.name, share_id=target.share_id,
+               source_clock=listings.source.clock if listings.source else None,
+               destination_clock=listings.destination.clock if listings.destination else None)
+    return listings if usable else None
+
+
+def _walk_share(context: _Context, target: _ShareTarget, trees: list[SmbTree], pre_existing: bool,
+                previous_run: int | None, reading: Future | None, resuming: bool,
+                publish: Publisher, say: Progress) -> _MirrorWork | None:
+    """PreExistingData (``pre_existing``), then the walk and dispatch of the share, compared
+    with ``previous_run`` when given; the mirror's work when the destination was listed
+    (``_walk_and_dispatch``). ``reading`` gives the hosts' clocks and listings
+    (``host_listing.read_listings``): nothing is listed or moved over SMB before they are
+    recorded; the previous run's records are read meanwhile."""
+    source_tree, destination_tree = trees
+    with ThreadPoolExecutor(2, thread_name_prefix="sms-baseline") as executor:
+        baseline = None
+        if previous_run is not None:
+            baseline = _Baseline(previous_run, context.options.algorithm if context.options.verify else None)
+            baseline.begin_loading(executor, target)
+        listings = None if reading is None else _record_host_listing(context, target, reading.result())
+        if pre_existing:
             moved = dest_ops.move_into_pre_existing_data(destination_tree)
             with session_scope() as session:
                 run = session.get(TransferRun, context.run_id)
@@ -643,19 +711,11 @@ def _plan_share(context: _Context, target: _ShareTarget, source: Server, destina
             if moved:
                 say(f"{target.name}: {len(moved)} pre-existing entries moved into "
                     f"{dest_ops.PRE_EXISTING_DATA}")
-        with ThreadPoolExecutor(2, thread_name_prefix="sms-baseline") as executor:
-            baseline = None
-            if previous_run is not None:
-                baseline = _Baseline(previous_run, context.options.algorithm if context.options.verify else None)
-                baseline.start(executor, context, target, destination_tree)
-            with _fewer_collections():
-                mirror = _walk_and_dispatch(context, target, source_tree, publish, say,
-                                            resuming=not first_walk, baseline=baseline)
-    with session_scope() as session:
-        run = session.get(TransferRun, context.run_id)
-        _event(session, run, EVENT_SHARE_PLANNED, f"{target.name}: walked and dispatched",
-               share=target.name, share_id=target.share_id)
-    return _SharePlan(first, mirror)
+        if baseline is not None:
+            baseline.start(executor, context, target, destination_tree, listings)
+        with _fewer_collections():
+            return _walk_and_dispatch(context, target, source_tree, publish, say,
+                                      resuming=resuming, baseline=baseline)
 
 
 @contextmanager
@@ -730,8 +790,11 @@ class _Baseline:
 
     ``previous``: the previous finished run's records of the share that arrived on the
     destination (copied, verified or unchanged), path -> (is_dir, size, last-write
-    time, change time, attributes, record id[, whether it holds a verified hash of the
-    run's algorithm, when the run verifies]). ``destination``: a listing of the
+    time, change time, attributes, record id, whether it holds a verified hash of the
+    run's algorithm (True when the run does not verify), creation time, last-access time,
+    the run that wrote the record). ``clean``: the folders the hosts' listings show
+    unchanged on both sides (``host_listing.clean_folders``), each with its entries'
+    paths; neither walk lists them. ``destination``: a listing of the
     destination share (PreExistingData and system folders not entered), path ->
     DirEntry, the root under ''. Both are held in
     memory for the walk (roughly half a kilobyte per entry); each source entry takes its own
@@ -764,12 +827,36 @@ class _Baseline:
         self.loaded = False  # ``previous`` holds the previous run's records
         self.loading: Future | None = None
         self.filled: Future | None = None
+        self.clean: dict[str, list[str]] = {}
+        # Where the walks of both sides start: the top-most folders that are not clean.
+        self.roots: list[str] = [""]
+
+    def begin_loading(self, executor: ThreadPoolExecutor, target: _ShareTarget) -> None:
+        """Begin ``load`` in one of ``executor``'s threads (first of all: it needs nothing else)."""
+        self.loading = executor.submit(self.load, target)
 
     def start(self, executor: ThreadPoolExecutor, context: _Context, target: _ShareTarget,
-              tree: SmbTree) -> None:
-        """Begin ``load`` and ``fill`` at once in two of ``executor``'s threads."""
-        self.loading = executor.submit(self.load, target)
+              tree: SmbTree, listings: host_listing.HostListings | None = None) -> None:
+        """Begin ``fill`` in another of ``executor``'s threads (``begin_loading`` came
+        first); with the hosts' ``listings``, find the clean folders first (from the
+        loaded records), so that neither walk lists them."""
+        if listings is not None:
+            self.loading.result()
+            self._find_clean(context, target, listings)
         self.filled = executor.submit(self.fill, context, tree)
+
+    def _find_clean(self, context: _Context, target: _ShareTarget,
+                    listings: host_listing.HostListings) -> None:
+        origins = {before[9] for before in self.previous.values()}
+        with session_scope() as session:
+            clocks = host_listing.recorded_clocks(session, context.job_id, target.share_id,
+                                                  origins | {self.run_id})
+        self.clean = host_listing.clean_folders(
+            self.previous, listings, {run: clock[0] for run, clock in clocks.items()},
+            clocks.get(self.run_id, (None, None))[1], self.algorithm is not None)
+        self.roots = [] if "" in self.clean else [""]
+        for paths in self.clean.values():
+            self.roots += [path for path in paths if self.previous[path][0] and path not in self.clean]
 
     def check(self) -> None:
         """Re-raise what stopped a filling thread, if one has failed."""
@@ -786,11 +873,12 @@ class _Baseline:
         """Read the previous run's records of the share (in a thread of its own, beside the
         destination's listing: most of it is the database's time)."""
         records = run_records(self.run_id).c
+        verified = true() if not self.algorithm else and_(
+            records.hash_algorithm == self.algorithm, records.source_hash.is_not(None),
+            records.destination_hash == records.source_hash)
         columns = [records.relative_path, records.is_dir, records.size, records.last_write_time,
-                   records.change_time, records.attributes, records.id]
-        if self.algorithm:
-            columns.append(and_(records.hash_algorithm == self.algorithm, records.source_hash.is_not(None),
-                                records.destination_hash == records.source_hash))
+                   records.change_time, records.attributes, records.id, verified,
+                   records.creation_time, records.last_access_time, records.origin_run_id]
         with session_scope() as session:
             self.previous = {row[0]: tuple(row[1:]) for row in session.execute(select(*columns).where(
                 records.share_id == target.share_id, records.state.in_(ARRIVED_STATES)))}
@@ -798,15 +886,15 @@ class _Baseline:
 
     def fill(self, context: _Context, tree: SmbTree) -> None:
         """List the destination (in a thread beside the source walk; ``tree`` is used by it
-        alone meanwhile). Folders are marked listed as their listings end, so the walk
-        compares what it can early."""
+        alone meanwhile), but for the clean folders. Folders are marked listed as their
+        listings end, so the walk compares what it can early."""
         basic = md.stat(tree, "").basic
         self.destination[""] = DirEntry("", "", 0, 0, basic.creation_time, basic.last_access_time,
                                         basic.last_write_time, basic.change_time, basic.attributes, 0, 0)
-        options = context.options
+        options, clean = context.options, self.clean
         channel = FastChannel.attach(tree.connection, tree.session, tree.tree)
-        walker = PipelinedWalker(channel, "", depth=WALK_DEPTH, enter=lambda entry: not (
-            dest_ops.is_protected(entry.path) or options.is_system_folder(entry.path)))
+        walker = PipelinedWalker(channel, "", depth=WALK_DEPTH, roots=self.roots, enter=lambda entry: not (
+            dest_ops.is_protected(entry.path) or options.is_system_folder(entry.path) or entry.path in clean))
         try:
             for folder, entries in walker.folders():
                 if not folder:  # only the root's entries can be protected (they are not entered)
@@ -954,15 +1042,18 @@ def _root_record(context: _Context, share_id: int, tree: SmbTree) -> dict[str, A
 
 
 def _source_folders(context: _Context, channel: FastChannel, errors: list[WalkError],
-                    counts: dict[str, int]) -> Iterator[tuple[str, list[DirEntry]]]:
+                    counts: dict[str, int], baseline: _Baseline | None) -> Iterator[tuple[str, list[DirEntry]]]:
     """(folder, its entries) for every folder of the source share, SMS's system folders at
     its root left out (unless the run includes them, they are neither yielded nor
-    entered), several folders listed at once (common.smb.walk.PipelinedWalker)."""
+    entered), several folders listed at once (common.smb.walk.PipelinedWalker). The
+    baseline's clean folders are neither yielded nor entered."""
     def top_system_folder(entry: DirEntry) -> bool:
         return "\\" not in entry.path and context.options.is_system_folder(entry.path)
 
-    walker = PipelinedWalker(channel, "", depth=WALK_DEPTH,
-                             enter=lambda entry: not top_system_folder(entry) and _refusal(entry) is None)
+    clean = {} if baseline is None else baseline.clean
+    walker = PipelinedWalker(channel, "", depth=WALK_DEPTH, roots=None if baseline is None else baseline.roots,
+                             enter=lambda entry: not top_system_folder(entry) and _refusal(entry) is None
+                             and entry.path not in clean)
     try:
         for folder, entries in walker.folders():
             if not folder:
@@ -1089,6 +1180,33 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
         files.clear()
         pending_bytes = 0
 
+    def add_directory(row: dict[str, Any]) -> None:
+        directories.append(row)
+        if len(directories) >= DIRECTORY_BATCH_MAX:
+            with session_scope() as session:
+                flush_directories(session)
+
+    def add_unchanged(record_id: int, size: int) -> None:
+        unchanged.append((record_id, size))
+        if len(unchanged) >= UNCHANGED_CHUNK:
+            with session_scope() as session:
+                _check_cancelled(session, context.run_id)
+                flush_directories(session)
+
+    def take_clean() -> None:
+        """Record the entries of the folders the hosts' listings show unchanged: files by
+        reference, folders as unchanged, all from the previous run's records."""
+        previous = baseline.previous
+        for paths in baseline.clean.values():
+            for path in paths:
+                before = previous[path]
+                if before[0]:
+                    clean_directories.add(path)
+                    add_directory(_row(context, target.share_id, path, True, 0, before[7], before[2],
+                                       before[8], before[3], before[4]))
+                else:
+                    add_unchanged(before[5], before[1])
+
     def compare_directory(row: dict[str, Any]) -> None:
         path = row["relative_path"]
         there = baseline.destination.get(path)
@@ -1111,19 +1229,12 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
                 row = _record(context, target.share_id, entry)
                 if baseline is not None:
                     compare_directory(row)
-                directories.append(row)
-                if len(directories) >= DIRECTORY_BATCH_MAX:
-                    with session_scope() as session:
-                        flush_directories(session)
+                add_directory(row)
                 continue
             record_id = None if baseline is None else baseline.unchanged(
                 entry.path, False, entry.size, entry.last_write_time, entry.change_time, entry.attributes)
             if record_id is not None:
-                unchanged.append((record_id, entry.size))
-                if len(unchanged) >= UNCHANGED_CHUNK:
-                    with session_scope() as session:
-                        _check_cancelled(session, context.run_id)
-                        flush_directories(session)
+                add_unchanged(record_id, entry.size)
                 continue
             touched.add(folder)
             files.append(_record(context, target.share_id, entry))
@@ -1145,7 +1256,9 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
     channel = FastChannel.attach(tree.connection, tree.session, tree.tree)
     try:
         try:
-            for folder, entries in _source_folders(context, channel, walk_errors, counts):
+            if baseline is not None:
+                take_clean()
+            for folder, entries in _source_folders(context, channel, walk_errors, counts, baseline):
                 if baseline is None or baseline.ready(folder):
                     take(folder, entries)
                 else:
@@ -1185,8 +1298,10 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
                    level=EventLevel.ERROR, server_id=context.source_id, share=target.name,
                    share_id=target.share_id, path=error.path, status=error.status_name)
     excluded = f", {counts['excluded']} system folders left out" if counts["excluded"] else ""
-    compared_note = (f", {len(skipped)} unchanged folders and the unchanged files recorded "
-                     f"without a batch" if baseline is not None else "")
+    compared_note = "" if baseline is None else (
+        f", {len(skipped)} unchanged folders and the unchanged files recorded without a batch"
+        + (f" ({len(baseline.clean)} folders found unchanged on the hosts' own listings)"
+           if baseline.clean else ""))
     say(f"{target.name}: walked {counts['listed']} directories, "
         f"{batches} file batches dispatched, {len(walk_errors)} walk errors{excluded}{compared_note}")
     return mirror

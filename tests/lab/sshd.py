@@ -138,6 +138,11 @@ class SshServer:
                     "AllowTcpForwarding no",
                     "PrintMotd no",
                     "LogLevel VERBOSE",
+                    # Debian's bash reads ~/.bashrc for a command run by sshd only in a
+                    # top-level shell (SHLVL below 2). This machine's root .bashrc starts
+                    # pyenv (about 0.1 s of CPU in ~170 processes) for every command, which
+                    # no file server does: the lab's commands skip it.
+                    "SetEnv SHLVL=1",
                     "Match User root",
                     f"    AuthorizedKeysFile {authorized}",
                     "",

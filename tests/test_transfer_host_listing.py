@@ -1,0 +1,227 @@
+"""Re-runs compared on the servers' own listings (orchestrator.transfer.host_listing).
+
+Two lab smbd instances managed as root over the real lab sshd, a real SQLite job
+database; runs are driven in this process and every published batch is copied by the
+real ``copy_batch`` task body. The tree is made over SMB, then:
+
+- every run records both servers' clocks;
+- the first re-run compares over SMB (the destination's entries were written after the
+  previous run read its clock) and finds everything unchanged;
+- the next re-run lists nothing over SMB at all: every folder is clean on both hosts, no
+  batch, every file recorded by reference to the first run's record, the run clean;
+- after changes on both sides (a file edited, added and deleted, an attribute set on the
+  source; a file deleted and one altered on the destination behind the migration's back)
+  exactly the changed files are dispatched, the folder nobody touched is still not
+  listed over SMB, and the trees end equal field by field (tests.lab.compare).
+
+``parse_share_listing`` is checked on the real output of ``LIST_SHARE_SCRIPT`` run on
+this machine over a folder holding names SMB would show otherwise, a link and a pruned
+folder; the adapter's errors for a share the host does not have, over the real sshd.
+"""
+
+from __future__ import annotations
+
+import common  # noqa: F401  (keeps impacket's bin/smbclient.py off the import path)
+
+import os
+import subprocess
+import time
+
+import pytest
+from sqlalchemy import select
+
+from common.db import session_scope
+from common.models import Batch, FileRecord, Server, ServerRole, UnchangedFile
+from common.settings import get_settings
+from common.smb.connection import close_pool
+from common.transfer_options import TransferOptions
+from orchestrator.database import upgrade_to_head
+from orchestrator.hosts import CommandFailed
+from orchestrator.hosts.samba_ssh import LIST_SHARE_SCRIPT, SambaSshHost, parse_share_listing
+from orchestrator.leases import BatchDispatch
+from orchestrator.transfer import host_listing, planning
+from orchestrator.transfer.reconcile import reconcile
+from proxy_worker.copy_tasks import copy_batch
+from tests.lab.smbio import LabTree
+from tests.transfer_support import (
+    management,
+    record_states,
+    register_servers,
+    unexplained_differences,
+    use_settings,
+)
+
+HIDDEN = 0x2
+
+
+def _run(pairing_id: int) -> tuple[int, list[list[str]], list[str]]:
+    """Create and drive a run; (run id, the paths of each batch it published, its progress lines)."""
+    with session_scope() as session:
+        run_id = planning.create_run(session, session.get(planning.Pairing, pairing_id),
+                                     TransferOptions(retries=0)).id
+    published: list[list[str]] = []
+    lines: list[str] = []
+
+    def publish(dispatch: BatchDispatch) -> None:
+        with session_scope() as session:
+            published.append(sorted(session.scalars(select(FileRecord.relative_path).where(
+                FileRecord.batch_id == dispatch.batch_id))))
+        assert copy_batch.run(dispatch.batch_id) == "done"
+
+    try:
+        assert planning.execute_run(run_id, publish, poll_interval=0.1, progress=lines.append).value == "succeeded"
+    finally:
+        close_pool()
+    return run_id, published, lines
+
+
+def _settle() -> None:
+    """Let the clock move past the margin: what was just written is then older than the
+    next run's clocks allow for."""
+    time.sleep(host_listing.CLOCK_MARGIN_NS / 1e9 + 0.2)
+
+
+def _walked(lines: list[str]) -> str:
+    return next(line for line in lines if ": walked " in line)
+
+
+def test_rerun_compares_on_the_hosts_listings(samba_factory, sshd_server, tmp_path, monkeypatch):
+    use_settings(monkeypatch, SMS_STATE_DIR=str(tmp_path / "state"), SMS_BATCH_MAX_FILES="7")
+    upgrade_to_head(get_settings().database_url)
+    src, dst = samba_factory("hsrc"), samba_factory("hdst", shares=())
+    with LabTree(src.address, "data") as lab:
+        lab.mkdir("empty")
+        for folder in ("a", "b", "b\\deep"):
+            lab.mkdir(folder)
+            for number in range(5):
+                lab.write_file(f"{folder}\\f{number}.txt", f"{folder} {number}\n".encode() * (number + 1))
+        lab.write_file("top.txt", b"top\n")
+        lab.write_file("a\\f0.txt:note", b"a stream\n")
+    register_servers("hosts", {"src": (src, ServerRole.SOURCE, management(sshd_server, src)),
+                               "dst": (dst, ServerRole.DESTINATION, management(sshd_server, dst))})
+    with session_scope() as session:
+        servers = {s.name: s for s in session.scalars(select(Server))}
+        pairing_id = planning.create_pairing(session, servers["src"], servers["dst"], ["data"],
+                                             {str(src.root / "shares"): str(dst.root / "shares")}).id
+    _settle()
+    first, _batches, _lines = _run(pairing_id)
+    assert set(state for state, _code in record_states(first).values()) == {"copied"}
+    # Folders, the share root included.
+    folders = sum(1 for path in record_states(first) if (src.shares["data"].path / path.replace("\\", "/")).is_dir())
+
+    # Every run reads both clocks; the first re-run still lists over SMB: the previous run
+    # wrote every destination entry after it read the destination's clock. Only the empty
+    # folder, which holds nothing to compare, is not listed.
+    _settle()
+    second, batches, lines = _run(pairing_id)
+    assert batches == [] and set(record_states(second).values()) == {("skipped", None)}
+    assert f"walked {folders - 1} directories" in _walked(lines)
+    assert "(1 folders found unchanged on the hosts' own listings)" in _walked(lines)
+    with session_scope() as session:
+        clocks = host_listing.recorded_clocks(session, session.get(Server, 1).job_id, 1, {first, second})
+    assert set(clocks) == {first, second}
+    assert all(source and destination for source, destination in clocks.values())
+
+    # Nothing changed since: nothing is listed over SMB, nothing dispatched, every file a
+    # reference to the first run's record, every folder unchanged, the run clean.
+    _settle()
+    third, batches, lines = _run(pairing_id)
+    assert batches == []
+    assert "walked 0 directories" in _walked(lines)
+    assert f"({folders} folders found unchanged on the hosts' own listings)" in _walked(lines)
+    assert record_states(third) == {path: ("skipped", None) for path in record_states(first)}
+    with session_scope() as session:
+        referenced = dict(session.execute(select(FileRecord.relative_path, FileRecord.run_id).join(
+            UnchangedFile, UnchangedFile.record_id == FileRecord.id).where(UnchangedFile.run_id == third)).all())
+        assert set(referenced.values()) == {first}
+        assert len(referenced) == len(record_states(first)) - folders
+        assert session.scalars(select(Batch).where(Batch.run_id == third)).all() == []
+        report = reconcile(session, third)
+    assert report.clean and report.shares[0].unchanged == report.shares[0].inventoried
+    assert unexplained_differences(src, dst, ignore_all_access_times=True) == []
+
+    # Changes on both sides: exactly those files go out; 'empty' is still clean.
+    with LabTree(src.address, "data") as lab:
+        lab.write_file("a\\f1.txt", b"edited on the source\n")
+        lab.write_file("b\\deep\\new.txt", b"added on the source\n")
+        lab.delete("b\\f2.txt")
+        lab.set_basic_info("a\\f3.txt", attributes=HIDDEN)
+    with LabTree(dst.address, "data") as lab:
+        lab.delete("b\\f4.txt")
+        lab.write_file("a\\f4.txt", b"altered on the destination\n")
+    _settle()
+    fourth, batches, lines = _run(pairing_id)
+    dispatched = sorted(path for batch in batches for path in batch)
+    changed_files = ["a\\f1.txt", "a\\f3.txt", "a\\f4.txt", "b\\deep\\new.txt", "b\\f4.txt"]
+    assert dispatched == sorted(changed_files + ["a", "b", "b\\deep"])
+    assert "folders found unchanged on the hosts' own listings" in _walked(lines)
+    assert f"walked {folders - 1} directories" in _walked(lines)  # all but 'empty'
+    states = record_states(fourth)
+    assert "b\\f2.txt" not in states
+    assert all(states[path] == ("copied", None) for path in dispatched)
+    assert all(state == ("skipped", None) for path, state in states.items() if path not in dispatched)
+    with session_scope() as session:
+        assert reconcile(session, fourth).clean
+    assert unexplained_differences(src, dst, ignore_all_access_times=True) == []
+
+
+def _listing(conf, *prune: str):
+    """The real output of LIST_SHARE_SCRIPT for share 'data' of ``conf`` on this machine, parsed."""
+    expression = []
+    for name in prune:
+        expression += ["-o", "-ipath", f"./{name}"] if expression else ["-ipath", f"./{name}"]
+    if expression:
+        expression = ["(", *expression, ")", "-prune", "-o"]
+    out = subprocess.run(["sh", "-c", LIST_SHARE_SCRIPT, "sh", "data", str(conf), "scan", *expression],
+                         capture_output=True, check=True).stdout
+    return parse_share_listing(out)
+
+
+def test_parse_share_listing_on_real_find_output(tmp_path):
+    root = tmp_path / "share"
+    (root / "plain" / "deeper").mkdir(parents=True)
+    (root / "plain" / "file.txt").write_bytes(b"12345")
+    os.utime(root / "plain" / "file.txt", ns=(1_700_000_000_123_456_789, 1_700_000_000_123_456_789))
+    (root / "odd").mkdir()
+    (root / "odd" / "back\\slash.txt").write_bytes(b"x")
+    (root / "odd" / "inner").mkdir()
+    (root / "odd" / "inner" / "f").write_bytes(b"x")
+    os.mkdir(os.path.join(os.fsencode(root / "odd"), b"latin1-\xe9"))
+    (root / "odd" / "back\\slashed").mkdir()
+    (root / "odd" / "back\\slashed" / "g").write_bytes(b"x")
+    (root / "link").symlink_to("plain")
+    (root / "WINDOWS" / "System32").mkdir(parents=True)
+    conf = tmp_path / "smb.conf"
+    conf.write_text(f"[global]\nvfs objects = acl_xattr streams_xattr\n[data]\npath = {root}\n")
+    before = time.time_ns()
+
+    listing = _listing(conf, "Windows")
+    assert listing.path == str(root) and listing.refusal is None
+    assert before - 5_000_000_000 < listing.clock <= time.time_ns()
+    # 'odd' holds names SMB would show otherwise: it is left out, and so is the folder
+    # whose own name holds a backslash; its other subfolder is listed as it is.
+    assert set(listing.folders) == {"", "plain", "plain\\deeper", "odd\\inner"}
+    assert set(listing.folders[""]) == {"plain", "odd", "link"}
+    assert listing.folders["odd\\inner"]["f"][:2] == (False, 1)
+    assert listing.folders[""]["link"][0] is None and listing.folders[""]["plain"][0] is True
+    kind, size, last_write, change = listing.folders["plain"]["file.txt"]
+    assert (kind, size) == (False, 5)
+    assert last_write == 1_700_000_000_123_456_789 // 100 + 116444736000000000
+    assert change == os.stat(root / "plain" / "file.txt").st_ctime_ns
+    assert listing.folders["plain\\deeper"] == {}
+
+    conf.write_text(f"[global]\nvfs objects = catia acl_xattr\n[data]\npath = {root}\n")
+    assert "catia" in _listing(conf).refusal
+
+
+def test_list_share_errors_over_ssh(samba_factory, sshd_server):
+    server = samba_factory("hlist")
+    adapter = SambaSshHost(sshd_server.host, port=sshd_server.port, username=sshd_server.root_user,
+                           key_filename=sshd_server.client_key, known_hosts=sshd_server.known_hosts,
+                           smb_conf=str(server.conf))
+    with adapter:
+        with pytest.raises(CommandFailed, match="no such share in the host's Samba configuration"):
+            adapter.list_share("nope")
+        clock = adapter.list_share("data", clock_only=True)
+        assert clock.path == str(server.shares["data"].path) and clock.folders == {}
+        assert abs(clock.clock - time.time_ns()) < 5_000_000_000
