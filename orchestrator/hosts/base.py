@@ -156,6 +156,16 @@ class HostAdapter(abc.ABC):
         """
         raise ManagementUnavailable(self.host, "this adapter cannot list folders on the host")
 
+    def clock(self) -> int:
+        """The host's own clock, in nanoseconds since 1970 (what stamps its files' ctimes).
+
+        Adapters that cannot run a command on the host raise ``ManagementUnavailable``.
+        """
+        raise ManagementUnavailable(self.host, "this adapter cannot read the host's clock")
+
+    def connect(self) -> None:
+        """Connect now rather than at first use (the default adapter holds no connection)."""
+
     def close(self) -> None:
         """Release the connection to the host (the default adapter holds none)."""
 

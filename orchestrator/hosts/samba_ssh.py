@@ -427,6 +427,7 @@ class SambaSshHost(HostAdapter):
         self.command_timeout = command_timeout
         self._client: paramiko.SSHClient | None = None
         self._share_parameters: set[str] | None = None  # share-level parameter names, read once
+        self._connecting = threading.Lock()  # connect() may be called from several threads
 
     # --- connection --------------------------------------------------------------
     @property
@@ -435,8 +436,11 @@ class SambaSshHost(HostAdapter):
 
     def connect(self) -> None:
         """Open the SSH session (done on first use); typed errors for every failure."""
-        if self._client is not None:
-            return
+        with self._connecting:
+            if self._client is None:
+                self._connect()
+
+    def _connect(self) -> None:
         if not self.known_hosts.is_file():
             raise HostKeyUnknown(self._where, f"known_hosts file {self.known_hosts} does not exist")
         client = paramiko.SSHClient()
@@ -775,6 +779,11 @@ class SambaSshHost(HostAdapter):
 
 
     # --- host listing (re-runs) ------------------------------------------------------
+    @_readable
+    def clock(self) -> int:
+        """The host's clock (``date +%s%N``), in nanoseconds since 1970."""
+        return int(self._output(["date", "+%s%N"]))
+
     def list_share(self, share: str, *, prune: Iterable[str] = (), clock_only: bool = False) -> HostListing:
         """The server's clock, then where ``share`` lives, then (unless ``clock_only``) every
         entry under it from ``find`` on the host (``LIST_SHARE_SCRIPT``, one command).

@@ -22,9 +22,12 @@ each with a ctime older than the clock read before that information was taken:
 - on the source, the clock of the run that wrote the entry's record (a file unchanged
   for ten runs refers to the record of the run that copied it; its listing came after
   that clock, so a ctime older than it means nothing changed since the record was made);
-- on the destination, the clock of the previous run: that run either found the entry as
-  recorded or wrote it (then its ctime is later, and the folder is not clean: the next
-  run compares it over SMB once, the one after takes it clean).
+- on the destination, the clock the previous run read once it had written everything
+  (``EVENT_HOST_CLOCK_END``; the one it read before listing, if it stopped before the
+  end): that run either found the entry as recorded or wrote it as recorded. Not seen
+  therefore: an attribute or security descriptor someone else changes on a destination
+  entry during the run that writes it, after the write (the SMB comparison would see the
+  attribute on the next run, not the descriptor).
 
 A clean folder is neither listed over SMB nor compared entry by entry: its files are
 recorded unchanged by reference and its folders as unchanged. Every folder that is not
@@ -52,10 +55,12 @@ from orchestrator.hosts.facts import HostListing
 logger = logging.getLogger(__name__)
 
 EVENT_HOST_LISTING = "transfer.host_listing"
+EVENT_HOST_CLOCK_END = "transfer.host_clock_end"
 # A change made just after a clock was read may carry a ctime a little older than the
-# clock (the kernel stamps files with a coarse clock, up to a tick behind): entries
-# changed within this margin before the clock are never taken as clean.
-CLOCK_MARGIN_NS = 1_000_000_000
+# clock: the kernel stamps files with its coarse clock, at most one tick (10 ms at 100 Hz)
+# behind the clock ``date`` reads. Entries changed within this margin before a clock are
+# never taken as clean.
+CLOCK_MARGIN_NS = 50_000_000
 
 
 @dataclass
@@ -101,15 +106,23 @@ def read_listings(source_adapter, destination_adapter, share: str, destination_s
 
 def recorded_clocks(session: Session, job_id: int, share_id: int,
                     runs: set[int]) -> dict[int, tuple[int | None, int | None]]:
-    """run id -> (source clock, destination clock) that runs ``runs`` recorded for the share
-    (the earliest, if a resumed run recorded twice); a side not read is None."""
+    """run id -> (source clock, destination clock) that runs ``runs`` recorded for the share:
+    the clocks read before listing (the earliest, if a resumed run recorded twice), the
+    destination's replaced by the one read at the run's end when there is one; a side
+    not read is None."""
     clocks: dict[int, tuple[int | None, int | None]] = {}
-    for detail in session.scalars(select(Event.detail).where(
-            Event.job_id == job_id, Event.kind == EVENT_HOST_LISTING).order_by(Event.id)):
+    ends: dict[int, int] = {}
+    for kind, detail in session.execute(select(Event.kind, Event.detail).where(
+            Event.job_id == job_id, Event.kind.in_((EVENT_HOST_LISTING, EVENT_HOST_CLOCK_END)))
+            .order_by(Event.id)):
         run_id = detail.get("run_id")
-        if run_id in runs and detail.get("share_id") == share_id and run_id not in clocks:
+        if run_id not in runs:
+            continue
+        if kind == EVENT_HOST_CLOCK_END:
+            ends[run_id] = detail.get("destination_clock")
+        elif detail.get("share_id") == share_id and run_id not in clocks:
             clocks[run_id] = (detail.get("source_clock"), detail.get("destination_clock"))
-    return clocks
+    return {run_id: (source, ends.get(run_id) or destination) for run_id, (source, destination) in clocks.items()}
 
 
 def clean_folders(previous: dict[str, tuple], listings: HostListings, source_clocks: dict[int, int | None],

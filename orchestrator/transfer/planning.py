@@ -297,7 +297,8 @@ class _Context:
     # Destination trees the share check opened, by share id, each kept for its share's
     # planning: a connection less per share (a log-on costs smbd ~20 ms of CPU).
     checked_trees: dict[int, SmbTree] = field(default_factory=dict)
-    # The host adapters of the run (``_host_adapters``), made once, closed when it ends.
+    # The host adapters of the run (``_host_adapters``, "pair"), made once, closed when it
+    # ends; "destination_clocked" once a share's listing read the destination's clock.
     hosts: dict[str, Any] = field(default_factory=dict)
 
     def check_deadline(self) -> None:
@@ -347,6 +348,7 @@ def execute_run(run_id: int, publish: Publisher | None = None, *, poll_interval:
                 if not plan.first:
                     _mirror_share(context, target, destination, say, plan.mirror)
                 _copy_directories(context, target, publish, poll_interval, say)
+            _record_end_clock(context)
         except DurationExceeded as exc:
             _stop_for_duration(context, publish, poll_interval, say, str(exc))
         state = _finish(context)
@@ -427,8 +429,22 @@ def _host_adapters(context: _Context, source: Server, destination: Server):
     """``_adapters``, made once per run: the accounts-and-shares stage and every share's
     host listing use the same connections, closed when the run ends."""
     if "pair" not in context.hosts:
-        context.hosts["pair"] = _adapters(source, destination)
+        context.hosts["pair"] = pair = _adapters(source, destination)
+        for adapter in pair or ():
+            # Logging on takes a few round trips and the server a moment after it: done
+            # in the background while the run goes on (a failure shows at first use).
+            threading.Thread(target=_connect_quietly, args=(adapter,), daemon=True,
+                             name="sms-host-connect").start()
     return context.hosts["pair"]
+
+
+def _connect_quietly(adapter) -> None:
+    from orchestrator.hosts import HostError
+
+    try:
+        adapter.connect()
+    except HostError:
+        pass
 
 
 def _adapters(source: Server, destination: Server):
@@ -664,6 +680,24 @@ def _plan_share(context: _Context, target: _ShareTarget, source: Server, destina
     return _SharePlan(first, mirror)
 
 
+def _record_end_clock(context: _Context) -> None:
+    """Once everything is written: read the destination's clock again, for the next run's
+    host listing (``host_listing.EVENT_HOST_CLOCK_END``), when this run read it before."""
+    if not context.hosts.get("destination_clocked"):
+        return
+    from orchestrator.hosts import HostError
+
+    try:
+        clock = context.hosts["pair"][1].clock()
+    except HostError as exc:
+        logger.info("run %s: destination clock not read at the end: %s", context.run_id, exc)
+        return
+    with session_scope() as session:
+        run = session.get(TransferRun, context.run_id)
+        _event(session, run, host_listing.EVENT_HOST_CLOCK_END, "destination's clock read after the last write",
+               server_id=context.destination_id, destination_clock=clock)
+
+
 def _system_folders(context: _Context) -> list[str]:
     """The share-root folders this run leaves out (none when it includes them)."""
     return list(SYSTEM_FOLDERS) if context.options.skip_system_folders else []
@@ -674,6 +708,8 @@ def _record_host_listing(context: _Context, target: _ShareTarget,
     """Record the clocks the hosts gave (``host_listing.EVENT_HOST_LISTING``) and say
     whether their listings will stand in for SMB's; the listings when they will."""
     usable = listings.usable
+    if listings.destination is not None:
+        context.hosts["destination_clocked"] = True
     how = ("both shares listed on the hosts" if usable else
            "compared over SMB" + (f" ({'; '.join(listings.notes)})" if listings.notes else ""))
     with session_scope() as session:
