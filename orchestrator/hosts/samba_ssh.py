@@ -107,6 +107,7 @@ LISTING_VFS_MODULES = {"acl_xattr", "streams_xattr", "dfs_samba4", "recycle"}
 # re-exported by Samba stamps changes with its server's clock).
 LISTING_FILESYSTEMS = {"ext2/ext3", "xfs", "btrfs", "zfs", "tmpfs", "f2fs", "jfs", "overlayfs"}
 _FILETIME_1970 = 116444736000000000  # 100-ns intervals from 1601 to 1970
+_KINDS = {"d": True, "f": False}  # find's %y: a folder, a regular file (anything else: None)
 _NOT_PLAIN = re.compile("[\\\\\udc80-\udcff]")
 
 
@@ -115,9 +116,10 @@ def parse_share_listing(output: bytes) -> HostListing:
 
     Entries are grouped by folder. A name holding a backslash or bytes that are not UTF-8
     (SMB would show another name, or none) keeps its folder, and any folder whose path
-    holds such a name, out of ``folders``; a time before 1970 makes the entry's kind None (never taken as
-    unchanged). Everything is decoded once: the common case, millions of plain names,
-    costs a split and three integer conversions per entry.
+    holds such a name, out of ``folders``; a time before 1970, or printed otherwise than
+    find's "seconds.nnnnnnnnnn", makes the entry's kind None (never taken as unchanged).
+    Everything is decoded once: the common case, millions of plain names, costs two
+    splits and three integer conversions per entry.
     """
     lines = output.split(b"\n", 4)
     if len(lines) < 4:
@@ -136,6 +138,7 @@ def parse_share_listing(output: bytes) -> HostListing:
     text = lines[4].decode("utf-8", "surrogateescape")
     odd = _NOT_PLAIN.search(text) is not None
     by_parent: dict[str, dict[str, tuple]] = {"": {}}
+    kinds = _KINDS.get
     unreadable_parents: set[str] = set()
     for record in text.split("\0"):
         if not record:
@@ -149,13 +152,12 @@ def parse_share_listing(output: bytes) -> HostListing:
             folder = by_parent[parent] = {}
         if kind == "d" and relative not in by_parent:
             by_parent[relative] = {}  # listed even if empty
-        if mtime[0] == "-" or ctime[0] == "-":
+        if mtime[-11] == ctime[-11] == "." and mtime[0] != "-" and ctime[0] != "-":
+            # find prints "seconds.nnnnnnnnn0": 100-ns units and nanoseconds without a split
+            folder[name] = (kinds(kind), int(size), int(mtime[:-11] + mtime[-10:-3]) + _FILETIME_1970,
+                            int(ctime[:-11] + ctime[-10:-1]))
+        else:
             folder[name] = (None, int(size), 0, 0)
-            continue
-        seconds, _, fraction = mtime.partition(".")
-        change_seconds, _, change_fraction = ctime.partition(".")
-        folder[name] = (True if kind == "d" else False if kind == "f" else None, int(size),
-                        int(seconds + fraction[:7]) + _FILETIME_1970, int(change_seconds + change_fraction[:9]))
     listing.folders = {parent.replace("/", "\\"): entries for parent, entries in by_parent.items()
                        if not (odd and (parent in unreadable_parents or _NOT_PLAIN.search(parent)))}
     return listing

@@ -663,7 +663,7 @@ def _plan_share(context: _Context, target: _ShareTarget, source: Server, destina
     source_endpoint = server_endpoint(source, target.name)
     destination_endpoint = server_endpoint(destination, target.destination_share)
     hosts = _host_adapters(context, source, destination)
-    with ThreadPoolExecutor(1, thread_name_prefix="sms-host-listing") as early:
+    with _fewer_collections(), ThreadPoolExecutor(1, thread_name_prefix="sms-host-listing") as early:
         # The servers' clocks are read (and on a re-run both shares listed on the hosts)
         # while the trees are opened, and before anything is listed over SMB.
         reading = None if hosts is None else early.submit(
@@ -749,9 +749,8 @@ def _walk_share(context: _Context, target: _ShareTarget, trees: list[SmbTree], p
                     f"{dest_ops.PRE_EXISTING_DATA}")
         if baseline is not None:
             baseline.start(executor, context, target, destination_tree, listings)
-        with _fewer_collections():
-            return _walk_and_dispatch(context, target, source_tree, publish, say,
-                                      resuming=resuming, baseline=baseline)
+        return _walk_and_dispatch(context, target, source_tree, publish, say,
+                                  resuming=resuming, baseline=baseline)
 
 
 @contextmanager
@@ -789,10 +788,10 @@ _thresholds_before: tuple[int, ...] = ()
 
 @contextmanager
 def _fewer_collections() -> Iterator[None]:
-    """Python's cyclic garbage collector runs less often inside: a walk makes tens of
-    thousands of objects that live until it ends (the listings, the baseline), and every
-    full collection goes through all of them (0.1 s in every other re-run of 20,000 files
-    with Python's default thresholds). Cycles are still collected. The thresholds are the
+    """Python's cyclic garbage collector runs less often inside: a share's planning makes
+    tens of thousands of objects that live until it ends (the listings, the baseline), and
+    every full collection goes through all of them (0.1 s in every other re-run of 20,000
+    files with Python's default thresholds). Cycles are still collected. The thresholds are the
     process's: raised when the first of several concurrent walks starts, put back when
     the last one ends (each putting back what it found would leave them raised when two
     runs' walks overlap)."""
