@@ -23,6 +23,7 @@ from __future__ import annotations
 import common  # noqa: F401  (keeps impacket's bin/smbclient.py off the import path)
 
 import os
+import shutil
 import subprocess
 import time
 
@@ -168,7 +169,7 @@ def test_rerun_compares_on_the_hosts_listings(samba_factory, sshd_server, tmp_pa
     assert unexplained_differences(src, dst, ignore_all_access_times=True) == []
 
 
-def _listing(conf, *prune: str):
+def _listing(conf, *prune: str, env: dict | None = None):
     """The real output of LIST_SHARE_SCRIPT for share 'data' of ``conf`` on this machine, parsed."""
     expression = []
     for name in prune:
@@ -176,8 +177,17 @@ def _listing(conf, *prune: str):
     if expression:
         expression = ["(", *expression, ")", "-prune", "-o"]
     out = subprocess.run(["sh", "-c", LIST_SHARE_SCRIPT, "sh", "data", str(conf), "scan", *expression],
-                         capture_output=True, check=True).stdout
+                         capture_output=True, check=True, env=env).stdout
     return parse_share_listing(out)
+
+
+def _path_without_gzip(tmp_path) -> dict:
+    """An environment whose PATH holds the script's tools but not gzip."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ("sh", "date", "testparm", "stat", "find"):
+        (tools / tool).symlink_to(shutil.which(tool))
+    return {"PATH": str(tools)}
 
 
 def test_parse_share_listing_on_real_find_output(tmp_path):
@@ -212,6 +222,9 @@ def test_parse_share_listing_on_real_find_output(tmp_path):
     assert last_write == 1_700_000_000_123_456_789 // 100 + 116444736000000000
     assert change == os.stat(root / "plain" / "file.txt").st_ctime_ns
     assert listing.folders["plain\\deeper"] == {}
+    # Compressed (gzip is here) or not, the same listing.
+    plain = _listing(conf, "Windows", env=_path_without_gzip(tmp_path))
+    assert plain.folders == listing.folders
 
     conf.write_text(f"[global]\nvfs objects = catia acl_xattr\n[data]\npath = {root}\n")
     assert "catia" in _listing(conf).refusal
