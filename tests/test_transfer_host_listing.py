@@ -37,7 +37,7 @@ from common.smb.connection import close_pool
 from common.transfer_options import TransferOptions
 from orchestrator.database import upgrade_to_head
 from orchestrator.hosts import CommandFailed
-from orchestrator.hosts.samba_ssh import LIST_SHARE_SCRIPT, SambaSshHost, parse_share_listing
+from orchestrator.hosts.samba_ssh import LIST_SHARE_SCRIPT, SambaSshHost, parse_share_listing, prune_expression
 from orchestrator.leases import BatchDispatch
 from orchestrator.transfer import host_listing, planning
 from orchestrator.transfer.reconcile import reconcile
@@ -171,12 +171,7 @@ def test_rerun_compares_on_the_hosts_listings(samba_factory, sshd_server, tmp_pa
 
 def _listing(conf, *prune: str, env: dict | None = None):
     """The real output of LIST_SHARE_SCRIPT for share 'data' of ``conf`` on this machine, parsed."""
-    expression = []
-    for name in prune:
-        expression += ["-o", "-ipath", f"./{name}"] if expression else ["-ipath", f"./{name}"]
-    if expression:
-        expression = ["(", *expression, ")", "-prune", "-o"]
-    out = subprocess.run(["sh", "-c", LIST_SHARE_SCRIPT, "sh", "data", str(conf), "scan", *expression],
+    out = subprocess.run(["sh", "-c", LIST_SHARE_SCRIPT, "sh", "data", str(conf), "scan", *prune_expression(prune)],
                          capture_output=True, check=True, env=env).stdout
     return parse_share_listing(out)
 
@@ -204,17 +199,19 @@ def test_parse_share_listing_on_real_find_output(tmp_path):
     (root / "odd" / "back\\slashed" / "g").write_bytes(b"x")
     (root / "link").symlink_to("plain")
     (root / "WINDOWS" / "System32").mkdir(parents=True)
+    (root / "Odd[1]*").mkdir()  # pruned by its name, glob characters taken literally
+    (root / "Oddx").mkdir()  # which the name as a pattern would match
     conf = tmp_path / "smb.conf"
     conf.write_text(f"[global]\nvfs objects = acl_xattr streams_xattr\n[data]\npath = {root}\n")
     before = time.time_ns()
 
-    listing = _listing(conf, "Windows")
+    listing = _listing(conf, "Windows", "odd[1]*")
     assert listing.path == str(root) and listing.refusal is None
     assert before - 5_000_000_000 < listing.clock <= time.time_ns()
     # 'odd' holds names SMB would show otherwise: it is left out, and so is the folder
     # whose own name holds a backslash; its other subfolder is listed as it is.
-    assert set(listing.folders) == {"", "plain", "plain\\deeper", "odd\\inner"}
-    assert set(listing.folders[""]) == {"plain", "odd", "link"}
+    assert set(listing.folders) == {"", "plain", "plain\\deeper", "odd\\inner", "Oddx"}
+    assert set(listing.folders[""]) == {"plain", "odd", "link", "Oddx"}
     assert listing.folders["odd\\inner"]["f"][:2] == (False, 1)
     assert listing.folders[""]["link"][0] is None and listing.folders[""]["plain"][0] is True
     kind, size, last_write, change = listing.folders["plain"]["file.txt"]
@@ -223,7 +220,7 @@ def test_parse_share_listing_on_real_find_output(tmp_path):
     assert change == os.stat(root / "plain" / "file.txt").st_ctime_ns
     assert listing.folders["plain\\deeper"] == {}
     # Compressed (gzip is here) or not, the same listing.
-    plain = _listing(conf, "Windows", env=_path_without_gzip(tmp_path))
+    plain = _listing(conf, "Windows", "odd[1]*", env=_path_without_gzip(tmp_path))
     assert plain.folders == listing.folders
 
     conf.write_text(f"[global]\nvfs objects = catia acl_xattr\n[data]\npath = {root}\n")

@@ -120,6 +120,16 @@ _KINDS = {"d": True, "f": False}  # find's %y: a folder, a regular file (anythin
 _NOT_PLAIN = re.compile("[\\\\\udc80-\udcff]")
 
 
+def prune_expression(names: Iterable[str]) -> list[str]:
+    """find's expression leaving out the top-level entries ``names`` (any case, glob
+    characters taken literally) and everything below them: LIST_SHARE_SCRIPT's arguments."""
+    expression: list[str] = []
+    for name in names:
+        pattern = "./" + _FIND_GLOB.sub(r"\\\g<0>", name)
+        expression += ["-o", "-ipath", pattern] if expression else ["-ipath", pattern]
+    return ["(", *expression, ")", "-prune", "-o"] if expression else []
+
+
 def parse_share_listing(output: bytes) -> HostListing:
     """A ``HostListing`` from ``LIST_SHARE_SCRIPT``'s output.
 
@@ -517,10 +527,11 @@ class SambaSshHost(HostAdapter):
         self._client = client
 
     def close(self) -> None:
-        """Close the SSH session."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        """Close the SSH session (after a connection under way in another thread)."""
+        with self._connecting:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
 
     def run(self, argv: list[str], *, check: bool = True, input: bytes | None = None) -> tuple[int, str, str]:
         """Run one command (argv, each argument shell-quoted) and return (status, stdout, stderr).
@@ -810,14 +821,8 @@ class SambaSshHost(HostAdapter):
         ``refusal`` says why. A share the host does not know, or a folder ``find`` could not
         read, raises ``CommandFailed`` (the caller then lists over SMB).
         """
-        escaped = [_FIND_GLOB.sub(r"\\\g<0>", name) for name in prune]
-        expression: list[str] = []
-        for name in escaped:
-            expression += ["-o", "-ipath", f"./{name}"] if expression else ["-ipath", f"./{name}"]
-        if expression:
-            expression = ["(", *expression, ")", "-prune", "-o"]
         argv = ["sh", "-c", LIST_SHARE_SCRIPT, "sh", share, self.smb_conf or "",
-                "clock" if clock_only else "scan", *expression]
+                "clock" if clock_only else "scan", *prune_expression(prune)]
         status, out, stderr = self._execute(argv, check=False)
         if status != 0 or stderr.strip():
             raise CommandFailed(self._where, f"list share {share!r} (find)", status,

@@ -7,10 +7,11 @@ whatever the client asks for, and a re-run lists both shares. On a Samba server 
 over SSH, ``find`` lists the same folders for a small part of that (20,000 entries:
 ~0.05 s, against ~0.5 s of smbd per share on the lab machine). It also sees more: Samba
 reports an entry's modification time as its SMB change time (measured: a chmod leaves
-the SMB change time alone), so over SMB a security descriptor, attribute or stream
-changed without a write looks unchanged in every field but the attribute itself; on the
-host, each of those moves the entry's ctime (Samba keeps them in the inode's extended
-attributes: ``samba_ssh.LISTING_VFS_MODULES``).
+the SMB change time alone), so over SMB a security descriptor or stream changed without
+a write looks unchanged; on the host it moves the entry's ctime (Samba keeps them in the
+inode's extended attributes: ``samba_ssh.LISTING_VFS_MODULES``), which makes its folder
+not clean. (Such a file is then compared over SMB, which lets the change through, and so
+does the copy engine's skip of unchanged data: docs/transfer.md, "Known gap".)
 
 How. Every run of a pairing whose two servers are Samba managed over SSH reads, for each
 share, each server's clock before it lists anything (``EVENT_HOST_LISTING`` records both

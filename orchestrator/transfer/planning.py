@@ -29,7 +29,10 @@ A run of a pairing goes through these stages, all recorded in the job database:
    that run's records (``_Baseline``): unchanged files are recorded by reference to the
    record that holds their details (``UnchangedFile``; read as ``skipped``) and never
    dispatched, and folders nobody changed, in which nothing is written or deleted, are
-   recorded ``skipped``.
+   recorded ``skipped``. Where both servers are Samba managed over SSH, every run reads
+   their clocks first, and a re-run lists both shares on the hosts: folders those
+   listings show unchanged since the records were made are recorded from the records,
+   without any SMB listing (orchestrator.transfer.host_listing).
 3. **Wait** for every file batch to finish; meanwhile the lease reaper re-dispatches
    batches whose worker died or whose message was lost.
 4. **Mirror** (re-runs only): destination entries that the source no longer has are
