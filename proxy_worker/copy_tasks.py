@@ -12,7 +12,8 @@ the engine read while copying it and returned in its ``FileResult``: the source 
 once. When the run migrated local accounts (a ``SidMap`` row for the run: only its
 id-bearing run travels, never a credential), every descriptor naming a mapped SID is
 rewritten with common.smb.security and set on the destination entry, so ACLs name the
-destination's accounts.
+destination's accounts. A file the engine skips as unchanged has its descriptor set too
+when the destination's differs (the engine compares data, times and attributes only).
 
 A batch claimed after its run's maximum duration has passed is given up
 (``MAX_DURATION_EXCEEDED`` per file). A file whose source moved while it was copied is
@@ -250,23 +251,32 @@ def _source_descriptors(results: list[engine.FileResult]) -> dict[int, bytes]:
             if result.outcome != engine.Outcome.FAILED and result.security_descriptor}
 
 
-def _translate_on_destination(work: _Work, descriptors: dict[int, bytes],
-                              results: list[engine.FileResult]) -> None:
-    """Set the SID-translated descriptor on each destination entry whose source SD names a
-    mapped SID (unless the destination already holds it); a failure fails that entry."""
+def _settle_descriptors(work: _Work, descriptors: dict[int, bytes],
+                        results: list[engine.FileResult]) -> None:
+    """Set on the destination, unless it already holds it: the SID-translated descriptor of
+    each entry whose source SD names a mapped SID, and the descriptor of each file the
+    engine skipped as unchanged (same size, last-write time and attributes), whose SD the
+    engine does not compare: the planner dispatches such a file when its metadata moved
+    (a new descriptor sets no last-write time). A failure fails that entry."""
+    wanted: dict[int, bytes] = {}
+    for index, descriptor in descriptors.items():
+        result = results[index]
+        try:
+            translated = translate_descriptor(descriptor, work.sid_map) if work.sid_map else descriptor
+        except ValueError as exc:
+            result.outcome, result.status_name = engine.Outcome.FAILED, SECURITY_TRANSLATION_FAILED
+            result.message = f"security descriptor of {result.path!r} not translated: {exc}"
+            continue
+        # Otherwise the engine wrote it with the entry (a folder's it compares itself).
+        if translated is not descriptor or (result.outcome == engine.Outcome.SKIPPED and not result.is_directory):
+            wanted[index] = translated
+    if not wanted:
+        return
     secinfo = md.security_information(work.options.copy_sacl)
     sacl = fp.ACCESS_SYSTEM_SECURITY if work.options.copy_sacl else 0
     with _Channel(work.destination) as channel:
-        for index, descriptor in descriptors.items():
+        for index, translated in wanted.items():
             result = results[index]
-            try:
-                translated = translate_descriptor(descriptor, work.sid_map)
-            except ValueError as exc:
-                result.outcome, result.status_name = engine.Outcome.FAILED, SECURITY_TRANSLATION_FAILED
-                result.message = f"security descriptor of {result.path!r} not translated: {exc}"
-                continue
-            if translated is descriptor:
-                continue
             options = fp.FILE_DIRECTORY_FILE if result.is_directory else fp.FILE_NON_DIRECTORY_FILE
             try:
                 handle = channel.open(m.smb_path(result.path), fp.READ_CONTROL | fp.WRITE_DAC | fp.WRITE_OWNER
@@ -278,16 +288,16 @@ def _translate_on_destination(work: _Work, descriptors: dict[int, bytes],
                     channel.close(handle, query=False)
             except SmbFileError as exc:
                 result.outcome, result.status_name = engine.Outcome.FAILED, exc.status_name
-                result.message = f"translated security descriptor not set on {result.path!r}: {exc}"
+                result.message = f"security descriptor not set on {result.path!r}: {exc}"
 
 
 def _owners(work: _Work, results: list[engine.FileResult]) -> list[str | None]:
     """Owner SIDs of the batch's entries (None where unknown or failed), from the source
-    descriptors the engine read while copying (no second pass over the source); with the
-    run's SID map, destination descriptors are translated first."""
+    descriptors the engine read while copying (no second pass over the source); the
+    destination descriptors are settled first (``_settle_descriptors``)."""
     descriptors = _source_descriptors(results)
-    if work.sid_map and descriptors:
-        _translate_on_destination(work, descriptors, results)
+    if descriptors:
+        _settle_descriptors(work, descriptors, results)
     owners: list[str | None] = [None] * len(results)
     for index, descriptor in descriptors.items():
         try:

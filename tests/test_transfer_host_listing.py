@@ -11,7 +11,9 @@ real ``copy_batch`` task body. The tree is made over SMB, then:
 - after changes on both sides (a file edited, added and deleted, an attribute set on the
   source; a file deleted and one altered on the destination behind the migration's back)
   exactly the changed files are dispatched, the folder nobody touched is still not
-  listed over SMB, and the trees end equal field by field (tests.lab.compare).
+  listed over SMB, and the trees end equal field by field (tests.lab.compare);
+- a DACL set on a source file and on a folder without any write (invisible over SMB on
+  Samba) reaches the destination.
 
 ``parse_share_listing`` is checked on the real output of ``LIST_SHARE_SCRIPT`` run on
 this machine over a folder holding names SMB would show otherwise, a link and a pruned
@@ -34,6 +36,7 @@ from common.db import session_scope
 from common.models import Batch, Event, FileRecord, Server, ServerRole, UnchangedFile
 from common.settings import get_settings
 from common.smb.connection import close_pool
+from common.smb.security import owner_sid
 from common.transfer_options import TransferOptions
 from orchestrator.database import upgrade_to_head
 from orchestrator.hosts import CommandFailed
@@ -43,6 +46,7 @@ from orchestrator.transfer import host_listing, planning
 from orchestrator.transfer.reconcile import reconcile
 from proxy_worker.copy_tasks import copy_batch
 from tests.lab.smbio import LabTree
+from tests.test_transfer_accounts import ace, descriptor
 from tests.transfer_support import (
     management,
     record_states,
@@ -52,6 +56,7 @@ from tests.transfer_support import (
 )
 
 HIDDEN = 0x2
+DACL = 0x4  # DACL_SECURITY_INFORMATION
 
 
 def _run(pairing_id: int) -> tuple[int, list[list[str]], list[str]]:
@@ -166,6 +171,28 @@ def test_rerun_compares_on_the_hosts_listings(samba_factory, sshd_server, tmp_pa
     assert all(state == ("skipped", None) for path, state in states.items() if path not in dispatched)
     with session_scope() as session:
         assert reconcile(session, fourth).clean
+    assert unexplained_differences(src, dst, ignore_all_access_times=True) == []
+
+    # A new DACL on a source file and on a folder, nothing written: over SMB both look
+    # unchanged (Samba reports the last-write time as the change time); the hosts'
+    # listings see their ctimes move, so both go out (and 'a', which holds the file), the
+    # file's data is skipped as unchanged and its descriptor set, the folder's applied.
+    new_dacls = {}
+    with LabTree(src.address, "data") as lab:
+        for path in ("a\\f2.txt", "empty"):
+            owner = owner_sid(lab.security_descriptor(path))
+            lab.set_security_descriptor(path, descriptor(owner, owner, [
+                ace(0, 0, 0x001F01FF, owner), ace(0, 0, 0x001200A9, "S-1-1-0")]), what=DACL)
+            new_dacls[path] = lab.security_descriptor(path, what=DACL)
+    with LabTree(dst.address, "data") as lab:
+        assert all(lab.security_descriptor(path, what=DACL) != dacl for path, dacl in new_dacls.items())
+    _settle()
+    fifth, batches, _lines = _run(pairing_id)
+    assert sorted(path for batch in batches for path in batch) == ["a", "a\\f2.txt", "empty"]
+    with LabTree(dst.address, "data") as lab:
+        assert {path: lab.security_descriptor(path, what=DACL) for path in new_dacls} == new_dacls
+    with session_scope() as session:
+        assert reconcile(session, fifth).clean
     assert unexplained_differences(src, dst, ignore_all_access_times=True) == []
 
 

@@ -7,11 +7,12 @@ whatever the client asks for, and a re-run lists both shares. On a Samba server 
 over SSH, ``find`` lists the same folders for a small part of that (20,000 entries:
 ~0.05 s, against ~0.5 s of smbd per share on the lab machine). It also sees more: Samba
 reports an entry's modification time as its SMB change time (measured: a chmod leaves
-the SMB change time alone), so over SMB a security descriptor or stream changed without
-a write looks unchanged; on the host it moves the entry's ctime (Samba keeps them in the
-inode's extended attributes: ``samba_ssh.LISTING_VFS_MODULES``), which makes its folder
-not clean. (Such a file is then compared over SMB, which lets the change through, and so
-does the copy engine's skip of unchanged data: docs/transfer.md, "Known gap".)
+the SMB change time alone), so over SMB a security descriptor set without a write looks
+unchanged; on the host it moves the entry's ctime (Samba keeps descriptors, DOS
+attributes and streams in the inode's extended attributes:
+``samba_ssh.LISTING_VFS_MODULES``), which makes its folder not clean and the entry
+dispatched (``changed_on_host``): the worker then sets the descriptor even though the
+engine skips the unchanged data.
 
 How. Every run of a pairing whose two servers are Samba managed over SSH reads, for each
 share, each server's clock before it lists anything (``EVENT_HOST_LISTING`` records both
@@ -124,6 +125,17 @@ def recorded_clocks(session: Session, job_id: int, share_id: int,
         elif detail.get("share_id") == share_id and run_id not in clocks:
             clocks[run_id] = (detail.get("source_clock"), detail.get("destination_clock"))
     return {run_id: (source, ends.get(run_id) or destination) for run_id, (source, destination) in clocks.items()}
+
+
+def changed_on_host(listing: HostListing, source_clocks: dict[int, int | None], path: str, origin: int) -> bool:
+    """True when the source host shows entry ``path`` changed (its ctime) since the run
+    ``origin`` that recorded it read its clock: a new security descriptor, attribute or
+    stream, which over SMB look unchanged on Samba. False where the listing or the clock
+    cannot tell (the SMB comparison's verdict stands)."""
+    parent, _, name = path.rpartition("\\")
+    entry = listing.folders.get(parent, {}).get(name)
+    clock = source_clocks.get(origin)
+    return entry is not None and bool(clock) and entry[3] >= clock - CLOCK_MARGIN_NS
 
 
 def clean_folders(previous: dict[str, tuple], listings: HostListings, source_clocks: dict[int, int | None],

@@ -868,6 +868,8 @@ class _Baseline:
         self.clean: dict[str, list[str]] = {}
         # Where the walks of both sides start: the top-most folders that are not clean.
         self.roots: list[str] = [""]
+        # (path, record's run) -> whether the source host shows the entry changed since.
+        self.changed_on_host: Callable[[str, int], bool] | None = None
 
     def begin_loading(self, executor: ThreadPoolExecutor, target: _ShareTarget) -> None:
         """Begin ``load`` in one of ``executor``'s threads (first of all: it needs nothing else)."""
@@ -889,9 +891,11 @@ class _Baseline:
         with session_scope() as session:
             clocks = host_listing.recorded_clocks(session, context.job_id, target.share_id,
                                                   origins | {self.run_id})
+        source_clocks = {run: clock[0] for run, clock in clocks.items()}
         self.clean = host_listing.clean_folders(
-            self.previous, listings, {run: clock[0] for run, clock in clocks.items()},
-            clocks.get(self.run_id, (None, None))[1], self.algorithm is not None)
+            self.previous, listings, source_clocks, clocks.get(self.run_id, (None, None))[1],
+            self.algorithm is not None)
+        self.changed_on_host = functools.partial(host_listing.changed_on_host, listings.source, source_clocks)
         self.roots = [] if "" in self.clean else [""]
         for paths in self.clean.values():
             self.roots += [path for path in paths if self.previous[path][0] and path not in self.clean]
@@ -953,7 +957,8 @@ class _Baseline:
     def unchanged(self, path: str, is_dir: bool, size: int, last_write: int, change: int,
                   attributes: int) -> int | None:
         """The id of the record holding a source entry's details (a folder's size is 0)
-        when neither side changed the entry since the previous run, else None."""
+        when neither side changed the entry since the previous run, else None (also when
+        the source host's listing shows its ctime moved: ``changed_on_host``)."""
         there = self.destination.pop(path, None)
         before = self.previous.pop(path, None)
         if there is not None and (there.is_dir and not there.is_reparse_point) != is_dir:
@@ -967,6 +972,8 @@ class _Baseline:
             return None
         if self.algorithm and not is_dir and not before[6]:  # a folder has no content to hash
             return None
+        if self.changed_on_host is not None and self.changed_on_host(path, before[9]):
+            return None  # a descriptor, attribute or stream set without a write
         return before[5]
 
     def mirror(self, unlisted: list[str], options: TransferOptions) -> _MirrorWork:
