@@ -1330,18 +1330,20 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
         if recorder is not None:
             recorder.abandon()
         raise
-    if recorder is not None:
-        recorder.wait()
     skipped = sorted(clean_directories - touched)
-    with session_scope() as session:
-        if skipped:
-            _skip_directories(session, context, target.share_id, baseline.run_id, skipped)
-        run = session.get(TransferRun, context.run_id)
-        for error in walk_errors:
-            _event(session, run, EVENT_WALK_ERROR,
-                   f"{error.status_name}: {error.message}: {target.name}\\{error.path}",
-                   level=EventLevel.ERROR, server_id=context.source_id, share=target.name,
-                   share_id=target.share_id, path=error.path, status=error.status_name)
+    try:
+        with session_scope() as session:
+            if skipped:
+                _skip_directories(session, context, target.share_id, baseline.run_id, skipped)
+            run = session.get(TransferRun, context.run_id)
+            for error in walk_errors:
+                _event(session, run, EVENT_WALK_ERROR,
+                       f"{error.status_name}: {error.message}: {target.name}\\{error.path}",
+                       level=EventLevel.ERROR, server_id=context.source_id, share=target.name,
+                       share_id=target.share_id, path=error.path, status=error.status_name)
+    finally:
+        if recorder is not None:
+            recorder.wait()  # meanwhile its thread went on writing the references
     excluded = f", {counts['excluded']} system folders left out" if counts["excluded"] else ""
     compared_note = "" if baseline is None else (
         f", {len(skipped)} unchanged folders and the unchanged files recorded without a batch"
