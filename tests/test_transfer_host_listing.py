@@ -13,7 +13,9 @@ real ``copy_batch`` task body. The tree is made over SMB, then:
   exactly the changed files are dispatched, the folder nobody touched is still not
   listed over SMB, and the trees end equal field by field (tests.lab.compare);
 - a DACL set on a source file and on a folder without any write (invisible over SMB on
-  Samba) reaches the destination.
+  Samba) reaches the destination;
+- a share with a VFS module that may rename entries is compared over SMB, and the run
+  says why.
 
 ``parse_share_listing`` is checked on the real output of ``LIST_SHARE_SCRIPT`` run on
 this machine over a folder holding names SMB would show otherwise, a link and a pruned
@@ -194,6 +196,19 @@ def test_rerun_compares_on_the_hosts_listings(samba_factory, sshd_server, tmp_pa
     with session_scope() as session:
         assert reconcile(session, fifth).clean
     assert unexplained_differences(src, dst, ignore_all_access_times=True) == []
+
+    # A VFS module that may show entries under other names (catia): the hosts' listings
+    # are not used, the run says why and compares every folder over SMB, to the same end.
+    src.add_share("data", src.shares["data"].path, **{"vfs objects": "catia acl_xattr streams_xattr"})
+    _settle()
+    sixth, batches, lines = _run(pairing_id)
+    assert batches == [] and f"walked {folders} directories" in _walked(lines)
+    with session_scope() as session:
+        said = [event.message for event in session.scalars(select(Event).where(
+            Event.kind == host_listing.EVENT_HOST_LISTING)) if event.detail["run_id"] == sixth]
+        assert reconcile(session, sixth).clean
+    assert len(said) == 1 and "compared over SMB (source: VFS modules catia may show" in said[0]
+    assert set(record_states(sixth).values()) == {("skipped", None)}
 
 
 def _listing(conf, *prune: str, env: dict | None = None):
