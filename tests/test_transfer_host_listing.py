@@ -37,19 +37,19 @@ from sqlalchemy import select
 from common.db import session_scope
 from common.models import Batch, Event, FileRecord, Server, ServerRole, UnchangedFile
 from common.settings import get_settings
-from common.smb.connection import close_pool
 from common.smb.security import owner_sid
 from common.transfer_options import TransferOptions
 from orchestrator.database import upgrade_to_head
 from orchestrator.hosts import CommandFailed
 from orchestrator.hosts.samba_ssh import LIST_SHARE_SCRIPT, SambaSshHost, parse_share_listing, prune_expression
-from orchestrator.leases import BatchDispatch
 from orchestrator.transfer import host_listing, planning
 from orchestrator.transfer.reconcile import reconcile
-from proxy_worker.copy_tasks import copy_batch
 from tests.lab.smbio import LabTree
 from tests.test_transfer_accounts import ace, descriptor
 from tests.transfer_support import (
+    change_both_sides,
+    drive_in_process,
+    fill_rerun_tree,
     management,
     record_states,
     register_servers,
@@ -57,28 +57,13 @@ from tests.transfer_support import (
     use_settings,
 )
 
-HIDDEN = 0x2
 DACL = 0x4  # DACL_SECURITY_INFORMATION
 
 
 def _run(pairing_id: int) -> tuple[int, list[list[str]], list[str]]:
     """Create and drive a run; (run id, the paths of each batch it published, its progress lines)."""
-    with session_scope() as session:
-        run_id = planning.create_run(session, session.get(planning.Pairing, pairing_id),
-                                     TransferOptions(retries=0)).id
-    published: list[list[str]] = []
     lines: list[str] = []
-
-    def publish(dispatch: BatchDispatch) -> None:
-        with session_scope() as session:
-            published.append(sorted(session.scalars(select(FileRecord.relative_path).where(
-                FileRecord.batch_id == dispatch.batch_id))))
-        assert copy_batch.run(dispatch.batch_id) == "done"
-
-    try:
-        assert planning.execute_run(run_id, publish, poll_interval=0.1, progress=lines.append).value == "succeeded"
-    finally:
-        close_pool()
+    run_id, published = drive_in_process(pairing_id, TransferOptions(retries=0), lines.append)
     return run_id, published, lines
 
 
@@ -96,14 +81,7 @@ def test_rerun_compares_on_the_hosts_listings(samba_factory, sshd_server, tmp_pa
     use_settings(monkeypatch, SMS_STATE_DIR=str(tmp_path / "state"), SMS_BATCH_MAX_FILES="7")
     upgrade_to_head(get_settings().database_url)
     src, dst = samba_factory("hsrc"), samba_factory("hdst", shares=())
-    with LabTree(src.address, "data") as lab:
-        lab.mkdir("empty")
-        for folder in ("a", "b", "b\\deep"):
-            lab.mkdir(folder)
-            for number in range(5):
-                lab.write_file(f"{folder}\\f{number}.txt", f"{folder} {number}\n".encode() * (number + 1))
-        lab.write_file("top.txt", b"top\n")
-        lab.write_file("a\\f0.txt:note", b"a stream\n")
+    fill_rerun_tree(src.address)
     register_servers("hosts", {"src": (src, ServerRole.SOURCE, management(sshd_server, src)),
                                "dst": (dst, ServerRole.DESTINATION, management(sshd_server, dst))})
     with session_scope() as session:
@@ -152,18 +130,10 @@ def test_rerun_compares_on_the_hosts_listings(samba_factory, sshd_server, tmp_pa
     assert unexplained_differences(src, dst, ignore_all_access_times=True) == []
 
     # Changes on both sides: exactly those files go out; 'empty' is still clean.
-    with LabTree(src.address, "data") as lab:
-        lab.write_file("a\\f1.txt", b"edited on the source\n")
-        lab.write_file("b\\deep\\new.txt", b"added on the source\n")
-        lab.delete("b\\f2.txt")
-        lab.set_basic_info("a\\f3.txt", attributes=HIDDEN)
-    with LabTree(dst.address, "data") as lab:
-        lab.delete("b\\f4.txt")
-        lab.write_file("a\\f4.txt", b"altered on the destination\n")
+    changed_files = change_both_sides(src.address, dst.address)
     _settle()
     fourth, batches, lines = _run(pairing_id)
     dispatched = sorted(path for batch in batches for path in batch)
-    changed_files = ["a\\f1.txt", "a\\f3.txt", "a\\f4.txt", "b\\deep\\new.txt", "b\\f4.txt"]
     assert dispatched == sorted(changed_files + ["a", "b", "b\\deep"])
     assert "folders found unchanged on the hosts' own listings" in _walked(lines)
     assert f"walked {folders - 1} directories" in _walked(lines)  # all but 'empty'

@@ -30,39 +30,26 @@ from sqlalchemy import select
 from common.db import session_scope
 from common.models import Batch, FileRecord, Server, ServerRole, UnchangedFile, run_records
 from common.settings import get_settings
-from common.smb.connection import SmbEndpoint, close_pool, open_tree
+from common.smb.connection import SmbEndpoint, open_tree
 from common.smb.fastpath import FastChannel
 from common.smb.walk import PipelinedWalker, ShareWalker
 from common.transfer_options import TransferOptions
 from orchestrator.database import upgrade_to_head
-from orchestrator.leases import BatchDispatch
 from orchestrator.transfer import planning
 from orchestrator.transfer.reconcile import reconcile
-from proxy_worker.copy_tasks import copy_batch
 from tests.lab.samba import MIGRATION_PASSWORD, MIGRATION_USER
 from tests.lab.smbio import LabTree
-from tests.transfer_support import record_states, register_servers, unexplained_differences, use_settings
+from tests.transfer_support import (
+    change_both_sides,
+    drive_in_process as _run,
+    fill_rerun_tree,
+    record_states,
+    register_servers,
+    unexplained_differences,
+    use_settings,
+)
 
 HIDDEN = 0x2
-
-
-def _run(pairing_id: int, options: TransferOptions) -> tuple[int, list[list[str]]]:
-    """Create and drive a run; (run id, the paths of each batch it published)."""
-    with session_scope() as session:
-        run_id = planning.create_run(session, session.get(planning.Pairing, pairing_id), options).id
-    published: list[list[str]] = []
-
-    def publish(dispatch: BatchDispatch) -> None:
-        with session_scope() as session:
-            published.append(sorted(session.scalars(select(FileRecord.relative_path).where(
-                FileRecord.batch_id == dispatch.batch_id))))
-        assert copy_batch.run(dispatch.batch_id) == "done"
-
-    try:
-        assert planning.execute_run(run_id, publish, poll_interval=0.1).value == "succeeded"
-    finally:
-        close_pool()
-    return run_id, published
 
 
 def _carried(run_id: int) -> dict[str, tuple]:
@@ -107,14 +94,7 @@ def test_rerun_decides_unchanged_entries_in_the_planner(database, samba_factory,
     monkeypatch.setattr(planning, "COMPARE_CHECK_EVERY", 2)
     upgrade_to_head(get_settings().database_url)
     src, dst = samba_factory("src"), samba_factory("dst")
-    with LabTree(src.address, "data") as lab:
-        lab.mkdir("empty")
-        for folder in ("a", "b", "b\\deep"):
-            lab.mkdir(folder)
-            for number in range(5):
-                lab.write_file(f"{folder}\\f{number}.txt", f"{folder} {number}\n".encode() * (number + 1))
-        lab.write_file("top.txt", b"top\n")
-        lab.write_file("a\\f0.txt:note", b"a stream\n")
+    fill_rerun_tree(src.address)
     register_servers("rerun", {"src": (src, ServerRole.SOURCE), "dst": (dst, ServerRole.DESTINATION)})
     with session_scope() as session:
         servers = {s.name: s for s in session.scalars(select(Server))}
@@ -140,19 +120,12 @@ def test_rerun_decides_unchanged_entries_in_the_planner(database, samba_factory,
     assert report.clean and report.shares[0].unchanged == report.shares[0].inventoried == len(record_states(first))
     assert unexplained_differences(src, dst, ignore_all_access_times=True) == []
 
-    # Changes on both sides.
+    # Changes on both sides, and an attribute set on a folder of the source.
+    changed_files = change_both_sides(src.address, dst.address)
     with LabTree(src.address, "data") as lab:
-        lab.write_file("a\\f1.txt", b"edited on the source\n")
-        lab.write_file("b\\deep\\new.txt", b"added on the source\n")
-        lab.delete("b\\f2.txt")
-        lab.set_basic_info("a\\f3.txt", attributes=HIDDEN)
         lab.set_basic_info("empty", attributes=HIDDEN | 0x10)
-    with LabTree(dst.address, "data") as lab:
-        lab.delete("b\\f4.txt")
-        lab.write_file("a\\f4.txt", b"altered on the destination\n")
     third, batches = _run(pairing_id, options)
     dispatched = sorted(path for batch in batches for path in batch)
-    changed_files = ["a\\f1.txt", "a\\f3.txt", "a\\f4.txt", "b\\deep\\new.txt", "b\\f4.txt"]
     # The files, then the folders whose metadata must be applied again: those the
     # source changed and those in which something was written or deleted.
     assert dispatched == sorted(changed_files + ["a", "b", "b\\deep", "empty"])

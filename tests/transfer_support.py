@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from common.crypto import encrypt_secret
 from common.db import dispose_engines, session_scope
-from common.models import Job, Server, ServerKind, run_records
+from common.models import FileRecord, Job, Server, ServerKind, run_records
 from common.settings import reset_settings_cache
 from tests.lab.compare import compare_trees
 from tests.lab.samba import MIGRATION_PASSWORD, MIGRATION_USER
@@ -95,3 +95,57 @@ def unexplained_differences(source, destination, share: str = "data", *,
     return [d for d in differences
             if not (d.path == "PreExistingData" and d.field == "extra")
             and not (d.field == "last_access_time" and (ignore_all_access_times or d.path in ignored))]
+
+
+def fill_rerun_tree(address: str) -> None:
+    """The small tree the re-run tests start from, written over SMB on share 'data': an
+    empty folder, 'a', 'b' and 'b\\deep' with five files each, 'top.txt' and a stream."""
+    with LabTree(address, "data") as lab:
+        lab.mkdir("empty")
+        for folder in ("a", "b", "b\\deep"):
+            lab.mkdir(folder)
+            for number in range(5):
+                lab.write_file(f"{folder}\\f{number}.txt", f"{folder} {number}\n".encode() * (number + 1))
+        lab.write_file("top.txt", b"top\n")
+        lab.write_file("a\\f0.txt:note", b"a stream\n")
+
+
+def change_both_sides(source_address: str, destination_address: str) -> list[str]:
+    """On the re-run tree: a file edited, one added, one deleted and one given the hidden
+    attribute on the source; a file deleted and one altered on the destination behind
+    the migration's back. Returns the files a re-run must copy."""
+    with LabTree(source_address, "data") as lab:
+        lab.write_file("a\\f1.txt", b"edited on the source\n")
+        lab.write_file("b\\deep\\new.txt", b"added on the source\n")
+        lab.delete("b\\f2.txt")
+        lab.set_basic_info("a\\f3.txt", attributes=0x2)
+    with LabTree(destination_address, "data") as lab:
+        lab.delete("b\\f4.txt")
+        lab.write_file("a\\f4.txt", b"altered on the destination\n")
+    return ["a\\f1.txt", "a\\f3.txt", "a\\f4.txt", "b\\deep\\new.txt", "b\\f4.txt"]
+
+
+def drive_in_process(pairing_id: int, options, progress=None) -> tuple[int, list[list[str]]]:
+    """Create and drive a run of the pairing in this process, every batch it publishes
+    copied by the real ``copy_batch`` task body as a worker would; (run id, the sorted
+    paths of each published batch). The run must succeed."""
+    from common.smb.connection import close_pool
+    from orchestrator.transfer import planning
+    from proxy_worker.copy_tasks import copy_batch
+
+    with session_scope() as session:
+        run_id = planning.create_run(session, session.get(planning.Pairing, pairing_id), options).id
+    published: list[list[str]] = []
+
+    def publish(dispatch) -> None:
+        with session_scope() as session:
+            published.append(sorted(session.scalars(select(FileRecord.relative_path).where(
+                FileRecord.batch_id == dispatch.batch_id))))
+        assert copy_batch.run(dispatch.batch_id) == "done"
+
+    try:
+        state = planning.execute_run(run_id, publish, poll_interval=0.1, progress=progress)
+        assert state.value == "succeeded"
+    finally:
+        close_pool()
+    return run_id, published
