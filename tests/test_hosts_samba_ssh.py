@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import subprocess
+import time
 
 import pytest
 
@@ -239,6 +240,29 @@ def test_password_login(sshd_server):
         known_hosts=sshd_server.known_hosts,
     ) as adapter:
         assert any(a.name == "lo" for a in adapter.network())
+
+
+def test_a_dropped_connection_is_made_again(sshd_server):
+    """A run keeps its adapter for hours: when the server side of the connection goes away
+    (here: its sshd session process killed), the next command logs on again instead of
+    failing on the dead connection."""
+    with SambaSshHost(sshd_server.host, port=sshd_server.port, username=sshd_server.user,
+                      password=sshd_server.password, known_hosts=sshd_server.known_hosts) as adapter:
+        assert adapter.run(["echo", "first"])[1] == "first\n"
+        transport = adapter._client.get_transport()
+        local_port = transport.sock.getsockname()[1]
+        sockets = subprocess.run(["ss", "-Htnp", "state", "established", f"( dport = :{local_port} )"],
+                                 capture_output=True, text=True, check=True).stdout
+        pids = {int(pid) for pid in re.findall(r"pid=(\d+)", sockets)}
+        assert pids, sockets
+        for pid in pids:
+            os.kill(pid, 15)
+        deadline = time.monotonic() + 10
+        while transport.is_active() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not transport.is_active()
+        assert adapter.run(["echo", "again"])[1] == "again\n"
+        assert adapter._client.get_transport() is not transport
 
 
 def test_wrong_password(sshd_server):

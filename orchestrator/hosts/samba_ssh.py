@@ -104,6 +104,7 @@ else
     exec find . -mindepth 1 "$@" -printf '%y %s %T@ %C@ %P\0'
 fi
 """
+KEEPALIVE_SECONDS = 30
 _LIST_SHARE_FAILURES = {65: "no such share in the host's Samba configuration",
                         66: "the share's folder cannot be read on the host"}
 _FIND_GLOB = re.compile(r"[*?\[\\]")
@@ -524,6 +525,9 @@ class SambaSshHost(HostAdapter):
         except paramiko.SSHException as exc:
             client.close()
             raise HostUnreachable(self._where, f"SSH handshake failed: {exc}") from None
+        # Keep-alives every 30 s: a connection kept for a run's hours is neither dropped as
+        # idle by a firewall nor, once dead, found out only by a command's timeout.
+        client.get_transport().set_keepalive(KEEPALIVE_SECONDS)
         self._client = client
 
     def close(self) -> None:
@@ -546,6 +550,9 @@ class SambaSshHost(HostAdapter):
     def _execute(self, argv: list[str], *, check: bool = True,
                  input: bytes | None = None) -> tuple[int, bytes, str]:
         """``run`` with the command's standard output as the bytes it printed."""
+        transport = None if self._client is None else self._client.get_transport()
+        if transport is not None and not transport.is_active():
+            self.close()  # the server or the network dropped it (a run keeps its adapter for hours)
         self.connect()
         assert self._client is not None
         command = shlex.join(argv)
