@@ -354,6 +354,7 @@ def execute_run(run_id: int, publish: Publisher | None = None, *, poll_interval:
             _record_end_clock(context)
         except DurationExceeded as exc:
             _stop_for_duration(context, publish, poll_interval, say, str(exc))
+            _record_end_clock(context)
         state = _finish(context)
     except RunCancelled:
         say("cancelled")
