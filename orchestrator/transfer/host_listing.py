@@ -44,7 +44,6 @@ unchanged files (say ``hide dot files``) between two runs.
 
 from __future__ import annotations
 
-import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -53,8 +52,6 @@ from sqlalchemy.orm import Session
 
 from common.models import Event
 from orchestrator.hosts.facts import HostListing
-
-logger = logging.getLogger(__name__)
 
 EVENT_HOST_LISTING = "transfer.host_listing"
 EVENT_HOST_CLOCK_END = "transfer.host_clock_end"
