@@ -80,6 +80,7 @@ from orchestrator.transfer import planning  # noqa: E402
 from orchestrator.transfer.reconcile import reconcile  # noqa: E402
 from tests.lab.samba import MIGRATION_PASSWORD, MIGRATION_USER, SambaServer, reserve_loopback_address  # noqa: E402
 from tests.lab.sshd import SshServer  # noqa: E402
+from tests.transfer_support import management  # noqa: E402
 from tests.lab.trees import make_dataset  # noqa: E402
 
 SMB_PORT = 445
@@ -312,14 +313,12 @@ class Lab:
         """A Samba server row (migration account, encrypted password), managed through the
         lab sshd when there is one and ``samba`` (its smb.conf) is given; its id."""
         managed = self.sshd is not None and samba is not None
-        management = {"ssh_host": self.sshd.host, "ssh_port": self.sshd.port, "ssh_user": self.sshd.root_user,
-                      "key_file": str(self.sshd.client_key), "known_hosts": str(self.sshd.known_hosts),
-                      "smb_conf": str(samba.conf)} if managed else {}
         with session_scope() as session:
             row = Server(job_id=self.job_id, name=name, role=role,
                          kind=ServerKind.SAMBA if managed else ServerKind.SMB_ONLY,
                          address=address, port=SMB_PORT, username=MIGRATION_USER,
-                         credential=encrypt_secret(MIGRATION_PASSWORD), management=management)
+                         credential=encrypt_secret(MIGRATION_PASSWORD),
+                         management=management(self.sshd, samba) if managed else {})
             session.add(row)
             session.flush()
             return row.id

@@ -77,6 +77,25 @@ NON_DATA_FILESYSTEMS = {"devtmpfs", "squashfs", "overlay", "nsfs", "proc", "sysf
 # Samba's [global]-only sections that are not shares.
 NOT_SHARES = {"global"}
 SPECIAL_SECTIONS = {"homes", "printers", "print$", "ipc$"}
+CSC_TO_CACHING_MODE = {
+    "manual": "Manual",
+    "documents": "Documents",
+    "programs": "Programs",
+    "disable": "None",
+}
+
+
+class _RejectUnknownHost(paramiko.RejectPolicy):
+    """paramiko's RejectPolicy, raising our typed error with the key's fingerprint."""
+
+    def missing_host_key(self, client, hostname, key):
+        """Refuse the connection: the server's key is not in known_hosts."""
+        raise HostKeyUnknown(
+            hostname,
+            f"SSH host key {key.get_name()} {key.fingerprint} is not in the known_hosts file; "
+            "verify it out of band and add it before inventory",
+        )
+
 
 # The host listing of a share (``SambaSshHost.list_share``): the clock first (every later
 # change carries a later ctime), where the share lives ($path), its VFS modules and the
@@ -187,24 +206,6 @@ def parse_share_listing(output: bytes) -> HostListing:
     listing.folders = {parent.replace("/", "\\"): entries for parent, entries in by_parent.items()
                        if not (odd and (parent in unreadable_parents or _NOT_PLAIN.search(parent)))}
     return listing
-CSC_TO_CACHING_MODE = {
-    "manual": "Manual",
-    "documents": "Documents",
-    "programs": "Programs",
-    "disable": "None",
-}
-
-
-class _RejectUnknownHost(paramiko.RejectPolicy):
-    """paramiko's RejectPolicy, raising our typed error with the key's fingerprint."""
-
-    def missing_host_key(self, client, hostname, key):
-        """Refuse the connection: the server's key is not in known_hosts."""
-        raise HostKeyUnknown(
-            hostname,
-            f"SSH host key {key.get_name()} {key.fingerprint} is not in the known_hosts file; "
-            "verify it out of band and add it before inventory",
-        )
 
 
 def parse_testparm(text: str) -> dict[str, dict[str, str]]:
@@ -811,7 +812,6 @@ class SambaSshHost(HostAdapter):
         self.run(self._samba("smbcontrol", "smbd", "reload-config"))
         action = "updated" if existing is not None or in_file else "created"
         return ShareCreation(name=share.name, path=path, action=action, notes=notes + acl_notes)
-
 
     # --- host listing (re-runs) ------------------------------------------------------
     @_readable

@@ -124,32 +124,38 @@ def recorded_clocks(session: Session, job_id: int, share_id: int,
     return {run_id: (source, ends.get(run_id) or destination) for run_id, (source, destination) in clocks.items()}
 
 
-def changed_on_host(listing: HostListing, source_clocks: dict[int, int | None], path: str, origin: int) -> bool:
+def source_limits(clocks: dict[int, tuple[int | None, int | None]]) -> dict[int, int]:
+    """run id -> the ctime below which a source entry whose record that run made has not
+    changed since (its source clock less the margin), from ``recorded_clocks``; runs that
+    read no source clock are left out."""
+    return {run: source - CLOCK_MARGIN_NS for run, (source, _destination) in clocks.items() if source}
+
+
+def changed_on_host(listing: HostListing, limits: dict[int, int], path: str, origin: int) -> bool:
     """True when the source host shows entry ``path`` changed (its ctime) since the run
-    ``origin`` that recorded it read its clock: a new security descriptor, attribute or
-    stream, which over SMB look unchanged on Samba. False where the listing or the clock
-    cannot tell (the SMB comparison's verdict stands)."""
+    ``origin`` that recorded it read its clock (``limits``: ``source_limits``): a new
+    security descriptor, attribute or stream, which over SMB look unchanged on Samba.
+    False where the listing or the clock cannot tell (the SMB comparison's verdict stands)."""
     parent, _, name = path.rpartition("\\")
     entry = listing.folders.get(parent, {}).get(name)
-    clock = source_clocks.get(origin)
-    return entry is not None and bool(clock) and entry[3] >= clock - CLOCK_MARGIN_NS
+    limit = limits.get(origin)
+    return entry is not None and limit is not None and entry[3] >= limit
 
 
-def clean_folders(previous: dict[str, tuple], listings: HostListings, source_clocks: dict[int, int | None],
+def clean_folders(previous: dict[str, tuple], listings: HostListings, limits: dict[int, int],
                   destination_clock: int | None, verifying: bool) -> dict[str, list[str]]:
     """The folders nobody changed since the previous run, each with the paths of its
     entries (the module's docstring says when a folder is clean).
 
     ``previous``: the previous run's records, path -> (is folder, size, last-write time,
     change time, attributes, record id, holds a verified hash, creation time, last-access
-    time, run that wrote the record). ``source_clocks``: run id -> the source clock that
-    run read; ``destination_clock``: the one the previous run read on the destination.
+    time, run that wrote the record). ``limits``: ``source_limits`` of the runs that
+    wrote them; ``destination_clock``: the one the previous run read on the destination.
     With ``verifying``, a file whose record holds no verified hash keeps its folder from
     being clean (it must be dispatched to be hashed).
     """
     if destination_clock is None:
         return {}
-    source_before = {run: clock - CLOCK_MARGIN_NS for run, clock in source_clocks.items() if clock}
     destination_before = destination_clock - CLOCK_MARGIN_NS
     children: dict[str, list[str]] = {"": []}
     for path, before in previous.items():
@@ -181,7 +187,7 @@ def clean_folders(previous: dict[str, tuple], listings: HostListings, source_clo
             if not is_dir and (mine[1] != before[1] or theirs[1] != before[1]
                                or (verifying and not before[6])):
                 break
-            if mine[3] >= source_before.get(before[9], 0) or theirs[3] >= destination_before:
+            if mine[3] >= limits.get(before[9], 0) or theirs[3] >= destination_before:
                 break
         else:
             clean[folder] = paths

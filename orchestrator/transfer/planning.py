@@ -892,11 +892,11 @@ class _Baseline:
         with session_scope() as session:
             clocks = host_listing.recorded_clocks(session, context.job_id, target.share_id,
                                                   origins | {self.run_id})
-        source_clocks = {run: clock[0] for run, clock in clocks.items()}
+        limits = host_listing.source_limits(clocks)
         self.clean = host_listing.clean_folders(
-            self.previous, listings, source_clocks, clocks.get(self.run_id, (None, None))[1],
+            self.previous, listings, limits, clocks.get(self.run_id, (None, None))[1],
             self.algorithm is not None)
-        self.changed_on_host = functools.partial(host_listing.changed_on_host, listings.source, source_clocks)
+        self.changed_on_host = functools.partial(host_listing.changed_on_host, listings.source, limits)
         self.roots = [] if "" in self.clean else [""]
         for paths in self.clean.values():
             self.roots += [path for path in paths if self.previous[path][0] and path not in self.clean]
