@@ -19,7 +19,8 @@ real ``copy_batch`` task body. The tree is made over SMB, then:
 
 ``parse_share_listing`` is checked on the real output of ``LIST_SHARE_SCRIPT`` run on
 this machine over a folder holding names SMB would show otherwise, a link and a pruned
-folder; the adapter's errors for a share the host does not have, over the real sshd.
+folder, and the digests the orchestrator computes from records against the host's; the
+adapter's errors for a share the host does not have, over the real sshd.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from common.smb.security import owner_sid
 from common.transfer_options import TransferOptions
 from orchestrator.database import upgrade_to_head
 from orchestrator.hosts import CommandFailed
-from orchestrator.hosts.samba_ssh import LIST_SHARE_SCRIPT, SambaSshHost, parse_share_listing, prune_expression
+from orchestrator.hosts.samba_ssh import HOST_LISTING_PROGRAM, LIST_SHARE_SCRIPT, SambaSshHost, parse_share_listing
 from orchestrator.transfer import host_listing, planning
 from orchestrator.transfer.reconcile import reconcile
 from tests.lab.smbio import LabTree
@@ -60,10 +61,10 @@ from tests.transfer_support import (
 DACL = 0x4  # DACL_SECURITY_INFORMATION
 
 
-def _run(pairing_id: int) -> tuple[int, list[list[str]], list[str]]:
+def _run(pairing_id: int, **options) -> tuple[int, list[list[str]], list[str]]:
     """Create and drive a run; (run id, the paths of each batch it published, its progress lines)."""
     lines: list[str] = []
-    run_id, published = drive_in_process(pairing_id, TransferOptions(retries=0), lines.append)
+    run_id, published = drive_in_process(pairing_id, TransferOptions(retries=0, **options), lines.append)
     return run_id, published, lines
 
 
@@ -112,9 +113,20 @@ def test_rerun_compares_on_the_hosts_listings(samba_factory, sshd_server, tmp_pa
     assert all(clocks[run] == (clocks[run][0], ends[run]) and clocks[run][0] for run in clocks)
 
     # Nothing changed since: nothing is listed over SMB, nothing dispatched, every file a
-    # reference to the first run's record, every folder unchanged, the run clean.
+    # reference to the first run's record, every folder unchanged, the run clean. From
+    # here on the runs leave the shares as they are: the hosts' listings begin before the
+    # share check.
+    checks = []
+    check_existing_shares = planning._check_existing_shares
+    monkeypatch.setattr(planning, "_check_existing_shares",
+                        lambda *args: checks.append(time.time_ns()) or check_existing_shares(*args))
     _settle()
-    third, batches, lines = _run(pairing_id)
+    third, batches, lines = _run(pairing_id, recreate_shares=False)
+    with session_scope() as session:
+        listed = [event.detail for event in session.scalars(select(Event).where(
+            Event.kind == host_listing.EVENT_HOST_LISTING)) if event.detail["run_id"] == third]
+    assert len(checks) == 1 and len(listed) == 1
+    assert listed[0]["source_clock"] < checks[0] and listed[0]["destination_clock"] < checks[0]
     assert batches == []
     assert "walked 0 directories" in _walked(lines)
     assert f"({folders} folders found unchanged on the hosts' own listings)" in _walked(lines)
@@ -132,7 +144,7 @@ def test_rerun_compares_on_the_hosts_listings(samba_factory, sshd_server, tmp_pa
     # Changes on both sides: exactly those files go out; 'empty' is still clean.
     changed_files = change_both_sides(src.address, dst.address)
     _settle()
-    fourth, batches, lines = _run(pairing_id)
+    fourth, batches, lines = _run(pairing_id, recreate_shares=False)
     dispatched = sorted(path for batch in batches for path in batch)
     assert dispatched == sorted(changed_files + ["a", "b", "b\\deep"])
     assert "folders found unchanged on the hosts' own listings" in _walked(lines)
@@ -159,7 +171,7 @@ def test_rerun_compares_on_the_hosts_listings(samba_factory, sshd_server, tmp_pa
     with LabTree(dst.address, "data") as lab:
         assert all(lab.security_descriptor(path, what=DACL) != dacl for path, dacl in new_dacls.items())
     _settle()
-    fifth, batches, _lines = _run(pairing_id)
+    fifth, batches, _lines = _run(pairing_id, recreate_shares=False)
     assert sorted(path for batch in batches for path in batch) == ["a", "a\\f2.txt", "empty"]
     with LabTree(dst.address, "data") as lab:
         assert {path: lab.security_descriptor(path, what=DACL) for path in new_dacls} == new_dacls
@@ -181,27 +193,26 @@ def test_rerun_compares_on_the_hosts_listings(samba_factory, sshd_server, tmp_pa
     assert set(record_states(sixth).values()) == {("skipped", None)}
 
 
-def _listing(conf, *prune: str, env: dict | None = None):
+def _listing(conf, *prune: str, changed_since: int | None = None, env: dict | None = None):
     """The real output of LIST_SHARE_SCRIPT for share 'data' of ``conf`` on this machine, parsed."""
-    out = subprocess.run(["sh", "-c", LIST_SHARE_SCRIPT, "sh", "data", str(conf), "scan", *prune_expression(prune)],
-                         capture_output=True, check=True, env=env).stdout
-    return parse_share_listing(out)
+    out = subprocess.run(["sh", "-c", LIST_SHARE_SCRIPT, "sh", "data", str(conf), "scan",
+                          "-" if changed_since is None else str(changed_since), *prune],
+                         input=HOST_LISTING_PROGRAM.encode(), capture_output=True, env=env)
+    assert out.returncode == 0 and not out.stderr, out
+    return parse_share_listing(out.stdout)
 
 
-def _path_without_gzip(tmp_path) -> dict:
-    """An environment whose PATH holds the script's tools but not gzip."""
-    tools = tmp_path / "bin"
-    tools.mkdir()
-    for tool in ("sh", "date", "testparm", "stat", "find"):
-        (tools / tool).symlink_to(shutil.which(tool))
-    return {"PATH": str(tools)}
+def _filetime(path) -> int:
+    return os.stat(path, follow_symlinks=False).st_mtime_ns // 100 + 116444736000000000
 
 
-def test_parse_share_listing_on_real_find_output(tmp_path):
+def test_parse_share_listing_on_the_hosts_real_summaries(tmp_path):
     root = tmp_path / "share"
     (root / "plain" / "deeper").mkdir(parents=True)
     (root / "plain" / "file.txt").write_bytes(b"12345")
     os.utime(root / "plain" / "file.txt", ns=(1_700_000_000_123_456_789, 1_700_000_000_123_456_789))
+    (root / "plain" / "a b").write_bytes(b"")  # sorts before 'a' as a line, after it as a name
+    (root / "plain" / "a").write_bytes(b"xy")
     (root / "odd").mkdir()
     (root / "odd" / "back\\slash.txt").write_bytes(b"x")
     (root / "odd" / "inner").mkdir()
@@ -216,24 +227,65 @@ def test_parse_share_listing_on_real_find_output(tmp_path):
     conf = tmp_path / "smb.conf"
     conf.write_text(f"[global]\nvfs objects = acl_xattr streams_xattr\n[data]\npath = {root}\n")
     before = time.time_ns()
+    since = os.stat(root / "plain" / "a").st_ctime_ns
 
-    listing = _listing(conf, "Windows", "odd[1]*")
+    listing = _listing(conf, "Windows", "odd[1]*", changed_since=since)
     assert listing.path == str(root) and listing.refusal is None
     assert before - 5_000_000_000 < listing.clock <= time.time_ns()
-    # 'odd' holds names SMB would show otherwise: it is left out, and so is the folder
-    # whose own name holds a backslash; its other subfolder is listed as it is.
+    # 'odd' holds names SMB would show otherwise: it is left out, and so is every folder
+    # whose path holds such a name; its other subfolder is listed as it is.
     assert set(listing.folders) == {"", "plain", "plain\\deeper", "odd\\inner", "Oddx"}
-    assert set(listing.folders[""]) == {"plain", "odd", "link", "Oddx"}
-    assert listing.folders["odd\\inner"]["f"][:2] == (False, 1)
-    assert listing.folders[""]["link"][0] is None and listing.folders[""]["plain"][0] is True
-    kind, size, last_write, change = listing.folders["plain"]["file.txt"]
-    assert (kind, size) == (False, 5)
-    assert last_write == 1_700_000_000_123_456_789 // 100 + 116444736000000000
-    assert change == os.stat(root / "plain" / "file.txt").st_ctime_ns
-    assert listing.folders["plain\\deeper"] == {}
-    # Compressed (gzip is here) or not, the same listing.
-    plain = _listing(conf, "Windows", "odd[1]*", env=_path_without_gzip(tmp_path))
-    assert plain.folders == listing.folders
+    assert listing.folders["plain\\deeper"].newest_change == 0
+    newest = max(os.stat(root / "plain" / name).st_ctime_ns for name in ("deeper", "file.txt", "a b", "a"))
+    assert listing.folders["plain"].newest_change == newest
+    # One by one: the entries changed since the threshold, in the folders listed.
+    assert listing.changed["plain\\a"] == since and "plain\\deeper" not in listing.changed
+    assert "odd\\inner\\f" in listing.changed and not any(path.startswith("odd\\back") for path in listing.changed)
+
+    # The digest the orchestrator computes from records of the same entries is the host's;
+    # a record of another size, time or kind, or a missing one, gives another.
+    records = {"plain\\deeper": (True, 0, _filetime(root / "plain" / "deeper")),
+               "plain\\file.txt": (False, 5, 1_700_000_000_123_456_789 // 100 + 116444736000000000),
+               "plain\\a b": (False, 0, _filetime(root / "plain" / "a b")),
+               "plain\\a": (False, 2, _filetime(root / "plain" / "a"))}
+
+    def digest(previous: dict) -> str | None:
+        previous = {path: (*fields, 0, 32, 1, True, 0, 0, 7) for path, fields in previous.items()}
+        return host_listing.expected_digest("plain", list(previous), previous, {7: 0}, False)
+
+    assert digest(records) == listing.folders["plain"].digest
+    assert digest({**records, "plain\\a": (False, 3, records["plain\\a"][2])}) != listing.folders["plain"].digest
+    assert digest({**records, "plain\\a": (False, 2, records["plain\\a"][2] + 1)}) != listing.folders["plain"].digest
+    assert digest({**records, "plain\\deeper": (False, 0, records["plain\\deeper"][2])}) \
+        != listing.folders["plain"].digest
+    assert digest({path: fields for path, fields in records.items() if path != "plain\\a"}) \
+        != listing.folders["plain"].digest
+    # Clean where both hosts show that digest, unless the source shows an entry changed
+    # at or after its record's run read the clock, or the destination anything newer
+    # than the previous run's clock there.
+    previous = {path: (*fields, 0, 32, 1, True, 0, 0, 7) for path, fields in records.items()}
+    both = host_listing.HostListings(listing, listing)
+    late = listing.folders["plain"].newest_change + host_listing.CLOCK_MARGIN_NS + 1
+
+    def clean(limit: int, destination_clock: int) -> bool:
+        recorded = host_listing.RecordedFolders({"plain": (list(previous), digest(records))}, {7: limit},
+                                                destination_clock)
+        return "plain" in host_listing.clean_folders(recorded, previous, both)
+
+    assert clean(since + 1, late) and not clean(since, late) and not clean(since + 1, late - 1)
+    root_digest = host_listing.expected_digest(
+        "", ["plain", "odd", "link", "Oddx"], {path: (True, 0, _filetime(root / path), 0, 16, 1, True, 0, 0, 7)
+                                               for path in ("plain", "odd", "link", "Oddx")},
+        {7: 0}, False)
+    assert root_digest != listing.folders[""].digest  # 'link' is neither a folder nor a file
+
+    tools = tmp_path / "bin"  # a host without python3
+    tools.mkdir()
+    for tool in ("sh", "date", "testparm", "stat"):
+        (tools / tool).symlink_to(shutil.which(tool))
+    out = subprocess.run(["sh", "-c", LIST_SHARE_SCRIPT, "sh", "data", str(conf), "scan", "-"],
+                         env={"PATH": str(tools)}, capture_output=True)
+    assert out.returncode == 67
 
     conf.write_text(f"[global]\nvfs objects = catia acl_xattr\n[data]\npath = {root}\n")
     assert "catia" in _listing(conf).refusal

@@ -145,10 +145,12 @@ class HostAdapter(abc.ABC):
         """
         raise ManagementUnavailable(self.host, "this adapter cannot create shares on the host")
 
-    def list_share(self, share: str, *, prune: Iterable[str] = (), clock_only: bool = False) -> HostListing:
+    def list_share(self, share: str, *, prune: Iterable[str] = (), clock_only: bool = False,
+                   changed_since: int | None = None) -> HostListing:
         """The server's clock and the folders of ``share`` as its own filesystem lists them
         (``facts.HostListing``); top-level names in ``prune`` (any case) are left out with everything
-        under them. ``clock_only`` reads the clock alone (and where the share lives).
+        under them; entries changed at or after ``changed_since`` (ns since 1970) are listed
+        one by one. ``clock_only`` reads the clock alone (and where the share lives).
 
         Lets a re-run compare a share without listing it over SMB (orchestrator.transfer
         .host_listing). Adapters that cannot list a host's folders raise

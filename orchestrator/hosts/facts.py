@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 
 @dataclass
@@ -173,6 +173,15 @@ class LocalPrincipals:
     groups: list[LocalGroup] = field(default_factory=list)
 
 
+class FolderSummary(NamedTuple):
+    """One folder as a host's own filesystem shows it (``HostListing.folders``): the newest
+    change time (ctime, ns since 1970) among its entries (0 when it has none) and the
+    SHA-256 (hex) of their sorted ``samba_host_listing.folder_entry_line``s."""
+
+    newest_change: int
+    digest: str
+
+
 @dataclass
 class HostListing:
     """A share's folders as the file server's own filesystem shows them, read over the
@@ -182,14 +191,15 @@ class HostListing:
     so every change made after it carries a later change time (ctime). ``path`` and
     ``refusal`` say where the share lives and, when the listing cannot stand in for an SMB
     listing, why (None when it can). ``folders`` maps each folder's SMB-style path ('' the
-    share root, backslash separators) to its entries, name -> (kind, size, last-write
-    time as FILETIME, change time in ns): kind True for a folder, False for a regular file,
-    None for anything else (link, device, socket...). A folder holding a name that SMB
-    would show differently (a backslash in it, bytes that are not UTF-8) is left out, and
-    so is any folder whose path holds one. Empty when only the clock was asked for.
+    share root, backslash separators) to its ``FolderSummary``; a folder holding a name
+    that SMB would show differently (a backslash in it, bytes that are not UTF-8) is left
+    out, and so is any folder whose path holds one. ``changed``: SMB-style path -> ctime
+    of every entry changed at or after the threshold the listing was asked for. Both
+    empty when only the clock was asked for.
     """
 
     clock: int
     path: str = ""
     refusal: str | None = None
-    folders: dict[str, dict[str, tuple]] = field(default_factory=dict)
+    folders: dict[str, FolderSummary] = field(default_factory=dict)
+    changed: dict[str, int] = field(default_factory=dict)

@@ -30,17 +30,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import re
 import shlex
 import socket
 import threading
-import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
 import paramiko
 
-from orchestrator.hosts import samba_shares
+from orchestrator.hosts import samba_host_listing, samba_shares
 from orchestrator.hosts.base import (
     AuthenticationFailed,
     CommandFailed,
@@ -53,6 +51,7 @@ from orchestrator.hosts.base import (
     UnexpectedOutput,
 )
 from orchestrator.hosts.facts import (
+    FolderSummary,
     GroupMember,
     HostIdentity,
     HostListing,
@@ -100,13 +99,12 @@ class _RejectUnknownHost(paramiko.RejectPolicy):
 # The host listing of a share (``SambaSshHost.list_share``): the clock first (every later
 # change carries a later ctime), where the share lives ($path), its VFS modules and the
 # filesystem type (``parse_share_listing`` decides from them whether the listing can be
-# trusted), then one record per entry: type, size, mtime, ctime, path (NUL-terminated:
-# a name may hold any byte but NUL and '/'), gzip-compressed where the host has gzip: a
-# tenth of the bytes, and far fewer SSH packets for a client busy with other work to
-# take in (measured: 0.15-0.25 s instead of 0.5-0.7 s for 20,000 entries beside a busy
-# thread). find's complaints go to standard error, which fails the listing. Arguments:
-# share, smb.conf ('' for Samba's own), "scan" or "clock", then find's pruning
-# expression. Never spliced into.
+# trusted), then, for a scan, the summary of every folder that HOST_LISTING_PROGRAM makes
+# with the host's python3 (one line per folder rather than one per entry: the hosts do
+# the per-entry work, each its own, in parallel). Its complaints go to standard error,
+# which fails the listing. Arguments: share, smb.conf ('' for Samba's own), "scan" or
+# "clock", then the program's own arguments; the program comes on standard input. Never
+# spliced into.
 LIST_SHARE_SCRIPT = r"""
 share=$1 conf=$2 mode=$3
 shift 3
@@ -117,16 +115,14 @@ filesystem=$(stat -f -c %T -- "$path") || exit 66
 printf '%s\n%s\n%s\n' "$path" "$vfs" "$filesystem"
 [ "$mode" = scan ] || exit 0
 cd -- "$path" || exit 66
-if command -v gzip >/dev/null 2>&1; then
-    find . -mindepth 1 "$@" -printf '%y %s %T@ %C@ %P\0' | gzip -1
-else
-    exec find . -mindepth 1 "$@" -printf '%y %s %T@ %C@ %P\0'
-fi
+command -v python3 >/dev/null 2>&1 || exit 67
+exec python3 -I -S - "$@"
 """
+HOST_LISTING_PROGRAM = Path(samba_host_listing.__file__).read_text(encoding="utf-8")
 KEEPALIVE_SECONDS = 30
 _LIST_SHARE_FAILURES = {65: "no such share in the host's Samba configuration",
-                        66: "the share's folder cannot be read on the host"}
-_FIND_GLOB = re.compile(r"[*?\[\\]")
+                        66: "the share's folder cannot be read on the host",
+                        67: "python3 is not installed on the host"}
 # VFS modules that keep everything SMB shows of an entry in the entry's own inode (its
 # data, stat, extended attributes: DOS attributes, NT ACL, streams), so that any change
 # SMB could see moves its ctime. Others (catia or fruit renaming names, streams_depot or
@@ -135,30 +131,14 @@ LISTING_VFS_MODULES = {"acl_xattr", "streams_xattr", "dfs_samba4", "recycle"}
 # Local filesystems, whose ctimes come from this host's own clock (a network filesystem
 # re-exported by Samba stamps changes with its server's clock).
 LISTING_FILESYSTEMS = {"ext2/ext3", "xfs", "btrfs", "zfs", "tmpfs", "f2fs", "jfs", "overlayfs"}
-_FILETIME_1970 = 116444736000000000  # 100-ns intervals from 1601 to 1970
-_KINDS = {"d": True, "f": False}  # find's %y: a folder, a regular file (anything else: None)
-_NOT_PLAIN = re.compile("[\\\\\udc80-\udcff]")
-
-
-def prune_expression(names: Iterable[str]) -> list[str]:
-    """find's expression leaving out the top-level entries ``names`` (any case, glob
-    characters taken literally) and everything below them: LIST_SHARE_SCRIPT's arguments."""
-    expression: list[str] = []
-    for name in names:
-        pattern = "./" + _FIND_GLOB.sub(r"\\\g<0>", name)
-        expression += ["-o", "-ipath", pattern] if expression else ["-ipath", pattern]
-    return ["(", *expression, ")", "-prune", "-o"] if expression else []
 
 
 def parse_share_listing(output: bytes) -> HostListing:
     """A ``HostListing`` from ``LIST_SHARE_SCRIPT``'s output.
 
-    Entries are grouped by folder. A name holding a backslash or bytes that are not UTF-8
-    (SMB would show another name, or none) keeps its folder, and any folder whose path
-    holds such a name, out of ``folders``; a time before 1970, or printed otherwise than
-    find's "seconds.nnnnnnnnnn", makes the entry's kind None (never taken as unchanged).
-    Everything is decoded once: the common case, millions of plain names, costs two
-    splits and three integer conversions per entry.
+    A folder the host marked odd (a name in it SMB would show otherwise, or an entry gone
+    while it was listed) is left out, and so is any folder whose path holds a backslash or
+    bytes that are not UTF-8; so are their changed entries.
     """
     lines = output.split(b"\n", 4)
     if len(lines) < 4:
@@ -172,39 +152,23 @@ def parse_share_listing(output: bytes) -> HostListing:
     elif filesystem not in LISTING_FILESYSTEMS:
         refusal = f"filesystem {filesystem or 'unknown'} is not a local filesystem known to keep ctimes"
     listing = HostListing(clock, path, refusal)
-    if len(lines) < 5 or not lines[4]:
-        return listing
-    records = lines[4]
-    if records.startswith(b"\x1f\x8b"):  # gzip's magic; a record starts with a letter
-        try:
-            records = zlib.decompress(records, 16 + zlib.MAX_WBITS)
-        except zlib.error as exc:
-            raise ValueError(f"the compressed listing is damaged: {exc}") from None
-    text = records.decode("utf-8", "surrogateescape")
-    odd = _NOT_PLAIN.search(text) is not None
-    by_parent: dict[str, dict[str, tuple]] = {"": {}}
-    kinds = _KINDS.get
-    unreadable_parents: set[str] = set()
-    for record in text.split("\0"):
-        if not record:
-            continue
-        kind, size, mtime, ctime, relative = record.split(" ", 4)
-        parent, _, name = relative.rpartition("/")
-        if odd and _NOT_PLAIN.search(name):
-            unreadable_parents.add(parent)
-        folder = by_parent.get(parent)
-        if folder is None:
-            folder = by_parent[parent] = {}
-        if kind == "d" and relative not in by_parent:
-            by_parent[relative] = {}  # listed even if empty
-        if mtime[-11] == ctime[-11] == "." and mtime[0] != "-" and ctime[0] != "-":
-            # find prints "seconds.nnnnnnnnn0": 100-ns units and nanoseconds without a split
-            folder[name] = (kinds(kind), int(size), int(mtime[:-11] + mtime[-10:-3]) + _FILETIME_1970,
-                            int(ctime[:-11] + ctime[-10:-1]))
-        else:
-            folder[name] = (None, int(size), 0, 0)
-    listing.folders = {parent.replace("/", "\\"): entries for parent, entries in by_parent.items()
-                       if not (odd and (parent in unreadable_parents or _NOT_PLAIN.search(parent)))}
+    folder: str | None = None
+    for record in lines[4].split(b"\0") if len(lines) > 4 else ():
+        if record.startswith(b"D "):
+            newest, digest, odd, relative = record[2:].split(b" ", 3)
+            folder = None
+            if odd == b"0" and b"\\" not in relative:
+                try:
+                    folder = relative.decode("utf-8").replace("/", "\\")
+                except UnicodeDecodeError:
+                    continue
+                listing.folders[folder] = FolderSummary(int(newest), digest.decode())
+        elif record.startswith(b"C "):
+            ctime, name = record[2:].split(b" ", 1)
+            if folder is not None:
+                listing.changed[f"{folder}\\{name.decode()}" if folder else name.decode()] = int(ctime)
+        elif record:
+            raise ValueError(f"unexpected record {record[:200]!r}")
     return listing
 
 
@@ -819,20 +783,24 @@ class SambaSshHost(HostAdapter):
         """The host's clock (``date +%s%N``), in nanoseconds since 1970."""
         return int(self._output(["date", "+%s%N"]))
 
-    def list_share(self, share: str, *, prune: Iterable[str] = (), clock_only: bool = False) -> HostListing:
-        """The server's clock, then where ``share`` lives, then (unless ``clock_only``) every
-        entry under it from ``find`` on the host (``LIST_SHARE_SCRIPT``, one command).
+    def list_share(self, share: str, *, prune: Iterable[str] = (), clock_only: bool = False,
+                   changed_since: int | None = None) -> HostListing:
+        """The server's clock, then where ``share`` lives, then (unless ``clock_only``) the
+        summary of every folder under it, made on the host by its python3
+        (``LIST_SHARE_SCRIPT`` running ``HOST_LISTING_PROGRAM``, one command).
 
         The listing can stand in for an SMB listing only where the filesystem moves an
         entry's ctime whenever SMB could see a change (``parse_share_listing``); otherwise
-        ``refusal`` says why. A share the host does not know, or a folder ``find`` could not
-        read, raises ``CommandFailed`` (the caller then lists over SMB).
+        ``refusal`` says why. A share the host does not know, a folder the host could not
+        read or a host without python3 raises ``CommandFailed`` (the caller then lists over
+        SMB).
         """
-        argv = ["sh", "-c", LIST_SHARE_SCRIPT, "sh", share, self.smb_conf or "",
-                "clock" if clock_only else "scan", *prune_expression(prune)]
-        status, out, stderr = self._execute(argv, check=False)
+        argv = ["sh", "-c", LIST_SHARE_SCRIPT, "sh", share, self.smb_conf or "", "clock" if clock_only else "scan",
+                "-" if changed_since is None else str(changed_since), *prune]
+        status, out, stderr = self._execute(argv, check=False,
+                                            input=None if clock_only else HOST_LISTING_PROGRAM.encode())
         if status != 0 or stderr.strip():
-            raise CommandFailed(self._where, f"list share {share!r} (find)", status,
+            raise CommandFailed(self._where, f"list share {share!r}", status,
                                 stderr or _LIST_SHARE_FAILURES.get(status, ""))
         try:
             return parse_share_listing(out)

@@ -285,6 +285,31 @@ class _ShareTarget:
     destination_share: str
 
 
+@dataclass
+class _HostAccess:
+    """A run's management connections to both servers and what it reads through them.
+
+    ``pair``: (source adapter, destination adapter), or None where the destination cannot
+    be managed (``_host_adapters`` makes it once; closed when the run ends).
+    ``destination_clocked``: a share's listing read the destination's clock (the run then
+    reads it again after its last write). ``listings``: share id -> the hosts' listing of
+    that share, begun before the share check (``_begin_host_listings``), in ``reader``.
+    """
+
+    made: bool = False
+    pair: tuple | None = None
+    destination_clocked: bool = False
+    listings: dict[int, Future] = field(default_factory=dict)
+    reader: ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        """Close the connections (a listing still running fails quietly: nobody waits for it)."""
+        if self.reader is not None:
+            self.reader.shutdown(wait=False, cancel_futures=True)
+        for adapter in self.pair or ():
+            adapter.close()
+
+
 @dataclass(frozen=True)
 class _Context:
     run_id: int
@@ -300,9 +325,7 @@ class _Context:
     # Destination trees the share check opened, by share id, each kept for its share's
     # planning: a connection less per share (a log-on costs smbd ~20 ms of CPU).
     checked_trees: dict[int, SmbTree] = field(default_factory=dict)
-    # The host adapters of the run (``_host_adapters``, "pair"), made once, closed when it
-    # ends; "destination_clocked" once a share's listing read the destination's clock.
-    hosts: dict[str, Any] = field(default_factory=dict)
+    hosts: _HostAccess = field(default_factory=lambda: _HostAccess())
 
     def check_deadline(self) -> None:
         """Raise DurationExceeded once the run has lasted longer than its maximum duration."""
@@ -338,6 +361,7 @@ def execute_run(run_id: int, publish: Publisher | None = None, *, poll_interval:
             destination = session.get(Server, context.destination_id)
         if context.resumed:
             _republish_queued(context, publish, say)
+        _begin_host_listings(context, source, destination)
         targets = _prepare_destination(context, source, destination, say)
         try:
             plans = {}
@@ -371,8 +395,7 @@ def execute_run(run_id: int, publish: Publisher | None = None, *, poll_interval:
     finally:
         for tree in context.checked_trees.values():  # shares the run stopped before planning
             tree.close()
-        for adapter in context.hosts.get("pair") or ():
-            adapter.close()
+        context.hosts.close()
     say(state.value)
     return state
 
@@ -432,14 +455,15 @@ def _stop_for_duration(context: _Context, publish: Publisher, poll_interval: flo
 def _host_adapters(context: _Context, source: Server, destination: Server):
     """``_adapters``, made once per run: the accounts-and-shares stage and every share's
     host listing use the same connections, closed when the run ends."""
-    if "pair" not in context.hosts:
-        context.hosts["pair"] = pair = _adapters(source, destination)
+    if not context.hosts.made:
+        context.hosts.made = True
+        context.hosts.pair = pair = _adapters(source, destination)
         for adapter in pair or ():
             # Logging on takes a few round trips and the server a moment after it: done
             # in the background while the run goes on (a failure shows at first use).
             threading.Thread(target=_connect_quietly, args=(adapter,), daemon=True,
                              name="sms-host-connect").start()
-    return context.hosts["pair"]
+    return context.hosts.pair
 
 
 def _connect_quietly(adapter) -> None:
@@ -664,19 +688,18 @@ def _plan_share(context: _Context, target: _ShareTarget, source: Server, destina
         first = _is_first_run(session, context, target, exclude_run=True)
         handled = not _is_first_run(session, context, target) and first
         previous_run = None if first or not first_walk else _previous_run(session, context, target)
+        hosts = _host_adapters(context, source, destination)
+        # The servers' clocks are read (and on a re-run both shares listed on the hosts)
+        # while the trees are opened, and before anything is listed over SMB; where this
+        # run does not recreate shares, since before the share check.
+        reading = context.hosts.listings.pop(target.share_id, None)
+        if reading is None and hosts is not None:
+            reading = _read_host_listing(session, context, target, previous_run)
     source_endpoint = server_endpoint(source, target.name)
     destination_endpoint = server_endpoint(destination, target.destination_share)
-    hosts = _host_adapters(context, source, destination)
-    with _fewer_collections(), ThreadPoolExecutor(1, thread_name_prefix="sms-host-listing") as early:
-        # The servers' clocks are read (and on a re-run both shares listed on the hosts)
-        # while the trees are opened, and before anything is listed over SMB.
-        reading = None if hosts is None else early.submit(
-            host_listing.read_listings, *hosts, target.name, target.destination_share,
-            _system_folders(context), [*_system_folders(context), dest_ops.PRE_EXISTING_DATA],
-            scan=previous_run is not None)
-        with _open_trees(source_endpoint, checked or destination_endpoint) as trees:
-            mirror = _walk_share(context, target, trees, first and not handled, previous_run, reading,
-                                 not first_walk, publish, say)
+    with _fewer_collections(), _open_trees(source_endpoint, checked or destination_endpoint) as trees:
+        mirror = _walk_share(context, target, trees, first and not handled, previous_run, reading,
+                             not first_walk, publish, say)
     with session_scope() as session:
         run = session.get(TransferRun, context.run_id)
         _event(session, run, EVENT_SHARE_PLANNED, f"{target.name}: walked and dispatched",
@@ -684,15 +707,43 @@ def _plan_share(context: _Context, target: _ShareTarget, source: Server, destina
     return _SharePlan(first, mirror)
 
 
+def _begin_host_listings(context: _Context, source: Server, destination: Server) -> None:
+    """Where this run does not recreate the destination's shares (and is not resumed),
+    begin every share's host listing before the share check, which then costs nothing
+    (a log-on to the destination, ~25 ms); ``_plan_share`` takes each one."""
+    if context.resumed or context.options.recreate_shares or _host_adapters(context, source, destination) is None:
+        return
+    with session_scope() as session:
+        for target in context.shares:
+            previous_run = None if _is_first_run(session, context, target, exclude_run=True) \
+                else _previous_run(session, context, target)
+            context.hosts.listings[target.share_id] = _read_host_listing(session, context, target, previous_run)
+
+
+def _read_host_listing(session: Session, context: _Context, target: _ShareTarget,
+                       previous_run: int | None) -> Future:
+    """Begin reading both hosts' clocks and, when there is a ``previous_run`` to compare
+    with, their listings of the share (``host_listing.read_listings``), in the run's
+    listing thread: one share after another."""
+    if context.hosts.reader is None:
+        context.hosts.reader = ThreadPoolExecutor(1, thread_name_prefix="sms-host-listing")
+    changed_since = None if previous_run is None else \
+        host_listing.earliest_source_limit(session, context.job_id, target.share_id)
+    return context.hosts.reader.submit(
+        host_listing.read_listings, *context.hosts.pair, target.name, target.destination_share,
+        _system_folders(context), [*_system_folders(context), dest_ops.PRE_EXISTING_DATA],
+        scan=previous_run is not None, changed_since=changed_since)
+
+
 def _record_end_clock(context: _Context) -> None:
     """Once everything is written: read the destination's clock again, for the next run's
     host listing (``host_listing.EVENT_HOST_CLOCK_END``), when this run read it before."""
-    if not context.hosts.get("destination_clocked"):
+    if not context.hosts.destination_clocked:
         return
     from orchestrator.hosts import HostError
 
     try:
-        clock = context.hosts["pair"][1].clock()
+        clock = context.hosts.pair[1].clock()
     except HostError as exc:
         logger.info("run %s: destination clock not read at the end: %s", context.run_id, exc)
         return
@@ -713,7 +764,7 @@ def _record_host_listing(context: _Context, target: _ShareTarget,
     whether their listings will stand in for SMB's; the listings when they will."""
     usable = listings.usable
     if listings.destination is not None:
-        context.hosts["destination_clocked"] = True
+        context.hosts.destination_clocked = True
     how = ("both shares listed on the hosts" if usable else
            "compared over SMB" + (f" ({'; '.join(listings.notes)})" if listings.notes else ""))
     with session_scope() as session:
@@ -738,7 +789,7 @@ def _walk_share(context: _Context, target: _ShareTarget, trees: list[SmbTree], p
         baseline = None
         if previous_run is not None:
             baseline = _Baseline(previous_run, context.options.algorithm if context.options.verify else None)
-            baseline.begin_loading(executor, target)
+            baseline.begin_loading(executor, context, target, reading is not None)
         listings = None if reading is None else _record_host_listing(context, target, reading.result())
         if pre_existing:
             moved = dest_ops.move_into_pre_existing_data(destination_tree)
@@ -752,7 +803,7 @@ def _walk_share(context: _Context, target: _ShareTarget, trees: list[SmbTree], p
                 say(f"{target.name}: {len(moved)} pre-existing entries moved into "
                     f"{dest_ops.PRE_EXISTING_DATA}")
         if baseline is not None:
-            baseline.start(executor, context, target, destination_tree, listings)
+            baseline.start(executor, context, destination_tree, listings)
         return _walk_and_dispatch(context, target, source_tree, publish, say,
                                   resuming=resuming, baseline=baseline)
 
@@ -831,7 +882,9 @@ class _Baseline:
     destination (copied, verified or unchanged), path -> (is_dir, size, last-write
     time, change time, attributes, record id, whether it holds a verified hash of the
     run's algorithm (True when the run does not verify), creation time, last-access time,
-    the run that wrote the record). ``clean``: the folders the hosts' listings show
+    the run that wrote the record). ``recorded``: what each folder must show on the
+    hosts to be clean (``host_listing.recorded_folders``), when the hosts summarise the
+    share's folders. ``clean``: the folders the hosts' listings show
     unchanged on both sides (``host_listing.clean_folders``), each with its entries'
     paths; neither walk lists them. ``destination``: a listing of the
     destination share (PreExistingData and system folders not entered), path ->
@@ -866,37 +919,34 @@ class _Baseline:
         self.loaded = False  # ``previous`` holds the previous run's records
         self.loading: Future | None = None
         self.filled: Future | None = None
+        self.recorded: host_listing.RecordedFolders | None = None
         self.clean: dict[str, list[str]] = {}
         # Where the walks of both sides start: the top-most folders that are not clean.
         self.roots: list[str] = [""]
         # (path, record's run) -> whether the source host shows the entry changed since.
         self.changed_on_host: Callable[[str, int], bool] | None = None
 
-    def begin_loading(self, executor: ThreadPoolExecutor, target: _ShareTarget) -> None:
-        """Begin ``load`` in one of ``executor``'s threads (first of all: it needs nothing else)."""
-        self.loading = executor.submit(self.load, target)
+    def begin_loading(self, executor: ThreadPoolExecutor, context: _Context, target: _ShareTarget,
+                      summaries: bool) -> None:
+        """Begin ``load`` in one of ``executor``'s threads (first of all: it needs nothing
+        else); with ``summaries`` (the hosts are summarising the share's folders), also
+        what each folder must show to be clean (``host_listing.recorded_folders``)."""
+        self.loading = executor.submit(self.load, context, target, summaries)
 
-    def start(self, executor: ThreadPoolExecutor, context: _Context, target: _ShareTarget,
-              tree: SmbTree, listings: host_listing.HostListings | None = None) -> None:
+    def start(self, executor: ThreadPoolExecutor, context: _Context, tree: SmbTree,
+              listings: host_listing.HostListings | None = None) -> None:
         """Begin ``fill`` in another of ``executor``'s threads (``begin_loading`` came
         first); with the hosts' ``listings``, find the clean folders first (from the
         loaded records), so that neither walk lists them."""
         if listings is not None:
             self.loading.result()
-            self._find_clean(context, target, listings)
+            self._find_clean(listings)
         self.filled = executor.submit(self.fill, context, tree)
 
-    def _find_clean(self, context: _Context, target: _ShareTarget,
-                    listings: host_listing.HostListings) -> None:
-        origins = {before[9] for before in self.previous.values()}
-        with session_scope() as session:
-            clocks = host_listing.recorded_clocks(session, context.job_id, target.share_id,
-                                                  origins | {self.run_id})
-        limits = host_listing.source_limits(clocks)
-        self.clean = host_listing.clean_folders(
-            self.previous, listings, limits, clocks.get(self.run_id, (None, None))[1],
-            self.algorithm is not None)
-        self.changed_on_host = functools.partial(host_listing.changed_on_host, listings.source, limits)
+    def _find_clean(self, listings: host_listing.HostListings) -> None:
+        self.clean = host_listing.clean_folders(self.recorded, self.previous, listings)
+        self.changed_on_host = functools.partial(host_listing.changed_on_host, listings.source,
+                                                 self.recorded.limits)
         self.roots = [] if "" in self.clean else [""]
         for paths in self.clean.values():
             self.roots += [path for path in paths if self.previous[path][0] and path not in self.clean]
@@ -912,9 +962,10 @@ class _Baseline:
         self.loading.result()
         self.filled.result()
 
-    def load(self, target: _ShareTarget) -> None:
+    def load(self, context: _Context, target: _ShareTarget, summaries: bool) -> None:
         """Read the previous run's records of the share (in a thread of its own, beside the
-        destination's listing: most of it is the database's time)."""
+        hosts' listings: most of it is the database's time); with ``summaries``, also
+        ``recorded``."""
         records = run_records(self.run_id).c
         verified = true() if not self.algorithm else and_(
             records.hash_algorithm == self.algorithm, records.source_hash.is_not(None),
@@ -925,6 +976,9 @@ class _Baseline:
         with session_scope() as session:
             self.previous = {row[0]: tuple(row[1:]) for row in session.execute(select(*columns).where(
                 records.share_id == target.share_id, records.state.in_(ARRIVED_STATES)))}
+            if summaries:
+                self.recorded = host_listing.recorded_folders(session, context.job_id, target.share_id,
+                                                              self.run_id, self.previous, self.algorithm is not None)
         self.loaded = True
 
     def fill(self, context: _Context, tree: SmbTree) -> None:

@@ -1,0 +1,108 @@
+"""Summarise a share's folders on the Samba host itself: the program that
+``samba_ssh.LIST_SHARE_SCRIPT`` runs there with the host's python3, not a module the
+orchestrator imports.
+
+Why. A re-run wants to know which folders nobody touched since the previous run
+(orchestrator.transfer.host_listing). Sending every entry's details over SSH for the
+orchestrator to parse costs it a few microseconds of Python per entry and side, on its
+busiest moment; each host can summarise its own folders instead, in parallel, and send
+one line per folder. Per folder it prints the newest ctime among its entries and a
+SHA-256 of their sorted ``folder_entry_line``s (name, kind, size, last-write
+time), which the orchestrator computes from its records the same way; only entries whose
+ctime is at or after a given threshold are sent one by one (their changes decide what a
+re-run dispatches even where SMB shows nothing new).
+
+Runs in the share's folder with Python 3.6 or later and its standard library alone
+(Samba's own tools need python3 on the host); it leaves everything as it finds it.
+Arguments: the threshold in ns since 1970 ('-' for none), then top-level names to leave
+out with everything under them (compared without regard to case).
+
+Output, each record ending in NUL (names may hold any other byte), folders in no order:
+``D <newest ctime> <sha256> <odd> <path>`` (path relative to the share, '/'
+separators, '' the share itself; odd 1 when a name in the folder holds a backslash or
+bytes that are not UTF-8, which SMB would show otherwise), then for each of its entries
+changed at or after the threshold ``C <ctime> <name>``. A folder that cannot be read ends
+the program with status 66 and the reason on standard error; an entry gone between the
+folder's listing and its stat makes its folder odd.
+"""
+
+import hashlib
+import os
+import stat
+import sys
+
+FILETIME_1970 = 116444736000000000  # 100-ns intervals from 1601 to 1970
+
+
+def folder_entry_line(name: bytes, kind: bytes, size: int, last_write: int) -> bytes:
+    """What a folder's digest covers of one entry: its name, kind ('d' folder, 'f' regular
+    file, 'o' anything else), size (files; 0 otherwise) and last-write time as FILETIME.
+    The digest is SHA-256 over the folder's lines sorted bytewise, joined by NUL."""
+    return b"%s/%s %d %d" % (name, kind, size, last_write)
+
+
+def _odd(name: bytes) -> bool:
+    if b"\\" in name:
+        return True
+    try:
+        name.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def summarise(root: bytes, threshold, prune) -> bytes:
+    """The program's output for the tree at ``root`` (see the module's docstring)."""
+    out = []
+    pending = [b""]
+    while pending:
+        relative = pending.pop()
+        lines, changed = [], []
+        newest, odd = 0, False
+        with os.scandir(root + b"/" + relative if relative else root) as listing:
+            for entry in listing:
+                name = entry.name
+                if not relative and os.fsdecode(name).lower() in prune:
+                    continue
+                try:
+                    status = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    odd = True
+                    continue
+                mode, ctime = status.st_mode, status.st_ctime_ns
+                if stat.S_ISDIR(mode):
+                    kind, size = b"d", 0
+                    pending.append(relative + b"/" + name if relative else name)
+                elif stat.S_ISREG(mode):
+                    kind, size = b"f", status.st_size
+                else:
+                    kind, size = b"o", 0
+                if status.st_mtime_ns < 0:
+                    kind = b"o"  # before 1970: never taken as unchanged
+                lines.append(folder_entry_line(name, kind, size, status.st_mtime_ns // 100 + FILETIME_1970))
+                odd = odd or _odd(name)
+                newest = max(newest, ctime)
+                if threshold is not None and ctime >= threshold:
+                    changed.append(b"C %d %s\0" % (ctime, name))
+        lines.sort()
+        digest = hashlib.sha256(b"\0".join(lines)).hexdigest().encode()
+        out.append(b"D %d %s %d %s\0" % (newest, digest, odd, relative))
+        out.extend(changed)
+    return b"".join(out)
+
+
+def main(argv) -> int:
+    """Summarise the current folder; see the module's docstring."""
+    threshold = None if argv[0] == "-" else int(argv[0])
+    try:
+        output = summarise(b".", threshold, {name.lower() for name in argv[1:]})
+    except OSError as exc:
+        where = "." if exc.filename is None else os.fsdecode(exc.filename)
+        sys.stderr.write("cannot list %s: %s\n" % (where, exc.strerror))
+        return 66
+    sys.stdout.buffer.write(output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
