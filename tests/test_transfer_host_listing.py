@@ -41,7 +41,7 @@ from common.settings import get_settings
 from common.smb.security import owner_sid
 from common.transfer_options import TransferOptions
 from orchestrator.database import upgrade_to_head
-from orchestrator.hosts import CommandFailed
+from orchestrator.hosts import CommandFailed, samba_host_listing
 from orchestrator.hosts.samba_ssh import HOST_LISTING_PROGRAM, LIST_SHARE_SCRIPT, SambaSshHost, parse_share_listing
 from orchestrator.transfer import host_listing, planning
 from orchestrator.transfer.reconcile import reconcile
@@ -288,7 +288,22 @@ def test_parse_share_listing_on_the_hosts_real_summaries(tmp_path):
     assert out.returncode == 67
 
     conf.write_text(f"[global]\nvfs objects = catia acl_xattr\n[data]\npath = {root}\n")
-    assert "catia" in _listing(conf).refusal
+    assert "catia" in _listing(conf).refusal  # [global]'s modules, which the share takes
+    conf.write_text(f"[global]\nvfs objects = catia acl_xattr\n[Data]\npath = {root}\nvfs objects = acl_xattr\n")
+    assert _listing(conf).refusal is None  # its own modules; the share's name in any case
+
+
+def test_filesystem_type_from_mountinfo(tmp_path):
+    findmnt = subprocess.run(["findmnt", "-n", "-o", "FSTYPE", "-T", str(tmp_path)], capture_output=True, text=True)
+    assert samba_host_listing.filesystem_type(str(tmp_path)) == findmnt.stdout.strip() != ""
+    mountinfo = tmp_path / "mountinfo"  # the real format, optional fields and escapes
+    mountinfo.write_text("22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda rw\n"
+                         "30 22 0:26 / /srv/my\\040data rw,nosuid shared:9 master:2 - nfs4 server:/export rw\n"
+                         "31 22 0:27 / /srv/my rw - xfs /dev/vdb rw\n")
+    assert samba_host_listing.filesystem_type("/srv/my data/share", str(mountinfo)) == "nfs4"
+    assert samba_host_listing.filesystem_type("/srv/my/share", str(mountinfo)) == "xfs"
+    assert samba_host_listing.filesystem_type("/srv/mydata", str(mountinfo)) == "ext4"
+    assert samba_host_listing.filesystem_type("/srv", str(tmp_path / "none")) == ""
 
 
 def test_list_share_errors_over_ssh(samba_factory, sshd_server):

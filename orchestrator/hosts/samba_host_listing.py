@@ -12,18 +12,25 @@ time), which the orchestrator computes from its records the same way; only entri
 ctime is at or after a given threshold are sent one by one (their changes decide what a
 re-run dispatches even where SMB shows nothing new).
 
-Runs in the share's folder with Python 3.6 or later and its standard library alone
-(Samba's own tools need python3 on the host); it leaves everything as it finds it.
-Arguments: the threshold in ns since 1970 ('-' for none), then top-level names to leave
+Runs with Python 3.6 or later and its standard library alone (Samba's own tools need
+python3 on the host); it only reads. Standard input: the output of ``testparm -s`` (one
+run of it: every Samba tool takes ~20 ms of CPU to start, and importing ``subprocess``
+as much again). Arguments: the share, the smb.conf ('' for Samba's own), "scan" or
+"clock", the threshold in ns since 1970 ('-' for none), then top-level names to leave
 out with everything under them (compared without regard to case).
 
-Output, each record ending in NUL (names may hold any other byte), folders in no order:
+Output: the share's folder, its VFS modules (``share_settings``) and its filesystem type
+(``filesystem_type``), one line each, then for a scan, each record ending in NUL (names
+may hold any other byte), folders in no order:
 ``D <newest ctime> <sha256> <odd> <path>`` (path relative to the share, '/'
 separators, '' the share itself; odd 1 when a name in the folder holds a backslash or
 bytes that are not UTF-8, which SMB would show otherwise), then for each of its entries
-changed at or after the threshold ``C <ctime> <name>``. A folder that cannot be read ends
-the program with status 66 and the reason on standard error; an entry gone between the
-folder's listing and its stat makes its folder odd.
+changed at or after the threshold ``C <ctime> <name>``. A share Samba does not define
+ends the program with status 65; a folder that cannot be read with status 66 (and the
+reason on standard error); an entry gone between the folder's listing and its stat
+makes its folder odd.
+
+``parse_testparm`` is also the adapter's (orchestrator.hosts.samba_ssh): one definition.
 """
 
 import hashlib
@@ -49,6 +56,58 @@ def _odd(name: bytes) -> bool:
     except UnicodeDecodeError:
         return True
     return False
+
+
+def parse_testparm(text: str) -> "dict[str, dict[str, str]]":
+    """Sections of ``testparm -s`` output: {section: {parameter: value}} in file order."""
+    sections = {}
+    current = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+            continue
+        if current is None or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        current[key.strip()] = value.strip()
+    return sections
+
+
+def share_settings(sections: "dict[str, dict[str, str]]", share: str) -> "tuple[str, str] | None":
+    """(folder, VFS modules) of ``share`` (any case) in ``parse_testparm``'s sections of
+    ``testparm -s``, which prints what differs from the defaults: a share's VFS modules
+    are [global]'s unless it sets its own; None when no such share has a folder."""
+    for name, values in sections.items():
+        if name.lower() == share.lower() and name.lower() != "global" and values.get("path"):
+            return values["path"], values.get("vfs objects", sections.get("global", {}).get("vfs objects", ""))
+    return None
+
+
+def filesystem_type(path: str, mountinfo: str = "/proc/self/mountinfo") -> str:
+    """The type of the filesystem holding ``path`` as Linux names it ("ext4", "xfs",
+    "nfs4"...): that of the last mount whose mount point is the longest one holding the
+    path's real location; '' where there is no mountinfo (not Linux)."""
+    target = os.path.realpath(path)
+    longest, kind = -1, ""
+    try:
+        with open(mountinfo, "rb") as mounts:
+            lines = mounts.read().decode("utf-8", "surrogateescape").splitlines()
+    except OSError:
+        return ""
+    for line in lines:
+        fields = line.split(" ")
+        if "-" not in fields[6:]:
+            continue
+        point = fields[4]
+        for escaped, character in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+            point = point.replace(escaped, character)
+        holds = point == "/" or target == point or target.startswith(point + "/")
+        if holds and len(point) >= longest:
+            longest, kind = len(point), fields[fields.index("-", 6) + 1]
+    return kind
 
 
 def summarise(root: bytes, threshold, prune) -> bytes:
@@ -92,10 +151,21 @@ def summarise(root: bytes, threshold, prune) -> bytes:
 
 
 def main(argv) -> int:
-    """Summarise the current folder; see the module's docstring."""
-    threshold = None if argv[0] == "-" else int(argv[0])
+    """Print the share's settings and, for a scan, summarise its folders; see the module's
+    docstring."""
+    share, _conf, mode, threshold = argv[:4]
+    settings = share_settings(parse_testparm(sys.stdin.buffer.read().decode("utf-8", "surrogateescape")), share)
+    if settings is None:
+        return 65
+    path, modules = settings
+    if not os.path.isdir(path):
+        return 66
+    sys.stdout.buffer.write(("%s\n%s\n%s\n" % (path, modules, filesystem_type(path))).encode("utf-8", "surrogateescape"))
+    if mode != "scan":
+        return 0
     try:
-        output = summarise(b".", threshold, {name.lower() for name in argv[1:]})
+        os.chdir(path)
+        output = summarise(b".", None if threshold == "-" else int(threshold), {name.lower() for name in argv[4:]})
     except OSError as exc:
         where = "." if exc.filename is None else os.fsdecode(exc.filename)
         sys.stderr.write("cannot list %s: %s\n" % (where, exc.strerror))

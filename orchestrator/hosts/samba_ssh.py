@@ -39,6 +39,7 @@ from pathlib import Path
 import paramiko
 
 from orchestrator.hosts import samba_host_listing, samba_shares
+from orchestrator.hosts.samba_host_listing import parse_testparm
 from orchestrator.hosts.base import (
     AuthenticationFailed,
     CommandFailed,
@@ -97,26 +98,19 @@ class _RejectUnknownHost(paramiko.RejectPolicy):
 
 
 # The host listing of a share (``SambaSshHost.list_share``): the clock first (every later
-# change carries a later ctime), where the share lives ($path), its VFS modules and the
-# filesystem type (``parse_share_listing`` decides from them whether the listing can be
-# trusted), then, for a scan, the summary of every folder that HOST_LISTING_PROGRAM makes
-# with the host's python3 (one line per folder rather than one per entry: the hosts do
-# the per-entry work, each its own, in parallel). Its complaints go to standard error,
-# which fails the listing. Arguments: share, smb.conf ('' for Samba's own), "scan" or
-# "clock", then the program's own arguments; the program comes on standard input. Never
-# spliced into.
+# change carries a later ctime), then HOST_LISTING_PROGRAM (sent on standard input), run
+# by the host's python3 on the output of testparm: where the share lives, its VFS
+# modules and the filesystem type (``parse_share_listing`` decides from them whether the
+# listing can be trusted), then, for a scan, the summary of every folder (one line per
+# folder rather than one per entry: the hosts do the per-entry work, each its own, in
+# parallel). Its complaints go to standard error, which fails the listing. Arguments:
+# the program's (share, smb.conf or '', "scan" or "clock", threshold, names to leave
+# out). Never spliced into.
 LIST_SHARE_SCRIPT = r"""
-share=$1 conf=$2 mode=$3
-shift 3
 date +%s%N
-path=$(testparm -s --section-name="$share" --parameter-name=path ${conf:+"$conf"} 2>/dev/null) || exit 65
-vfs=$(testparm -s --section-name="$share" --parameter-name="vfs objects" ${conf:+"$conf"} 2>/dev/null)
-filesystem=$(stat -f -c %T -- "$path") || exit 66
-printf '%s\n%s\n%s\n' "$path" "$vfs" "$filesystem"
-[ "$mode" = scan ] || exit 0
-cd -- "$path" || exit 66
 command -v python3 >/dev/null 2>&1 || exit 67
-exec python3 -I -S - "$@"
+program=$(cat)
+testparm -s ${2:+"$2"} 2>/dev/null | exec python3 -I -S -c "$program" "$@"
 """
 HOST_LISTING_PROGRAM = Path(samba_host_listing.__file__).read_text(encoding="utf-8")
 KEEPALIVE_SECONDS = 30
@@ -130,7 +124,7 @@ _LIST_SHARE_FAILURES = {65: "no such share in the host's Samba configuration",
 LISTING_VFS_MODULES = {"acl_xattr", "streams_xattr", "dfs_samba4", "recycle"}
 # Local filesystems, whose ctimes come from this host's own clock (a network filesystem
 # re-exported by Samba stamps changes with its server's clock).
-LISTING_FILESYSTEMS = {"ext2/ext3", "xfs", "btrfs", "zfs", "tmpfs", "f2fs", "jfs", "overlayfs"}
+LISTING_FILESYSTEMS = {"ext2", "ext3", "ext4", "xfs", "btrfs", "zfs", "tmpfs", "f2fs", "jfs", "overlay"}
 
 
 def parse_share_listing(output: bytes) -> HostListing:
@@ -170,24 +164,6 @@ def parse_share_listing(output: bytes) -> HostListing:
         elif record:
             raise ValueError(f"unexpected record {record[:200]!r}")
     return listing
-
-
-def parse_testparm(text: str) -> dict[str, dict[str, str]]:
-    """Sections of ``testparm -s`` output: {section: {parameter: value}} in file order."""
-    sections: dict[str, dict[str, str]] = {}
-    current: dict[str, str] | None = None
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            current = sections.setdefault(line[1:-1], {})
-            continue
-        if current is None or "=" not in line:
-            continue
-        key, _, value = line.partition("=")
-        current[key.strip()] = value.strip()
-    return sections
 
 
 def parse_parameter_scopes(text: str) -> set[str]:
@@ -797,8 +773,7 @@ class SambaSshHost(HostAdapter):
         """
         argv = ["sh", "-c", LIST_SHARE_SCRIPT, "sh", share, self.smb_conf or "", "clock" if clock_only else "scan",
                 "-" if changed_since is None else str(changed_since), *prune]
-        status, out, stderr = self._execute(argv, check=False,
-                                            input=None if clock_only else HOST_LISTING_PROGRAM.encode())
+        status, out, stderr = self._execute(argv, check=False, input=HOST_LISTING_PROGRAM.encode())
         if status != 0 or stderr.strip():
             raise CommandFailed(self._where, f"list share {share!r}", status,
                                 stderr or _LIST_SHARE_FAILURES.get(status, ""))
