@@ -68,6 +68,12 @@ STOP_GRACE = 15.0
 IDLE_STOP_GRACE = 1.0
 
 
+def stop_grace(work_ended: bool) -> float:
+    """The grace a local worker gets to stop: ``IDLE_STOP_GRACE`` once the work it was
+    started for has ended, else ``STOP_GRACE``."""
+    return IDLE_STOP_GRACE if work_ended else STOP_GRACE
+
+
 class WorkerStartError(RuntimeError):
     """A local worker (orchestrator or proxy) exited, or did not become ready in time."""
 

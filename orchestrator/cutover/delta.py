@@ -53,7 +53,7 @@ from orchestrator.transfer.reconcile import (
     reconcile,
 )
 from orchestrator.transfer.workers import LocalWorkers, WorkerStartError
-from orchestrator.worker import IDLE_STOP_GRACE, STOP_GRACE
+from orchestrator.worker import stop_grace
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class EngineDeltaTransfer:
             state = planning.execute_run(run_id, progress=self.progress)
         finally:
             if workers is not None:
-                workers.stop(IDLE_STOP_GRACE if state is not None else STOP_GRACE)
+                workers.stop(stop_grace(state is not None))
         with session_scope() as session:
             run = session.get(TransferRun, run_id)
             if planning.run_events(session, run_id, run.job_id, [planning.EVENT_MAX_DURATION]):

@@ -86,7 +86,7 @@ def inventory_run(
     from orchestrator.inventory.service import InventoryOptions, inventory_view, run_inventory
     from orchestrator.inventory.tasks import run_scans_inline
     from orchestrator.jobs import JobError
-    from orchestrator.worker import IDLE_STOP_GRACE, STOP_GRACE, start_local_worker
+    from orchestrator.worker import start_local_worker, stop_grace
 
     options = InventoryOptions(include_admin_shares=include_admin_shares,
                                skip_excluded_folders=not scan_excluded_folders,
@@ -107,7 +107,7 @@ def inventory_run(
         ended = finished
     finally:
         if worker is not None:
-            worker.stop(IDLE_STOP_GRACE if ended else STOP_GRACE)
+            worker.stop(stop_grace(ended))
     with session_scope() as session:
         view = inventory_view(session, report.job_id)
     scan_errors = sum(share["scan"]["errors"] for server in view["servers"] for share in server["shares"]
@@ -154,7 +154,7 @@ def inventory_resume(
     from common.settings import get_settings
     from orchestrator.inventory.service import resume_scans
     from orchestrator.jobs import JobError
-    from orchestrator.worker import IDLE_STOP_GRACE, STOP_GRACE, start_local_worker
+    from orchestrator.worker import start_local_worker, stop_grace
 
     if start_worker is None:
         start_worker = wait and get_settings().broker_is_embedded
@@ -171,7 +171,7 @@ def inventory_resume(
         ended = finished
     finally:
         if worker is not None:
-            worker.stop(IDLE_STOP_GRACE if ended else STOP_GRACE)
+            worker.stop(stop_grace(ended))
     if as_json:
         emit_json({"resumed_share_ids": share_ids, "waited": wait, "finished": finished,
                    "worker_gone": worker_gone})

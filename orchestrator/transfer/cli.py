@@ -157,7 +157,7 @@ def drive_runs(run_ids: list[int], *, start_workers: bool | None = None,
     from common.settings import get_settings
     from orchestrator.transfer import planning
     from orchestrator.transfer.workers import LocalWorkers, WorkerStartError
-    from orchestrator.worker import IDLE_STOP_GRACE, STOP_GRACE
+    from orchestrator.worker import stop_grace
 
     if start_workers is None:
         start_workers = get_settings().broker_is_embedded
@@ -197,7 +197,7 @@ def drive_runs(run_ids: list[int], *, start_workers: bool | None = None,
         ended = True
     finally:
         if workers is not None:
-            workers.stop(IDLE_STOP_GRACE if ended else STOP_GRACE)
+            workers.stop(stop_grace(ended))
     for run_id, exc in failures.items():
         console.print(f"[red]run {run_id} failed:[/red] {type(exc).__name__}: {exc}")
     return states
