@@ -78,7 +78,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, case, exists, func, select, text, true, update
+from sqlalchemy import and_, case, exists, func, select, true, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -150,9 +150,6 @@ MIRROR_LOOKUP_CHUNK = 500
 COMPARE_CHECK_EVERY = 256
 # Unchanged files a re-run's planner hands to its recorder thread at once.
 UNCHANGED_CHUNK = 5000
-# A run that ends with at least this many files refreshes PostgreSQL's statistics of the
-# records tables once it has ended (``_refresh_statistics``).
-STATISTICS_REFRESH_FILES = 10_000
 # Objects allocated between two collections of Python's youngest generation while a share
 # is walked (Python's default: 700).
 WALK_GC_THRESHOLD = 20_000
@@ -1712,26 +1709,4 @@ def _finish(context: _Context) -> RunState:
         else:
             run.state = RunState.SUCCEEDED
             run.error = ""
-        if run.files_total >= STATISTICS_REFRESH_FILES:
-            after_commit(session, _refresh_statistics)
         return run.state
-
-
-def _refresh_statistics() -> None:
-    """Refresh PostgreSQL's statistics of the file records and references (ANALYZE) in a
-    thread of its own, after a run that wrote many of them: the next run's planner then
-    joins a run's references to their records by hash instead of probing an index per
-    record (measured on a 20,000-file re-run: its previous records read in 19 ms of the
-    database's time instead of 40-70 ms, and the run's totals likewise). Autovacuum
-    does the same within a minute or so; a run that follows sooner (re-runs in a loop
-    before cutover, the benchmark) would find stale statistics. Best effort: a process
-    that exits first leaves it to autovacuum; SQLite plans without statistics."""
-    def analyze() -> None:
-        try:
-            with session_scope() as session:
-                if session.get_bind().dialect.name == "postgresql":
-                    session.execute(text(f"ANALYZE {FileRecord.__tablename__}, {UnchangedFile.__tablename__}"))
-        except Exception as exc:  # noqa: BLE001 - nothing depends on it
-            logger.info("statistics not refreshed: %s", exc)
-
-    threading.Thread(target=analyze, daemon=True, name="sms-analyze").start()
