@@ -325,7 +325,7 @@ class _Context:
     # Destination trees the share check opened, by share id, each kept for its share's
     # planning: a connection less per share (a log-on costs smbd ~20 ms of CPU).
     checked_trees: dict[int, SmbTree] = field(default_factory=dict)
-    hosts: _HostAccess = field(default_factory=lambda: _HostAccess())
+    hosts: _HostAccess = field(default_factory=_HostAccess)
 
     def check_deadline(self) -> None:
         """Raise DurationExceeded once the run has lasted longer than its maximum duration."""
