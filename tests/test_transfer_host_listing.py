@@ -19,7 +19,8 @@ real ``copy_batch`` task body. The tree is made over SMB, then:
 
 ``parse_share_listing`` is checked on the real output of ``LIST_SHARE_SCRIPT`` run on
 this machine over a folder holding names SMB would show otherwise, a link and a pruned
-folder, and the digests the orchestrator computes from records against the host's; the
+folder, and the digests the orchestrator computes from records against the host's; run
+as an account that cannot enter a folder, it fails with status 66 naming it; the
 adapter's errors for a share the host does not have, over the real sshd.
 """
 
@@ -30,7 +31,9 @@ import common  # noqa: F401  (keeps impacket's bin/smbclient.py off the import p
 import os
 import shutil
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -304,6 +307,27 @@ def test_filesystem_type_from_mountinfo(tmp_path):
     assert samba_host_listing.filesystem_type("/srv/my/share", str(mountinfo)) == "xfs"
     assert samba_host_listing.filesystem_type("/srv/mydata", str(mountinfo)) == "ext4"
     assert samba_host_listing.filesystem_type("/srv", str(tmp_path / "none")) == ""
+
+
+def test_a_folder_the_account_cannot_read_fails_the_listing():
+    """The listing program as an account that cannot enter one folder of the share: status
+    66 and the folder named on standard error (the caller then compares over SMB)."""
+    root = Path(tempfile.mkdtemp(prefix="sms-unreadable-"))
+    try:
+        (root / "open" / "closed").mkdir(parents=True)
+        (root / "open" / "closed" / "f").write_bytes(b"x")
+        for folder in (root, root / "open"):
+            folder.chmod(0o755)
+        (root / "open" / "closed").chmod(0)
+        testparm = f"[global]\n\tvfs objects = acl_xattr\n\n[data]\n\tpath = {root}\n"
+        out = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "sh", "-c",
+                              'program=$(cat "$1"); shift; printf %s "$testparm" | python3 -I -S -c "$program" "$@"',
+                              "sh", samba_host_listing.__file__, "data", "", "scan", "-"],
+                             env={"PATH": "/usr/local/bin:/usr/bin:/bin", "testparm": testparm}, capture_output=True)
+        assert out.returncode == 66 and b"cannot list ./open/closed: Permission denied" in out.stderr, out
+    finally:
+        (root / "open" / "closed").chmod(0o755)
+        shutil.rmtree(root)
 
 
 def test_list_share_errors_over_ssh(samba_factory, sshd_server):
