@@ -200,7 +200,7 @@ def _listing(conf, *prune: str, changed_since: int | None = None, env: dict | No
     """The real output of LIST_SHARE_SCRIPT for share 'data' of ``conf`` on this machine, parsed."""
     out = subprocess.run(["sh", "-c", LIST_SHARE_SCRIPT, "sh", "data", str(conf), "scan",
                           "-" if changed_since is None else str(changed_since), *prune],
-                         input=HOST_LISTING_PROGRAM.encode(), capture_output=True, env=env)
+                         input=HOST_LISTING_PROGRAM, capture_output=True, env=env)
     assert out.returncode == 0 and not out.stderr, out
     return parse_share_listing(out.stdout)
 

@@ -175,8 +175,8 @@ class LocalPrincipals:
 
 class FolderSummary(NamedTuple):
     """One folder as a host's own filesystem shows it (``HostListing.folders``): the newest
-    change time (ctime, ns since 1970) among its entries (0 when it has none) and the
-    SHA-256 (hex) of their sorted ``samba_host_listing.folder_entry_line``s."""
+    change time (ctime, ns since 1970) among its entries (0 when it has none) and their
+    ``samba_host_listing.folder_digest``."""
 
     newest_change: int
     digest: str

@@ -44,8 +44,16 @@ FILETIME_1970 = 116444736000000000  # 100-ns intervals from 1601 to 1970
 def folder_entry_line(name: bytes, kind: bytes, size: int, last_write: int) -> bytes:
     """What a folder's digest covers of one entry: its name, kind ('d' folder, 'f' regular
     file, 'o' anything else), size (files; 0 otherwise) and last-write time as FILETIME.
-    The digest is SHA-256 over the folder's lines sorted bytewise, joined by NUL."""
+    ``folder_digest`` covers a folder's lines."""
     return b"%s/%s %d %d" % (name, kind, size, last_write)
+
+
+def folder_digest(lines: "list[bytes]") -> str:
+    """A folder's digest: SHA-256 (hex) of its entries' ``folder_entry_line``s sorted
+    bytewise, joined by NUL (sorts ``lines`` in place). The host computes it from the
+    filesystem, the orchestrator from its records: both through this."""
+    lines.sort()
+    return hashlib.sha256(b"\0".join(lines)).hexdigest()
 
 
 def _odd(name: bytes) -> bool:
@@ -143,9 +151,7 @@ def summarise(root: bytes, threshold, prune) -> bytes:
                 newest = max(newest, ctime)
                 if threshold is not None and ctime >= threshold:
                     changed.append(b"C %d %s\0" % (ctime, name))
-        lines.sort()
-        digest = hashlib.sha256(b"\0".join(lines)).hexdigest().encode()
-        out.append(b"D %d %s %d %s\0" % (newest, digest, odd, relative))
+        out.append(b"D %d %s %d %s\0" % (newest, folder_digest(lines).encode(), odd, relative))
         out.extend(changed)
     return b"".join(out)
 

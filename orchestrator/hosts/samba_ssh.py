@@ -112,7 +112,7 @@ command -v python3 >/dev/null 2>&1 || exit 67
 program=$(cat)
 testparm -s ${2:+"$2"} 2>/dev/null | exec python3 -I -S -c "$program" "$@"
 """
-HOST_LISTING_PROGRAM = Path(samba_host_listing.__file__).read_text(encoding="utf-8")
+HOST_LISTING_PROGRAM = Path(samba_host_listing.__file__).read_bytes()
 KEEPALIVE_SECONDS = 30
 _LIST_SHARE_FAILURES = {65: "no such share in the host's Samba configuration",
                         66: "the share's folder cannot be read on the host",
@@ -773,7 +773,7 @@ class SambaSshHost(HostAdapter):
         """
         argv = ["sh", "-c", LIST_SHARE_SCRIPT, "sh", share, self.smb_conf or "", "clock" if clock_only else "scan",
                 "-" if changed_since is None else str(changed_since), *prune]
-        status, out, stderr = self._execute(argv, check=False, input=HOST_LISTING_PROGRAM.encode())
+        status, out, stderr = self._execute(argv, check=False, input=HOST_LISTING_PROGRAM)
         if status != 0 or stderr.strip():
             raise CommandFailed(self._where, f"list share {share!r}", status,
                                 stderr or _LIST_SHARE_FAILURES.get(status, ""))

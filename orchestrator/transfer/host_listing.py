@@ -53,7 +53,6 @@ unchanged files (say ``hide dot files``) between two runs.
 
 from __future__ import annotations
 
-import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -62,7 +61,7 @@ from sqlalchemy.orm import Session
 
 from common.models import Event
 from orchestrator.hosts.facts import HostListing
-from orchestrator.hosts.samba_host_listing import folder_entry_line
+from orchestrator.hosts.samba_host_listing import folder_digest, folder_entry_line
 
 EVENT_HOST_LISTING = "transfer.host_listing"
 EVENT_HOST_CLOCK_END = "transfer.host_clock_end"
@@ -251,5 +250,4 @@ def expected_digest(folder: str, paths: list[str], previous: dict[str, tuple], l
                 lines.append(folder_entry_line(path[start:].encode(), b"f", before[1], before[2]))
     except UnicodeEncodeError:
         return None
-    lines.sort()
-    return hashlib.sha256(b"\0".join(lines)).hexdigest()
+    return folder_digest(lines)
