@@ -38,11 +38,13 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    and_,
     exists,
     literal,
     null,
     select,
     text,
+    true,
     union_all,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -484,6 +486,48 @@ class UnchangedFile(Base):
 
     run_id: Mapped[int] = mapped_column(Integer, primary_key=True)
     record_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+
+
+class FolderDigest(Base):
+    """What a transfer run recorded directly inside one folder of a share, in the form a
+    re-run compares with the file servers' own summaries of that folder
+    (orchestrator.transfer.host_listing).
+
+    ``digest`` is the digest a host's summary of the folder gives when the folder holds
+    exactly the entries the run recorded in it (names, kinds, sizes, last-write times;
+    ``samba_host_listing.folder_digest``), NULL when it cannot stand for them (a file not
+    transferred, a name the host would not show alike). ``file_ids``: the ids of the
+    records (the run's own, or those it refers to) of the folder's files that arrived,
+    as packed 64-bit integers, with ``file_bytes`` their sizes' sum; ``hash_algorithm``
+    names the algorithm every one of them holds a verified hash of (NULL: not known).
+
+    A re-run whose previous run wrote these rows compares a few hundred digests instead of
+    loading every record of the share, and records a clean folder's files by reference
+    from ``file_ids`` without reading their records. Written only by runs that read the
+    source server's clock and, on a re-run, compared on both hosts' listings; a run's row
+    for the share root ('') says it wrote them.
+    """
+
+    __tablename__ = "folder_digests"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("transfer_runs.id", ondelete="CASCADE"), primary_key=True)
+    share_id: Mapped[int] = mapped_column(ForeignKey("shares.id", ondelete="CASCADE"), primary_key=True)
+    path: Mapped[str] = mapped_column(Text, primary_key=True)
+    digest: Mapped[str | None] = mapped_column(String(64))
+    hash_algorithm: Mapped[str | None] = mapped_column(String(32))
+    file_ids: Mapped[bytes] = mapped_column(LargeBinary)
+    file_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+def holds_verified_hash(columns, algorithm: str | None):
+    """SQL truth of "the record holds a verified hash of ``algorithm``" over ``columns``
+    (``FileRecord.__table__.c`` or ``run_records(...).c``): the source's and the
+    destination's hashes of that algorithm, equal. Always true without an algorithm (a
+    run that does not verify asks nothing of its records' hashes)."""
+    if not algorithm:
+        return true()
+    return and_(columns.hash_algorithm == algorithm, columns.source_hash.is_not(None),
+                columns.destination_hash == columns.source_hash)
 
 
 # Columns a run's reference to an earlier record does not take from that record.

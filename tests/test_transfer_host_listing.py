@@ -36,10 +36,20 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select, true
 
 from common.db import session_scope
-from common.models import Batch, Event, FileRecord, Server, ServerRole, UnchangedFile
+from common.models import (
+    ARRIVED_STATES,
+    Batch,
+    Event,
+    FileRecord,
+    FolderDigest,
+    Server,
+    ServerRole,
+    UnchangedFile,
+    run_records,
+)
 from common.settings import get_settings
 from common.smb.security import owner_sid
 from common.transfer_options import TransferOptions
@@ -81,6 +91,35 @@ def _walked(lines: list[str]) -> str:
     return next(line for line in lines if ": walked " in line)
 
 
+def _stored_digests(run_id: int) -> dict[str, FolderDigest]:
+    with session_scope() as session:
+        return {row.path: row for row in session.scalars(select(FolderDigest).where(FolderDigest.run_id == run_id))}
+
+
+def _assert_digests_match_records(run_id: int) -> None:
+    """The folder digests the run stored are, folder by folder, what its records (read
+    through run_records, another path than the one that wrote them) give: the digest
+    (host_listing.expected_digest), the files' record ids and their sizes' sum."""
+    records = run_records(run_id).c
+    with session_scope() as session:
+        previous = {row[0]: tuple(row[1:]) for row in session.execute(select(
+            records.relative_path, records.is_dir, records.size, records.last_write_time, records.change_time,
+            records.attributes, records.id, true(), records.creation_time, records.last_access_time,
+            records.origin_run_id).where(records.state.in_(ARRIVED_STATES)))}
+    children: dict[str, list[str]] = {}
+    for path in previous:
+        if path:
+            children.setdefault(path.rpartition("\\")[0], []).append(path)
+    stored = _stored_digests(run_id)
+    assert set(stored) == {path for path, before in previous.items() if before[0]}
+    every_run = {before[9]: 0 for before in previous.values()}
+    for folder, row in stored.items():
+        files = [previous[path] for path in children.get(folder, []) if not previous[path][0]]
+        assert sorted(host_listing.unpack_ids(row.file_ids)) == sorted(before[5] for before in files), folder
+        assert row.file_bytes == sum(before[1] for before in files)
+        assert row.digest == host_listing.expected_digest(folder, children.get(folder, []), previous, every_run, False)
+
+
 def test_rerun_compares_on_the_hosts_listings(samba_factory, sshd_server, tmp_path, monkeypatch):
     use_settings(monkeypatch, SMS_STATE_DIR=str(tmp_path / "state"), SMS_BATCH_MAX_FILES="7")
     upgrade_to_head(get_settings().database_url)
@@ -92,9 +131,18 @@ def test_rerun_compares_on_the_hosts_listings(samba_factory, sshd_server, tmp_pa
         servers = {s.name: s for s in session.scalars(select(Server))}
         pairing_id = planning.create_pairing(session, servers["src"], servers["dst"], ["data"],
                                              {str(src.root / "shares"): str(dst.root / "shares")}).id
+    # Which runs compare the hosts' summaries with every record of the previous run rather
+    # than with the folder digests it kept.
+    from_records = []
+    recorded_folders = host_listing.recorded_folders
+    monkeypatch.setattr(host_listing, "recorded_folders",
+                        lambda session, job, share, run, *rest: from_records.append(run)
+                        or recorded_folders(session, job, share, run, *rest))
     _settle()
     first, _batches, _lines = _run(pairing_id)
     assert set(state for state, _code in record_states(first).values()) == {"copied"}
+    # The first run keeps its folder digests (it read the source's clock before its walk).
+    _assert_digests_match_records(first)
     # Folders, the share root included.
     folders = sum(1 for path in record_states(first) if (src.shares["data"].path / path.replace("\\", "/")).is_dir())
 
@@ -107,6 +155,7 @@ def test_rerun_compares_on_the_hosts_listings(samba_factory, sshd_server, tmp_pa
     assert batches == [] and set(record_states(second).values()) == {("skipped", None)}
     listed_over_smb = int(_walked(lines).split("walked ")[1].split()[0])
     assert listed_over_smb < folders and "found unchanged on the hosts' own listings" in _walked(lines)
+    _assert_digests_match_records(second)
     with session_scope() as session:
         job_id = session.get(Server, 1).job_id
         clocks = host_listing.recorded_clocks(session, job_id, 1, {first, second})
@@ -143,6 +192,7 @@ def test_rerun_compares_on_the_hosts_listings(samba_factory, sshd_server, tmp_pa
         report = reconcile(session, third)
     assert report.clean and report.shares[0].unchanged == report.shares[0].inventoried
     assert unexplained_differences(src, dst, ignore_all_access_times=True) == []
+    _assert_digests_match_records(third)
 
     # Changes on both sides: exactly those files go out; 'empty' is still clean.
     changed_files = change_both_sides(src.address, dst.address)
@@ -159,6 +209,7 @@ def test_rerun_compares_on_the_hosts_listings(samba_factory, sshd_server, tmp_pa
     with session_scope() as session:
         assert reconcile(session, fourth).clean
     assert unexplained_differences(src, dst, ignore_all_access_times=True) == []
+    _assert_digests_match_records(fourth)
 
     # A new DACL on a source file and on a folder, nothing written: over SMB both look
     # unchanged (Samba reports the last-write time as the change time); the hosts'
@@ -181,6 +232,19 @@ def test_rerun_compares_on_the_hosts_listings(samba_factory, sshd_server, tmp_pa
     with session_scope() as session:
         assert reconcile(session, fifth).clean
     assert unexplained_differences(src, dst, ignore_all_access_times=True) == []
+    _assert_digests_match_records(fifth)
+
+    # A previous run that kept no folder digests (as one made before they were kept): the
+    # re-run compares the hosts' summaries with that run's records instead, to the same
+    # end, and keeps digests again.
+    with session_scope() as session:
+        session.execute(delete(FolderDigest).where(FolderDigest.run_id == fifth))
+    _settle()
+    after_fifth, batches, lines = _run(pairing_id, recreate_shares=False)
+    assert batches == [] and "folders found unchanged on the hosts' own listings" in _walked(lines)
+    assert set(record_states(after_fifth).values()) == {("skipped", None)}
+    _assert_digests_match_records(after_fifth)
+    assert from_records == [fifth]  # every other re-run took the previous run's digests
 
     # A VFS module that may show entries under other names (catia): the hosts' listings
     # are not used, the run says why and compares every folder over SMB, to the same end.
@@ -194,6 +258,8 @@ def test_rerun_compares_on_the_hosts_listings(samba_factory, sshd_server, tmp_pa
         assert reconcile(session, sixth).clean
     assert len(said) == 1 and "compared over SMB (source: VFS modules catia may show" in said[0]
     assert set(record_states(sixth).values()) == {("skipped", None)}
+    # Compared over SMB alone, the run keeps no folder digests.
+    assert _stored_digests(sixth) == {}
 
 
 def _listing(conf, *prune: str, changed_since: int | None = None, env: dict | None = None):
@@ -270,12 +336,24 @@ def test_parse_share_listing_on_the_hosts_real_summaries(tmp_path):
     both = host_listing.HostListings(listing, listing)
     late = listing.folders["plain"].newest_change + host_listing.CLOCK_MARGIN_NS + 1
 
-    def clean(limit: int, destination_clock: int) -> bool:
-        recorded = host_listing.RecordedFolders({"plain": (list(previous), digest(records))}, {7: limit},
-                                                destination_clock)
-        return "plain" in host_listing.clean_folders(recorded, previous, both)
+    def clean(limit: int, destination_clock: int, *, hashed: str | None = None, algorithm: str | None = None) -> bool:
+        recorded = host_listing.RecordedFolders({"plain": host_listing.RecordedFolder(digest(records), hash_algorithm=hashed)},
+                                                destination_clock, {7: limit})
+        return "plain" in host_listing.clean_folders(recorded, previous, both, algorithm)
 
     assert clean(since + 1, late) and not clean(since, late) and not clean(since + 1, late - 1)
+    # A verifying run takes a folder clean only where every file holds a hash of its algorithm.
+    assert clean(since + 1, late, hashed="sha256", algorithm="sha256")
+    assert not clean(since + 1, late, algorithm="sha256") and not clean(since + 1, late, hashed="md5", algorithm="sha256")
+
+    # From folder digests (one limit for every record, none of them loaded): an entry the
+    # source lists as changed since that limit keeps its folder from being clean.
+    def clean_by_digest(source_limit: int) -> bool:
+        recorded = host_listing.RecordedFolders({"plain": host_listing.RecordedFolder(digest(records))}, late,
+                                                source_limit=source_limit)
+        return "plain" in host_listing.clean_folders(recorded, {}, both, None)
+
+    assert clean_by_digest(since + 1) and not clean_by_digest(since)
     root_digest = host_listing.expected_digest(
         "", ["plain", "odd", "link", "Oddx"], {path: (True, 0, _filetime(root / path), 0, 16, 1, True, 0, 0, 7)
                                                for path in ("plain", "odd", "link", "Oddx")},

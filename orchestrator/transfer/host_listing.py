@@ -53,13 +53,15 @@ unchanged files (say ``hide dot files``) between two runs.
 
 from __future__ import annotations
 
+import sys
+from array import array
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import exists, insert, select
 from sqlalchemy.orm import Session
 
-from common.models import Event
+from common.models import Event, FolderDigest
 from orchestrator.hosts.facts import HostListing
 from orchestrator.hosts.samba_host_listing import folder_digest, folder_entry_line
 
@@ -147,45 +149,91 @@ def source_limits(clocks: dict[int, tuple[int | None, int | None]]) -> dict[int,
 def earliest_source_limit(session: Session, job_id: int, share_id: int) -> int | None:
     """The lowest of ``source_limits`` over every run of the job that recorded the share's
     source clock (None when none did): a source entry changed before it is older than the
-    limit of any record's run, so a re-run's host listing lists one by one only the
-    entries changed at or after it (``changed_on_host`` needs no others)."""
+    limit of any record's run."""
     return min(source_limits(recorded_clocks(session, job_id, share_id)).values(), default=None)
 
 
-def changed_on_host(listing: HostListing, limits: dict[int, int], path: str, origin: int) -> bool:
-    """True when the source host shows entry ``path`` changed (its ctime) since the run
-    ``origin`` that recorded it read its clock (``limits``: ``source_limits``): a new
-    security descriptor, attribute or stream, which over SMB look unchanged on Samba.
-    False where the listing or the clock cannot tell (the SMB comparison's verdict stands).
-    ``listing`` was asked for the entries changed since ``earliest_source_limit``."""
-    change = listing.changed.get(path)
-    limit = limits.get(origin)
-    return change is not None and limit is not None and change >= limit
+def listing_threshold(session: Session, job_id: int, share_id: int, previous_run: int) -> int | None:
+    """The change time from which a re-run's host listing of the source lists entries one
+    by one (``HostListing.changed``): the previous run's own source limit when that run
+    kept folder digests (``stored_folders``: it held every record of the share to it),
+    else ``earliest_source_limit`` (``changed_on_host`` needs no older entries)."""
+    if _has_digests(session, previous_run, share_id):
+        limit = source_limits(recorded_clocks(session, job_id, share_id, {previous_run})).get(previous_run)
+        if limit is not None:
+            return limit
+    return earliest_source_limit(session, job_id, share_id)
+
+
+def _has_digests(session: Session, run_id: int, share_id: int) -> bool:
+    return session.scalar(select(exists().where(
+        FolderDigest.run_id == run_id, FolderDigest.share_id == share_id, FolderDigest.path == "")))
+
+
+@dataclass
+class RecordedFolder:
+    """What a run recorded directly inside one folder of a share (``common.models.FolderDigest``):
+    the digest a host's summary of the folder gives when it holds those entries as
+    recorded (None: it cannot be clean), the ids of its files' records and their sizes'
+    sum, and the algorithm all of them hold a verified hash of (None: not known)."""
+
+    digest: str | None
+    file_ids: array = field(default_factory=lambda: array("q"))
+    file_bytes: int = 0
+    hash_algorithm: str | None = None
 
 
 @dataclass
 class RecordedFolders:
-    """What the previous run's records say each folder of a share holds, made while the
-    hosts list the share (``recorded_folders``), so that only the comparison with their
-    summaries waits for them (``clean_folders``).
+    """What the previous run recorded in each folder of a share, made while the hosts
+    list the share (``stored_folders`` or ``recorded_folders``), so that only the
+    comparison with their summaries waits for them (``clean_folders``).
 
-    ``folders``: folder -> (the paths of its entries, the digest a host's summary of it
-    gives when it holds them as recorded, or None when it cannot be clean: ``expected_digest``).
-    ``limits``: ``source_limits`` of the runs that made the records; ``destination_clock``:
-    the one the previous run read on the destination (None: nothing is clean).
+    ``destination_clock``: the clock the previous run read on the destination (None:
+    nothing is clean). A source entry is unchanged since its record while its ctime is
+    older than ``limit`` of its record's run: ``source_limit`` for every record when the
+    previous run kept folder digests (it held every record to its own clock), else
+    ``limits`` (``source_limits`` of the records' runs).
     """
 
-    folders: dict[str, tuple[list[str], str | None]]
-    limits: dict[int, int]
+    folders: dict[str, RecordedFolder]
     destination_clock: int | None
+    limits: dict[int, int] = field(default_factory=dict)
+    source_limit: int | None = None
+
+    def limit(self, origin: int | None) -> int | None:
+        """The ctime below which a source entry recorded by run ``origin`` is unchanged."""
+        return self.source_limit if self.source_limit is not None else self.limits.get(origin)
+
+
+def stored_folders(session: Session, job_id: int, share_id: int, previous_run: int) -> RecordedFolders | None:
+    """``RecordedFolders`` from the folder digests ``previous_run`` kept for the share (None
+    when it kept none): a few hundred rows instead of every record.
+
+    Why one limit stands for every record: that run held each source entry it recorded
+    to that entry's own limit on its host listing (or wrote the record itself, from a
+    listing made after its clock), so an entry whose ctime is still below that run's
+    limit is unchanged since its record, and one changed since has a ctime above it."""
+    rows = session.execute(select(FolderDigest.path, FolderDigest.digest, FolderDigest.file_ids,
+                                  FolderDigest.file_bytes, FolderDigest.hash_algorithm).where(
+        FolderDigest.run_id == previous_run, FolderDigest.share_id == share_id)).all()
+    if not any(row.path == "" for row in rows):
+        return None
+    source, destination = recorded_clocks(session, job_id, share_id, {previous_run}).get(previous_run, (None, None))
+    if source is None:
+        return None
+    folders = {row.path: RecordedFolder(row.digest, unpack_ids(row.file_ids), row.file_bytes, row.hash_algorithm)
+               for row in rows}
+    return RecordedFolders(folders, destination, source_limit=source - CLOCK_MARGIN_NS)
 
 
 def recorded_folders(session: Session, job_id: int, share_id: int, previous_run: int,
-                     previous: dict[str, tuple], verifying: bool) -> RecordedFolders:
-    """``RecordedFolders`` of the share from ``previous``, the records of ``previous_run``:
-    path -> (is folder, size, last-write time, change time, attributes, record id, holds
-    a verified hash, creation time, last-access time, run that wrote the record). With
-    ``verifying``, a file whose record holds no verified hash keeps its folder from
+                     previous: dict[str, tuple], algorithm: str | None) -> RecordedFolders:
+    """``RecordedFolders`` of the share from ``previous``, the records of ``previous_run``
+    (for a previous run that kept no folder digests): path -> (is folder, size,
+    last-write time, change time, attributes, record id, holds a verified hash,
+    creation time, last-access time, run that wrote the record). With a verifying
+    ``algorithm``, a file whose record holds no verified hash keeps its folder from
     being clean (it must be dispatched to be hashed)."""
     clocks = recorded_clocks(session, job_id, share_id, {before[9] for before in previous.values()} | {previous_run})
     limits = source_limits(clocks)
@@ -199,34 +247,54 @@ def recorded_folders(session: Session, job_id: int, share_id: int, previous_run:
             entries.append(path)
             if before[0] and path not in children:
                 children[path] = []
-    folders = {folder: (paths, expected_digest(folder, paths, previous, limits, verifying))
-               for folder, paths in children.items()}
-    return RecordedFolders(folders, limits, clocks.get(previous_run, (None, None))[1])
+    folders = {}
+    for folder, paths in children.items():
+        files = [previous[path] for path in paths if not previous[path][0]]
+        folders[folder] = RecordedFolder(expected_digest(folder, paths, previous, limits, algorithm is not None),
+                                         array("q", [before[5] for before in files]),
+                                         sum(before[1] for before in files), algorithm)
+    return RecordedFolders(folders, clocks.get(previous_run, (None, None))[1], limits)
 
 
-def clean_folders(recorded: RecordedFolders, previous: dict[str, tuple],
-                  listings: HostListings) -> dict[str, list[str]]:
-    """The folders nobody changed since the previous run, each with the paths of its
-    entries (the module's docstring says when a folder is clean): both hosts' summaries
-    (``facts.FolderSummary``) show the digest its records give, the destination's
-    newest ctime is older than the previous run's clock there, and none of the source's
-    entries changed one by one since the clock of its record's run."""
+def clean_folders(recorded: RecordedFolders, previous: dict[str, tuple], listings: HostListings,
+                  algorithm: str | None) -> dict[str, RecordedFolder]:
+    """The folders nobody changed since the previous run (the module's docstring says when
+    a folder is clean), each with what that run recorded in it: both hosts' summaries
+    (``facts.FolderSummary``) show its digest, the destination's newest ctime is older
+    than the previous run's clock there, none of the source's entries listed one by one
+    changed since the limit of its record's run (``previous`` holds the records loaded;
+    with one ``source_limit`` for all, any entry listed is), and with a verifying
+    ``algorithm`` all its files hold a verified hash of it."""
     if recorded.destination_clock is None:
         return {}
     destination_before = recorded.destination_clock - CLOCK_MARGIN_NS
     stale = set()
     for path, change in listings.source.changed.items():
         before = previous.get(path)
-        if before is not None and change >= recorded.limits.get(before[9], 0):
+        limit = recorded.limit(None if before is None else before[9])
+        if limit is not None and change >= limit:
             stale.add(path.rpartition("\\")[0])
     source, destination = listings.source.folders, listings.destination.folders
-    clean: dict[str, list[str]] = {}
-    for folder, (paths, digest) in recorded.folders.items():
+    clean: dict[str, RecordedFolder] = {}
+    for folder, folder_records in recorded.folders.items():
+        digest = folder_records.digest
         here, there = source.get(folder), destination.get(folder)
         if digest is not None and here is not None and there is not None and here.digest == digest \
-                and there.digest == digest and there.newest_change < destination_before and folder not in stale:
-            clean[folder] = paths
+                and there.digest == digest and there.newest_change < destination_before \
+                and folder not in stale and algorithm in (None, folder_records.hash_algorithm):
+            clean[folder] = folder_records
     return clean
+
+
+def changed_on_host(listing: HostListing, recorded: RecordedFolders, path: str, origin: int) -> bool:
+    """True when the source host shows entry ``path`` changed (its ctime) since the run
+    ``origin`` that recorded it read its clock (``RecordedFolders.limit``): a new
+    security descriptor, attribute or stream, which over SMB look unchanged on Samba.
+    False where the listing or the clock cannot tell (the SMB comparison's verdict stands).
+    ``listing`` was asked for the entries changed since ``listing_threshold``."""
+    change = listing.changed.get(path)
+    limit = recorded.limit(origin)
+    return change is not None and limit is not None and change >= limit
 
 
 def expected_digest(folder: str, paths: list[str], previous: dict[str, tuple], limits: dict[int, int],
@@ -251,3 +319,100 @@ def expected_digest(folder: str, paths: list[str], previous: dict[str, tuple], l
     except UnicodeEncodeError:
         return None
     return folder_digest(lines)
+
+
+def unpack_ids(packed: bytes) -> array:
+    """Record ids kept packed (``FolderDigest.file_ids``: 64-bit little-endian) as an array."""
+    ids = array("q")
+    ids.frombytes(packed)
+    if sys.byteorder != "little":
+        ids.byteswap()
+    return ids
+
+
+def pack_ids(ids: array) -> bytes:
+    """``unpack_ids``'s inverse."""
+    if sys.byteorder != "little":
+        ids = array("q", ids)
+        ids.byteswap()
+    return ids.tobytes()
+
+
+class FolderDigestWriter:
+    """Keeps, while a run walks a share, what it records directly inside each folder, and
+    at the run's end stores it as the share's folder digests (``common.models.FolderDigest``)
+    for the next run (``stored_folders``).
+
+    A clean folder's digest is carried as it was (``carry``). A walked folder's is made
+    from its unchanged files' details as the walk compared them (``walked``) and, at the
+    end (``store``), the run's own records in it as the workers left them: folders, and
+    the files the run copied. A record in a folder that did not arrive (failed, skipped
+    as locked or changed, a folder whose metadata could not be applied) leaves that
+    folder without a digest: it must be compared again next time.
+    """
+
+    def __init__(self, algorithm: str | None):
+        self.algorithm = algorithm
+        self.carried: dict[str, RecordedFolder] = {}
+        # folder -> [entry lines of its unchanged files (None when a name in it cannot be
+        # shown alike by the host), their record ids, their sizes' sum].
+        self.walked_folders: dict[str, list] = {}
+
+    def carry(self, folder: str, recorded: RecordedFolder) -> None:
+        """``folder`` was clean: the next run compares it with what the previous run recorded."""
+        self.carried[folder] = recorded
+
+    def walked(self, folder: str, unchanged: list[tuple[str, int, int, int]], representable: bool) -> None:
+        """``folder`` was listed and compared: ``unchanged`` holds its files found unchanged
+        as (name, size, last-write time, id of the record referred to); ``representable``
+        is False when an entry of it was refused."""
+        try:
+            lines = [folder_entry_line(name.encode(), b"f", size, last_write)
+                     for name, size, last_write, _record in unchanged] if representable else None
+        except UnicodeEncodeError:
+            lines = None
+        self.walked_folders[folder] = [lines, array("q", [record for *_details, record in unchanged]),
+                                       sum(size for _name, size, _time, _record in unchanged)]
+
+    def store(self, session: Session, run_id: int, share_id: int, records: list[tuple]) -> None:
+        """Write the share's folder digests. ``records``: the run's own records of the share
+        as (path, is folder, size, last-write time, id, arrived, holds a verified hash of
+        the run's algorithm)."""
+        invalid: set[str] = set()
+        own: dict[str, list[tuple]] = {}
+        for record in records:
+            path = record[0]
+            if not path:
+                continue
+            folder = path.rpartition("\\")[0]
+            if not record[5]:
+                invalid.add(folder)
+            elif folder in self.walked_folders:
+                own.setdefault(folder, []).append(record)
+        rows = [{"run_id": run_id, "share_id": share_id, "path": folder,
+                 "digest": None if folder in invalid else recorded.digest, "hash_algorithm": recorded.hash_algorithm,
+                 "file_ids": pack_ids(recorded.file_ids), "file_bytes": recorded.file_bytes}
+                for folder, recorded in self.carried.items()]
+        for folder, walked in self.walked_folders.items():
+            rows.append({"run_id": run_id, "share_id": share_id, "path": folder,
+                         **self._walked_row(folder, walked, own.get(folder, []), folder in invalid)})
+        session.execute(insert(FolderDigest.__table__), rows)
+
+    def _walked_row(self, folder: str, walked: list, own: list[tuple], invalid: bool) -> dict:
+        lines, ids, size = walked
+        verified = self.algorithm is not None
+        start = len(folder) + 1 if folder else 0
+        for path, is_dir, record_size, last_write, record_id, _arrived, hashed in own:
+            if not is_dir:
+                ids.append(record_id)
+                size += record_size
+                verified = verified and hashed
+            if lines is not None:
+                try:
+                    lines.append(folder_entry_line(path[start:].encode(), b"d" if is_dir else b"f",
+                                                   0 if is_dir else record_size, last_write))
+                except UnicodeEncodeError:
+                    lines = None
+        digest = None if lines is None or invalid else folder_digest(lines)
+        return {"digest": digest, "hash_algorithm": self.algorithm if verified else None,
+                "file_ids": pack_ids(ids), "file_bytes": size}

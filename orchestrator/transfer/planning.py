@@ -78,7 +78,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, case, exists, func, select, true, update
+from sqlalchemy import and_, case, exists, func, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
@@ -104,6 +104,7 @@ from common.models import (
     SidMap,
     TransferRun,
     UnchangedFile,
+    holds_verified_hash,
     path_too_long,
     run_records,
     utcnow,
@@ -375,6 +376,7 @@ def execute_run(run_id: int, publish: Publisher | None = None, *, poll_interval:
                 if not plan.first:
                     _mirror_share(context, target, destination, say, plan.mirror)
                 _copy_directories(context, target, publish, poll_interval, say)
+            _store_folder_digests(context, plans)
             _record_end_clock(context)
         except DurationExceeded as exc:
             _stop_for_duration(context, publish, poll_interval, say, str(exc))
@@ -662,6 +664,7 @@ class _SharePlan:
 
     first: bool
     mirror: _MirrorWork | None = None
+    digests: host_listing.FolderDigestWriter | None = None
 
 
 def _plan_share(context: _Context, target: _ShareTarget, source: Server, destination: Server,
@@ -698,13 +701,13 @@ def _plan_share(context: _Context, target: _ShareTarget, source: Server, destina
     source_endpoint = server_endpoint(source, target.name)
     destination_endpoint = server_endpoint(destination, target.destination_share)
     with _fewer_collections(), _open_trees(source_endpoint, checked or destination_endpoint) as trees:
-        mirror = _walk_share(context, target, trees, first and not handled, previous_run, reading,
-                             not first_walk, publish, say)
+        mirror, digests = _walk_share(context, target, trees, first and not handled, previous_run, reading,
+                                      not first_walk, publish, say)
     with session_scope() as session:
         run = session.get(TransferRun, context.run_id)
         _event(session, run, EVENT_SHARE_PLANNED, f"{target.name}: walked and dispatched",
                share=target.name, share_id=target.share_id)
-    return _SharePlan(first, mirror)
+    return _SharePlan(first, mirror, digests)
 
 
 def _begin_host_listings(context: _Context, source: Server, destination: Server) -> None:
@@ -728,11 +731,28 @@ def _read_host_listing(session: Session, context: _Context, target: _ShareTarget
     if context.hosts.reader is None:
         context.hosts.reader = ThreadPoolExecutor(1, thread_name_prefix="sms-host-listing")
     changed_since = None if previous_run is None else \
-        host_listing.earliest_source_limit(session, context.job_id, target.share_id)
+        host_listing.listing_threshold(session, context.job_id, target.share_id, previous_run)
     return context.hosts.reader.submit(
         host_listing.read_listings, *context.hosts.pair, target.name, target.destination_share,
         _system_folders(context), [*_system_folders(context), dest_ops.PRE_EXISTING_DATA],
         scan=previous_run is not None, changed_since=changed_since)
+
+
+def _store_folder_digests(context: _Context, plans: dict[int, _SharePlan]) -> None:
+    """Once every file and folder stage has ended: store each share's folder digests for the
+    next run (``host_listing.FolderDigestWriter``), from what the walk saw and this run's
+    own records as the workers left them."""
+    algorithm = context.options.algorithm if context.options.verify else None
+    records = FileRecord.__table__.c
+    for share_id, plan in plans.items():
+        if plan.digests is None:
+            continue
+        with session_scope() as session:
+            own = session.execute(select(
+                records.relative_path, records.is_dir, records.size, records.last_write_time, records.id,
+                records.state.in_(ARRIVED_STATES), holds_verified_hash(records, algorithm)).where(
+                records.run_id == context.run_id, records.share_id == share_id)).all()
+            plan.digests.store(session, context.run_id, share_id, own)
 
 
 def _record_end_clock(context: _Context) -> None:
@@ -777,20 +797,31 @@ def _record_host_listing(context: _Context, target: _ShareTarget,
 
 
 def _walk_share(context: _Context, target: _ShareTarget, trees: list[SmbTree], pre_existing: bool,
-                previous_run: int | None, reading: Future | None, resuming: bool,
-                publish: Publisher, say: Progress) -> _MirrorWork | None:
+                previous_run: int | None, reading: Future | None, resuming: bool, publish: Publisher,
+                say: Progress) -> tuple[_MirrorWork | None, host_listing.FolderDigestWriter | None]:
     """PreExistingData (``pre_existing``), then the walk and dispatch of the share, compared
     with ``previous_run`` when given; the mirror's work when the destination was listed
-    (``_walk_and_dispatch``). ``reading`` gives the hosts' clocks and listings
-    (``host_listing.read_listings``): nothing is listed or moved over SMB before they are
-    recorded; the previous run's records are read meanwhile."""
+    (``_walk_and_dispatch``), and the share's folder digests to store at the run's end
+    (``host_listing.FolderDigestWriter``; None when the next run cannot rely on them).
+    ``reading`` gives the hosts' clocks and listings (``host_listing.read_listings``):
+    nothing is listed or moved over SMB before they are recorded; the previous run's
+    records are read meanwhile."""
     source_tree, destination_tree = trees
+    algorithm = context.options.algorithm if context.options.verify else None
     with ThreadPoolExecutor(2, thread_name_prefix="sms-baseline") as executor:
         baseline = None
         if previous_run is not None:
-            baseline = _Baseline(previous_run, context.options.algorithm if context.options.verify else None)
+            baseline = _Baseline(previous_run, algorithm)
             baseline.begin_loading(executor, context, target, reading is not None)
-        listings = None if reading is None else _record_host_listing(context, target, reading.result())
+        read = None if reading is None else reading.result()
+        listings = None if read is None else _record_host_listing(context, target, read)
+        # The digests hold for the next run when every record this run makes or refers to
+        # was held to this run's source clock: the clock was read, and a re-run compared on
+        # both hosts' listings (host_listing.stored_folders says why); not for a walk
+        # resumed on records made before.
+        digests = host_listing.FolderDigestWriter(algorithm) if (
+            read is not None and read.source is not None and not resuming
+            and (baseline is None or listings is not None)) else None
         if pre_existing:
             moved = dest_ops.move_into_pre_existing_data(destination_tree)
             with session_scope() as session:
@@ -804,8 +835,8 @@ def _walk_share(context: _Context, target: _ShareTarget, trees: list[SmbTree], p
                     f"{dest_ops.PRE_EXISTING_DATA}")
         if baseline is not None:
             baseline.start(executor, context, destination_tree, listings)
-        return _walk_and_dispatch(context, target, source_tree, publish, say,
-                                  resuming=resuming, baseline=baseline)
+        return _walk_and_dispatch(context, target, source_tree, publish, say, resuming=resuming,
+                                  baseline=baseline, digests=digests), digests
 
 
 @contextmanager
@@ -882,11 +913,14 @@ class _Baseline:
     destination (copied, verified or unchanged), path -> (is_dir, size, last-write
     time, change time, attributes, record id, whether it holds a verified hash of the
     run's algorithm (True when the run does not verify), creation time, last-access time,
-    the run that wrote the record). ``recorded``: what each folder must show on the
-    hosts to be clean (``host_listing.recorded_folders``), when the hosts summarise the
-    share's folders. ``clean``: the folders the hosts' listings show
-    unchanged on both sides (``host_listing.clean_folders``), each with its entries'
-    paths; neither walk lists them. ``destination``: a listing of the
+    the run that wrote the record); where that run kept folder digests, only its folders
+    and the files of the folders that are not clean (``load_folder_files``).
+    ``recorded``: what each folder must show on the hosts to be clean
+    (``host_listing.stored_folders`` or ``recorded_folders``), when the hosts summarise
+    the share's folders. ``clean``: the folders the hosts' listings show unchanged on
+    both sides (``host_listing.clean_folders``), each with what the previous run recorded
+    in it; neither walk lists them. ``subfolders``: folder -> the paths of the folders
+    recorded directly inside it. ``destination``: a listing of the
     destination share (PreExistingData and system folders not entered), path ->
     DirEntry, the root under ''. Both are held in
     memory for the walk (roughly half a kilobyte per entry); each source entry takes its own
@@ -919,8 +953,10 @@ class _Baseline:
         self.loaded = False  # ``previous`` holds the previous run's records
         self.loading: Future | None = None
         self.filled: Future | None = None
+        self.summaries = False  # the hosts were asked to summarise the share's folders
         self.recorded: host_listing.RecordedFolders | None = None
-        self.clean: dict[str, list[str]] = {}
+        self.clean: dict[str, host_listing.RecordedFolder] = {}
+        self.subfolders: dict[str, list[str]] = {}
         # Where the walks of both sides start: the top-most folders that are not clean.
         self.roots: list[str] = [""]
         # (path, record's run) -> whether the source host shows the entry changed since.
@@ -930,26 +966,32 @@ class _Baseline:
                       summaries: bool) -> None:
         """Begin ``load`` in one of ``executor``'s threads (first of all: it needs nothing
         else); with ``summaries`` (the hosts are summarising the share's folders), also
-        what each folder must show to be clean (``host_listing.recorded_folders``)."""
+        what each folder must show to be clean (``host_listing.stored_folders`` or
+        ``recorded_folders``)."""
+        self.summaries = summaries
         self.loading = executor.submit(self.load, context, target, summaries)
 
     def start(self, executor: ThreadPoolExecutor, context: _Context, tree: SmbTree,
               listings: host_listing.HostListings | None = None) -> None:
         """Begin ``fill`` in another of ``executor``'s threads (``begin_loading`` came
         first); with the hosts' ``listings``, find the clean folders first (from the
-        loaded records), so that neither walk lists them."""
-        if listings is not None:
+        loaded records), so that neither walk lists them; where only folders were loaded,
+        the files of the other folders are loaded beside the walks."""
+        if self.summaries:
             self.loading.result()
-            self._find_clean(listings)
+            if listings is not None:
+                self._find_clean(listings)
+            if not self.loaded:
+                self.loading = executor.submit(self.load_folder_files, [
+                    folder for folder in self.recorded.folders if folder not in self.clean])
         self.filled = executor.submit(self.fill, context, tree)
 
     def _find_clean(self, listings: host_listing.HostListings) -> None:
-        self.clean = host_listing.clean_folders(self.recorded, self.previous, listings)
-        self.changed_on_host = functools.partial(host_listing.changed_on_host, listings.source,
-                                                 self.recorded.limits)
+        self.clean = host_listing.clean_folders(self.recorded, self.previous, listings, self.algorithm)
+        self.changed_on_host = functools.partial(host_listing.changed_on_host, listings.source, self.recorded)
         self.roots = [] if "" in self.clean else [""]
-        for paths in self.clean.values():
-            self.roots += [path for path in paths if self.previous[path][0] and path not in self.clean]
+        for folder in self.clean:
+            self.roots += [path for path in self.subfolders.get(folder, ()) if path not in self.clean]
 
     def check(self) -> None:
         """Re-raise what stopped a filling thread, if one has failed."""
@@ -965,21 +1007,47 @@ class _Baseline:
     def load(self, context: _Context, target: _ShareTarget, summaries: bool) -> None:
         """Read the previous run's records of the share (in a thread of its own, beside the
         hosts' listings: most of it is the database's time); with ``summaries``, also
-        ``recorded``."""
-        records = run_records(self.run_id).c
-        verified = true() if not self.algorithm else and_(
-            records.hash_algorithm == self.algorithm, records.source_hash.is_not(None),
-            records.destination_hash == records.source_hash)
-        columns = [records.relative_path, records.is_dir, records.size, records.last_write_time,
-                   records.change_time, records.attributes, records.id, verified,
-                   records.creation_time, records.last_access_time, records.origin_run_id]
+        ``recorded``: from the folder digests that run kept, when it did, and then only
+        its records of folders (``load_folder_files`` reads the files that are needed)."""
         with session_scope() as session:
-            self.previous = {row[0]: tuple(row[1:]) for row in session.execute(select(*columns).where(
-                records.share_id == target.share_id, records.state.in_(ARRIVED_STATES)))}
             if summaries:
-                self.recorded = host_listing.recorded_folders(session, context.job_id, target.share_id,
-                                                              self.run_id, self.previous, self.algorithm is not None)
+                self.recorded = host_listing.stored_folders(session, context.job_id, target.share_id, self.run_id)
+            if self.recorded is not None:
+                table = FileRecord.__table__.c
+                self.previous = self._read(session, table, table.run_id, and_(
+                    table.run_id == self.run_id, table.share_id == target.share_id, table.is_dir,
+                    table.state.in_(ARRIVED_STATES)))
+            else:
+                records = run_records(self.run_id).c
+                self.previous = self._read(session, records, records.origin_run_id, and_(
+                    records.share_id == target.share_id, records.state.in_(ARRIVED_STATES)))
+                if summaries:
+                    self.recorded = host_listing.recorded_folders(session, context.job_id, target.share_id,
+                                                                  self.run_id, self.previous, self.algorithm)
+                self.loaded = True
+        for path, before in self.previous.items():
+            if before[0] and path:
+                self.subfolders.setdefault(_parent(path), []).append(path)
+
+    def load_folder_files(self, folders: list[str]) -> None:
+        """Read the records of the files the previous run recorded in ``folders`` (those
+        that are not clean), by the ids its folder digests keep."""
+        ids = [record_id for folder in folders for record_id in self.recorded.folders[folder].file_ids]
+        table = FileRecord.__table__.c
+        with session_scope() as session:
+            for start in range(0, len(ids), MIRROR_LOOKUP_CHUNK):
+                self.previous.update(self._read(session, table, table.run_id,
+                                                table.id.in_(ids[start:start + MIRROR_LOOKUP_CHUNK])))
         self.loaded = True
+
+    def _read(self, session: Session, records, origin, where) -> dict[str, tuple]:
+        """``previous``'s entries of the records ``where`` selects, from ``records`` (the
+        records table's or ``run_records``' columns; ``origin``: the run that wrote each)."""
+        columns = [records.relative_path, records.is_dir, records.size, records.last_write_time,
+                   records.change_time, records.attributes, records.id,
+                   holds_verified_hash(records, self.algorithm), records.creation_time,
+                   records.last_access_time, origin]
+        return {row[0]: tuple(row[1:]) for row in session.execute(select(*columns).where(where))}
 
     def fill(self, context: _Context, tree: SmbTree) -> None:
         """List the destination (in a thread beside the source walk; ``tree`` is used by it
@@ -1067,11 +1135,9 @@ class _UnchangedRecorder:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sms-unchanged")
         self._pending: list[Future] = []
 
-    def record(self, files: list[tuple[int, int]]) -> None:
-        """Hand over source files found unchanged, as (id of the record holding their
-        details, size)."""
-        record_ids = [record_id for record_id, _size in files]
-        size = sum(size for _record_id, size in files)
+    def record(self, record_ids: list[int], size: int) -> None:
+        """Hand over source files found unchanged: the ids of the records holding their
+        details, and their sizes' sum."""
         self._pending.append(self._executor.submit(self._store, record_ids, size))
 
     def _store(self, record_ids: list[int], size: int) -> None:
@@ -1213,7 +1279,8 @@ def _parent(path: str) -> str:
 
 def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
                        publish: Publisher, say: Progress, *, resuming: bool = False,
-                       baseline: _Baseline | None = None) -> _MirrorWork | None:
+                       baseline: _Baseline | None = None,
+                       digests: host_listing.FolderDigestWriter | None = None) -> _MirrorWork | None:
     """Walk the share and dispatch its file batches; with ``resuming``, entries this run
     already recorded (a walk cut short by a dead driver) are not recorded again.
 
@@ -1223,11 +1290,13 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
     never dispatched;
     folders whose metadata neither side changed, and in which nothing is copied or
     deleted this run, are recorded ``skipped`` too, so the folder stage leaves them
-    alone. Returns the mirror's work then (None without a baseline).
+    alone. Returns the mirror's work then (None without a baseline). ``digests`` is told
+    what each folder holds (``host_listing.FolderDigestWriter``).
     """
     settings = get_settings()
     files: list[dict[str, Any]] = []
-    unchanged: list[tuple[int, int]] = []  # (record id, size) of unchanged files not handed over yet
+    unchanged: list[int] = []  # record ids of unchanged files not handed over yet
+    unchanged_bytes = 0
     root = _root_record(context, target.share_id, tree)
     directories: list[dict[str, Any]] = [root]
     pending_bytes = 0
@@ -1250,11 +1319,13 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
             if rows:
                 bulk_insert_file_records(session, rows)
             directories.clear()
+        nonlocal unchanged_bytes
         if unchanged:
             # Handed over once the folders (the share root first of all) are committed: a
             # share with references in this run always has records of its own.
-            after_commit(session, functools.partial(recorder.record, unchanged[:]))
+            after_commit(session, functools.partial(recorder.record, unchanged[:], unchanged_bytes))
             unchanged.clear()
+            unchanged_bytes = 0
 
     def flush_batch() -> None:
         nonlocal pending_bytes, batches
@@ -1286,8 +1357,10 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
             with session_scope() as session:
                 flush_directories(session)
 
-    def add_unchanged(record_id: int, size: int) -> None:
-        unchanged.append((record_id, size))
+    def add_unchanged(record_ids: Iterable[int], size: int) -> None:
+        nonlocal unchanged_bytes
+        unchanged.extend(record_ids)
+        unchanged_bytes += size
         if len(unchanged) >= UNCHANGED_CHUNK:
             with session_scope() as session:
                 _check_cancelled(session, context.run_id)
@@ -1297,15 +1370,15 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
         """Record the entries of the folders the hosts' listings show unchanged: files by
         reference, folders as unchanged, all from the previous run's records."""
         previous = baseline.previous
-        for paths in baseline.clean.values():
-            for path in paths:
+        for folder, recorded in baseline.clean.items():
+            for path in baseline.subfolders.get(folder, ()):
                 before = previous[path]
-                if before[0]:
-                    clean_directories.add(path)
-                    add_directory(_row(context, target.share_id, path, True, 0, before[7], before[2],
-                                       before[8], before[3], before[4]))
-                else:
-                    add_unchanged(before[5], before[1])
+                clean_directories.add(path)
+                add_directory(_row(context, target.share_id, path, True, 0, before[7], before[2],
+                                   before[8], before[3], before[4]))
+            add_unchanged(recorded.file_ids, recorded.file_bytes)
+            if digests is not None:
+                digests.carry(folder, recorded)
 
     def compare_directory(row: dict[str, Any]) -> None:
         path = row["relative_path"]
@@ -1320,10 +1393,13 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
         """Record the entries of ``folder``: refused ones as walk errors, folders, unchanged
         files (by reference), and the other files into batches."""
         nonlocal pending_bytes
+        kept: list[tuple[str, int, int, int]] = []  # unchanged files, for ``digests``
+        representable = True
         for entry in entries:
             refusal = _refusal(entry)
             if refusal is not None:
                 walk_errors.append(refusal)
+                representable = False
                 continue
             if entry.is_dir:
                 row = _record(context, target.share_id, entry)
@@ -1334,7 +1410,8 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
             record_id = None if baseline is None else baseline.unchanged(
                 entry.path, False, entry.size, entry.last_write_time, entry.change_time, entry.attributes)
             if record_id is not None:
-                add_unchanged(record_id, entry.size)
+                add_unchanged((record_id,), entry.size)
+                kept.append((entry.name, entry.size, entry.last_write_time, record_id))
                 continue
             touched.add(folder)
             files.append(_record(context, target.share_id, entry))
@@ -1342,6 +1419,8 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
             if len(files) >= min(settings.batch_max_files, FIRST_BATCH_FILES << batches) \
                     or pending_bytes >= settings.batch_max_bytes:
                 flush_batch()
+        if digests is not None:
+            digests.walked(folder, kept, representable)
 
     def compare_ready() -> None:
         """Take the waiting folders that can now be compared."""
