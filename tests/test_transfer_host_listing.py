@@ -1,7 +1,7 @@
 """Re-runs compared on the servers' own listings (orchestrator.transfer.host_listing).
 
-Two lab smbd instances managed as root over the real lab sshd, a real SQLite job
-database; runs are driven in this process and every published batch is copied by the
+Two lab smbd instances managed as root over the real lab sshd, a real SQLite or
+PostgreSQL job database; runs are driven in this process and every published batch is copied by the
 real ``copy_batch`` task body. The tree is made over SMB, then:
 
 - every run records both servers' clocks, and the destination's again at its end;
@@ -120,8 +120,12 @@ def _assert_digests_match_records(run_id: int) -> None:
         assert row.digest == host_listing.expected_digest(folder, children.get(folder, []), previous, every_run, False)
 
 
-def test_rerun_compares_on_the_hosts_listings(samba_factory, sshd_server, tmp_path, monkeypatch):
-    use_settings(monkeypatch, SMS_STATE_DIR=str(tmp_path / "state"), SMS_BATCH_MAX_FILES="7")
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_rerun_compares_on_the_hosts_listings(database, samba_factory, sshd_server, tmp_path, monkeypatch, request):
+    """On the embedded SQLite and on PostgreSQL, where the references of the files the
+    previous run recorded are written while the hosts list (planning._UnchangedRecorder)."""
+    settings = {"SMS_DATABASE_URL": request.getfixturevalue("fresh_postgres_url")} if database == "postgresql" else {}
+    use_settings(monkeypatch, SMS_STATE_DIR=str(tmp_path / "state"), SMS_BATCH_MAX_FILES="7", **settings)
     upgrade_to_head(get_settings().database_url)
     src, dst = samba_factory("hsrc"), samba_factory("hdst", shares=())
     fill_rerun_tree(src.address)
@@ -138,6 +142,12 @@ def test_rerun_compares_on_the_hosts_listings(samba_factory, sshd_server, tmp_pa
     monkeypatch.setattr(host_listing, "recorded_folders",
                         lambda session, job, share, run, *rest: from_records.append(run)
                         or recorded_folders(session, job, share, run, *rest))
+    # On PostgreSQL every re-run writes the references while the hosts list, and keeps
+    # those of the folders found clean.
+    settled = []
+    settle = planning._UnchangedRecorder.settle
+    monkeypatch.setattr(planning._UnchangedRecorder, "settle",
+                        lambda recorder, clean: settled.append(recorder.context.run_id) or settle(recorder, clean))
     _settle()
     first, _batches, _lines = _run(pairing_id)
     assert set(state for state, _code in record_states(first).values()) == {"copied"}
@@ -260,6 +270,7 @@ def test_rerun_compares_on_the_hosts_listings(samba_factory, sshd_server, tmp_pa
     assert set(record_states(sixth).values()) == {("skipped", None)}
     # Compared over SMB alone, the run keeps no folder digests.
     assert _stored_digests(sixth) == {}
+    assert settled == ([] if database == "sqlite" else list(range(second, sixth + 1)))
 
 
 def _listing(conf, *prune: str, changed_since: int | None = None, env: dict | None = None):

@@ -78,12 +78,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, case, exists, func, select, update
+from sqlalchemy import and_, case, delete, exists, func, select, update
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from common.celery_app import create_celery_app
-from common.db import after_commit, bulk_insert_file_records, insert_rows, session_scope
+from common.db import after_commit, bulk_insert_file_records, get_engine, insert_rows, session_scope
 from common.endpoints import server_endpoint
 from common.models import (
     ARRIVED_STATES,
@@ -809,34 +809,42 @@ def _walk_share(context: _Context, target: _ShareTarget, trees: list[SmbTree], p
     source_tree, destination_tree = trees
     algorithm = context.options.algorithm if context.options.verify else None
     with ThreadPoolExecutor(2, thread_name_prefix="sms-baseline") as executor:
-        baseline = None
+        baseline = recorder = None
         if previous_run is not None:
             baseline = _Baseline(previous_run, algorithm)
             baseline.begin_loading(executor, context, target, reading is not None)
-        read = None if reading is None else reading.result()
-        listings = None if read is None else _record_host_listing(context, target, read)
-        # The digests hold for the next run when every record this run makes or refers to
-        # was held to this run's source clock: the clock was read, and a re-run compared on
-        # both hosts' listings (host_listing.stored_folders says why); not for a walk
-        # resumed on records made before.
-        digests = host_listing.FolderDigestWriter(algorithm) if (
-            read is not None and read.source is not None and not resuming
-            and (baseline is None or listings is not None)) else None
-        if pre_existing:
-            moved = dest_ops.move_into_pre_existing_data(destination_tree)
-            with session_scope() as session:
-                run = session.get(TransferRun, context.run_id)
-                _event(session, run, EVENT_PRE_EXISTING,
-                       f"{len(moved)} entries moved into {dest_ops.PRE_EXISTING_DATA}",
-                       server_id=context.destination_id, pairing_id=context.pairing_id,
-                       share=target.name, moved=moved[:1000])
-            if moved:
-                say(f"{target.name}: {len(moved)} pre-existing entries moved into "
-                    f"{dest_ops.PRE_EXISTING_DATA}")
-        if baseline is not None:
-            baseline.start(executor, context, destination_tree, listings)
-        return _walk_and_dispatch(context, target, source_tree, publish, say, resuming=resuming,
-                                  baseline=baseline, digests=digests), digests
+            recorder = _UnchangedRecorder(context)
+            if reading is not None:
+                recorder.speculate(baseline)
+        try:
+            read = None if reading is None else reading.result()
+            listings = None if read is None else _record_host_listing(context, target, read)
+            # The digests hold for the next run when every record this run makes or refers to
+            # was held to this run's source clock: the clock was read, and a re-run compared on
+            # both hosts' listings (host_listing.stored_folders says why); not for a walk
+            # resumed on records made before.
+            digests = host_listing.FolderDigestWriter(algorithm) if (
+                read is not None and read.source is not None and not resuming
+                and (baseline is None or listings is not None)) else None
+            if pre_existing:
+                moved = dest_ops.move_into_pre_existing_data(destination_tree)
+                with session_scope() as session:
+                    run = session.get(TransferRun, context.run_id)
+                    _event(session, run, EVENT_PRE_EXISTING,
+                           f"{len(moved)} entries moved into {dest_ops.PRE_EXISTING_DATA}",
+                           server_id=context.destination_id, pairing_id=context.pairing_id,
+                           share=target.name, moved=moved[:1000])
+                if moved:
+                    say(f"{target.name}: {len(moved)} pre-existing entries moved into "
+                        f"{dest_ops.PRE_EXISTING_DATA}")
+            if baseline is not None:
+                baseline.start(executor, context, destination_tree, listings)
+            return _walk_and_dispatch(context, target, source_tree, publish, say, resuming=resuming,
+                                      baseline=baseline, recorder=recorder, digests=digests), digests
+        except BaseException:
+            if recorder is not None:
+                recorder.abandon()  # its thread may be waiting for the clean folders
+            raise
 
 
 @contextmanager
@@ -1125,15 +1133,29 @@ class _UnchangedRecorder:
 
     Each ``record`` call is one transaction in the recorder's own session: the files
     recorded by reference to the records holding their details (``UnchangedFile``, two
-    integers per file, one COPY on PostgreSQL) and the run's totals, written while the
-    driver keeps walking and comparing. ``wait`` returns when everything handed over is
-    committed and raises the first error any of it met.
+    integers per file, one COPY on PostgreSQL, in ascending order: PostgreSQL then adds
+    to the end of its index) and the run's totals, written while the driver keeps walking
+    and comparing. ``wait`` returns when everything handed over is committed and raises
+    the first error any of it met.
+
+    Where the previous run kept folder digests, on PostgreSQL, the references of every
+    file that run recorded are written while the hosts still list the share (``speculate``),
+    in a transaction that stays open until the clean folders are known (``settle``): then
+    the references of the other folders' files are deleted (the walk records those it
+    finds unchanged) and the rest committed. With nothing changed, most of the run's
+    writing is done while it waits for the hosts.
     """
 
     def __init__(self, context: _Context):
         self.context = context
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sms-unchanged")
         self._pending: list[Future] = []
+        self._clean: Future | None = None  # the clean folders, once ``settle`` knows them
+
+    @property
+    def speculating(self) -> bool:
+        """True when ``speculate`` began: the clean folders' files go to ``settle``."""
+        return self._clean is not None
 
     def record(self, record_ids: list[int], size: int) -> None:
         """Hand over source files found unchanged: the ids of the records holding their
@@ -1142,11 +1164,55 @@ class _UnchangedRecorder:
 
     def _store(self, record_ids: list[int], size: int) -> None:
         with session_scope() as session:
-            insert_rows(session, UnchangedFile.__table__, ("run_id", "record_id"),
-                        [(self.context.run_id, record_id) for record_id in record_ids])
-            session.execute(update(TransferRun).where(TransferRun.id == self.context.run_id).values(
-                files_total=TransferRun.files_total + len(record_ids),
-                bytes_total=TransferRun.bytes_total + size))
+            self._write(session, record_ids)
+            self._add_totals(session, len(record_ids), size)
+
+    def _write(self, session: Session, record_ids: Iterable[int]) -> None:
+        run_id = self.context.run_id
+        insert_rows(session, UnchangedFile.__table__, ("run_id", "record_id"),
+                    [(run_id, record_id) for record_id in sorted(record_ids)])
+
+    def _add_totals(self, session: Session, files: int, size: int) -> None:
+        session.execute(update(TransferRun).where(TransferRun.id == self.context.run_id).values(
+            files_total=TransferRun.files_total + files, bytes_total=TransferRun.bytes_total + size))
+
+    def speculate(self, baseline: _Baseline) -> None:
+        """Begin writing the references of the files the previous run recorded, once
+        ``baseline`` has loaded and if it holds that run's folder digests (PostgreSQL only:
+        on SQLite the open transaction would hold the database's one write lock, which the
+        driver needs meanwhile). ``settle`` must follow, once the share's root is committed."""
+        if get_engine().dialect.name != "postgresql":
+            return
+        self._clean = Future()
+        self._pending.append(self._executor.submit(self._speculate, baseline, baseline.loading))
+
+    def settle(self, clean: dict[str, host_listing.RecordedFolder]) -> None:
+        """The clean folders are known (and the share's root committed): keep their files'
+        references, delete the others', commit."""
+        self._clean.set_result(clean)
+
+    def _speculate(self, baseline: _Baseline, loading: Future) -> None:
+        loading.result()
+        recorded = baseline.recorded
+        written = recorded is not None and recorded.source_limit is not None
+        with session_scope() as session:
+            if written:
+                self._write(session, (record_id for folder in recorded.folders.values()
+                                      for record_id in folder.file_ids))
+            clean = self._clean.result()
+            if not written:
+                self._write(session, (record_id for folder in clean.values() for record_id in folder.file_ids))
+            elif not clean:
+                session.rollback()  # nothing to keep (the hosts' listings could not be used)
+            else:
+                dropped = [record_id for path, folder in recorded.folders.items() if path not in clean
+                           for record_id in folder.file_ids]
+                for start in range(0, len(dropped), MIRROR_LOOKUP_CHUNK):
+                    session.execute(delete(UnchangedFile).where(
+                        UnchangedFile.run_id == self.context.run_id,
+                        UnchangedFile.record_id.in_(dropped[start:start + MIRROR_LOOKUP_CHUNK])))
+            self._add_totals(session, sum(len(folder.file_ids) for folder in clean.values()),
+                             sum(folder.file_bytes for folder in clean.values()))
 
     def wait(self) -> None:
         """Block until every handed-over chunk is committed; re-raise the first failure."""
@@ -1159,8 +1225,10 @@ class _UnchangedRecorder:
 
     def abandon(self) -> None:
         """The walk stopped (cancelled, out of time, failed): drop what has not started,
-        let the chunk in progress end, and stop the thread. Nothing is lost: a resumed
-        walk records what this run has not recorded yet."""
+        let the chunk in progress end (a speculative one is rolled back), and stop the
+        thread. Nothing is lost: a resumed walk records what this run has not recorded yet."""
+        if self._clean is not None and not self._clean.done():
+            self._clean.set_exception(RunCancelled("the walk stopped before the clean folders were known"))
         self._executor.shutdown(wait=True, cancel_futures=True)
         self._pending.clear()
 
@@ -1279,7 +1347,7 @@ def _parent(path: str) -> str:
 
 def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
                        publish: Publisher, say: Progress, *, resuming: bool = False,
-                       baseline: _Baseline | None = None,
+                       baseline: _Baseline | None = None, recorder: _UnchangedRecorder | None = None,
                        digests: host_listing.FolderDigestWriter | None = None) -> _MirrorWork | None:
     """Walk the share and dispatch its file batches; with ``resuming``, entries this run
     already recorded (a walk cut short by a dead driver) are not recorded again.
@@ -1290,8 +1358,9 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
     never dispatched;
     folders whose metadata neither side changed, and in which nothing is copied or
     deleted this run, are recorded ``skipped`` too, so the folder stage leaves them
-    alone. Returns the mirror's work then (None without a baseline). ``digests`` is told
-    what each folder holds (``host_listing.FolderDigestWriter``).
+    alone. Returns the mirror's work then (None without a baseline). ``recorder`` writes
+    the references (with a baseline); ``digests`` is told what each folder holds
+    (``host_listing.FolderDigestWriter``).
     """
     settings = get_settings()
     files: list[dict[str, Any]] = []
@@ -1301,7 +1370,6 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
     directories: list[dict[str, Any]] = [root]
     pending_bytes = 0
     batches = 0
-    recorder = None if baseline is None else _UnchangedRecorder(context)
     waiting: dict[str, list[DirEntry]] = {}  # folders walked before they could be compared
     clean_directories: set[str] = set()
     touched: set[str] = set()  # folders in which something is written or deleted
@@ -1376,9 +1444,14 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
                 clean_directories.add(path)
                 add_directory(_row(context, target.share_id, path, True, 0, before[7], before[2],
                                    before[8], before[3], before[4]))
-            add_unchanged(recorded.file_ids, recorded.file_bytes)
+            if not recorder.speculating:
+                add_unchanged(recorded.file_ids, recorded.file_bytes)
             if digests is not None:
                 digests.carry(folder, recorded)
+        if recorder.speculating:
+            with session_scope() as session:
+                flush_directories(session)  # the share's root first of all
+                after_commit(session, functools.partial(recorder.settle, dict(baseline.clean)))
 
     def compare_directory(row: dict[str, Any]) -> None:
         path = row["relative_path"]
@@ -1434,36 +1507,31 @@ def _walk_and_dispatch(context: _Context, target: _ShareTarget, tree: SmbTree,
     counts = {"listed": 0, "excluded": 0}
     channel = FastChannel.attach(tree.connection, tree.session, tree.tree)
     try:
-        try:
-            if baseline is not None:
-                take_clean()
-            for folder, entries in _source_folders(context, channel, walk_errors, counts, baseline):
-                if baseline is None or baseline.ready(folder):
-                    take(folder, entries)
-                else:
-                    waiting[folder] = entries
-                walked += len(entries)
-                if waiting and walked >= next_look:
-                    compare_ready()
-                    next_look = walked + COMPARE_CHECK_EVERY
-            if baseline is not None:
-                baseline.wait()
-                compare_directory(root)
-                compare_ready()
-        finally:
-            try:
-                channel.release()
-            except SmbError:
-                pass
-        mirror = None
         if baseline is not None:
-            mirror = baseline.mirror([error.path for error in walk_errors], context.options)
-            touched.update(_parent(entry.path) for entry in mirror.extras)
-        flush_batch()
-    except BaseException:
-        if recorder is not None:
-            recorder.abandon()
-        raise
+            take_clean()
+        for folder, entries in _source_folders(context, channel, walk_errors, counts, baseline):
+            if baseline is None or baseline.ready(folder):
+                take(folder, entries)
+            else:
+                waiting[folder] = entries
+            walked += len(entries)
+            if waiting and walked >= next_look:
+                compare_ready()
+                next_look = walked + COMPARE_CHECK_EVERY
+        if baseline is not None:
+            baseline.wait()
+            compare_directory(root)
+            compare_ready()
+    finally:
+        try:
+            channel.release()
+        except SmbError:
+            pass
+    mirror = None
+    if baseline is not None:
+        mirror = baseline.mirror([error.path for error in walk_errors], context.options)
+        touched.update(_parent(entry.path) for entry in mirror.extras)
+    flush_batch()
     skipped = sorted(clean_directories - touched)
     try:
         with session_scope() as session:
