@@ -356,3 +356,27 @@ def test_arguments_are_quoted_and_streams_do_not_deadlock(sshd_server, tmp_path)
         script = "head -c 3000000 /dev/zero | tr '\\0' e >&2; head -c 3000000 /dev/zero | tr '\\0' o"
         status, out, err = adapter.run(["sh", "-c", script])
         assert status == 0 and len(out) == 3_000_000 and len(err) == 3_000_000
+
+
+def test_commands_run_at_once_keep_their_order_and_failures(sshd_server):
+    """Reads of several commands (shares, accounts) run them at once on the one connection:
+    each command's output comes back in the order asked, all of them did run concurrently
+    (each waits until every one has started), and a failing command raises its own error."""
+    with SambaSshHost(sshd_server.host, port=sshd_server.port, username=sshd_server.user,
+                      password=sshd_server.password, known_hosts=sshd_server.known_hosts) as adapter:
+        marker = f"/tmp/sms-at-once-{os.getpid()}"
+        wait_for_all = (f"touch {marker}.$0; n=0; while [ $(ls {marker}.* | wc -l) -lt 4 ] && [ $n -lt 100 ]; "
+                        "do sleep 0.05; n=$((n+1)); done; echo $0 $n")
+        try:
+            outputs = adapter._runs_at_once([["sh", "-c", wait_for_all, str(index)] for index in range(4)])
+        finally:
+            for index in range(4):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{marker}.{index}")
+        assert [out.split()[0] for _status, out, _err in outputs] == ["0", "1", "2", "3"]
+        assert all(int(out.split()[1]) < 100 for _status, out, _err in outputs)  # none waited in vain
+        with pytest.raises(CommandFailed) as failed:
+            adapter._runs_at_once([["true"], ["sh", "-c", "echo broken >&2; exit 3"]])
+        assert failed.value.exit_status == 3 and "broken" in str(failed.value)
+        assert [status for status, _out, _err in adapter._runs_at_once(
+            [["true"], ["sh", "-c", "exit 3"]], check=False)] == [0, 3]

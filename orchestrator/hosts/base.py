@@ -107,6 +107,9 @@ class HostAdapter(abc.ABC):
     """
 
     host: str
+    # Whether two of its reads (say ``shares`` and ``local_principals``) may run at once
+    # from two threads; adapters on a connection that is not known to allow it say no.
+    concurrent_reads = False
 
     @abc.abstractmethod
     def identity(self) -> HostIdentity:

@@ -34,6 +34,7 @@ import shlex
 import socket
 import threading
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import paramiko
@@ -114,6 +115,9 @@ testparm -s ${2:+"$2"} 2>/dev/null | exec python3 -I -S -c "$program" "$@"
 """
 HOST_LISTING_PROGRAM = Path(samba_host_listing.__file__).read_bytes()
 KEEPALIVE_SECONDS = 30
+# Commands run at once on one connection (``SambaSshHost._runs_at_once``); sshd allows 10
+# sessions per connection by default (MaxSessions).
+CONCURRENT_COMMANDS = 4
 _LIST_SHARE_FAILURES = {65: "no such share in the host's Samba configuration",
                         66: "the share's folder cannot be read on the host",
                         67: "python3 is not installed on the host"}
@@ -368,6 +372,8 @@ class SambaSshHost(HostAdapter):
     silence.
     """
 
+    concurrent_reads = True  # each command is a session channel of its own (paramiko's transport is thread-safe)
+
     def __init__(
         self,
         host: str,
@@ -529,6 +535,19 @@ class SambaSshHost(HostAdapter):
     def _output(self, argv: list[str]) -> str:
         return self.run(argv)[1]
 
+    def _runs_at_once(self, commands: list[list[str]], *, check: bool = True) -> list[tuple[int, str, str]]:
+        """``run`` of each command, all at once on the one SSH connection (a session
+        channel each, at most ``CONCURRENT_COMMANDS`` at a time, within sshd's default
+        of 10 per connection): the host's tools take tens of milliseconds each
+        (pdbedit, testparm, sharesec), which one after another add up on every run.
+        Results in the commands' order; the first failure is raised."""
+        self.connect()
+        if len(commands) == 1:
+            return [self.run(commands[0], check=check)]
+        with ThreadPoolExecutor(min(len(commands), CONCURRENT_COMMANDS), thread_name_prefix="sms-ssh") as pool:
+            running = [pool.submit(self.run, argv, check=check) for argv in commands]
+        return [future.result() for future in running]
+
     def _samba(self, tool: str, *args: str) -> list[str]:
         """argv of a Samba tool with ``-s CONF`` when an smb.conf was given."""
         conf = ["-s", self.smb_conf] if self.smb_conf else []
@@ -577,20 +596,19 @@ class SambaSshHost(HostAdapter):
     def shares(self) -> list[ShareFacts]:
         """Every share of smb.conf with the effective value of every share-level parameter,
         and its share permissions (SDDL and parsed entries)."""
-        sections = parse_testparm(self._output(self._samba("testparm", "-s", "-v")))
-        share_level = parse_parameter_scopes(self._output(["testparm", "--show-all-parameters"]))
+        settings, scopes, permissions = (out for _status, out, _err in self._runs_at_once([
+            self._samba("testparm", "-s", "-v"), ["testparm", "--show-all-parameters"],
+            self._samba("sharesec", "--view-all")]))
+        sections = parse_testparm(settings)
+        share_level = parse_parameter_scopes(scopes)
         inherited = {k: v for k, v in sections.get("global", {}).items() if k in share_level}
-        acls = parse_sharesec_view_all(self._output(self._samba("sharesec", "--view-all")))
-        shares = []
-        for name, own in sections.items():
-            if name.lower() in NOT_SHARES:
-                continue
-            properties = {**inherited, **own}
-            status, sddl, _ = self.run(self._samba("sharesec", name, "--viewsddl"), check=False)
-            shares.append(
-                _share_from_parameters(name, properties, acls.get(name, []), sddl.strip() if status == 0 else None)
-            )
-        return shares
+        acls = parse_sharesec_view_all(permissions)
+        names = [name for name in sections if name.lower() not in NOT_SHARES]
+        descriptors = self._runs_at_once([self._samba("sharesec", name, "--viewsddl") for name in names],
+                                         check=False) if names else []
+        return [_share_from_parameters(name, {**inherited, **sections[name]}, acls.get(name, []),
+                                       sddl.strip() if status == 0 else None)
+                for name, (status, sddl, _err) in zip(names, descriptors)]
 
     @_readable
     def local_principals(self) -> LocalPrincipals:
@@ -599,7 +617,10 @@ class SambaSshHost(HostAdapter):
         Groups are those mapped to Windows groups (``net groupmap``) and every Unix group
         a Samba account belongs to; an unmapped Unix group has no SID.
         """
-        accounts = parse_pdbedit_verbose(self._output(self._samba("pdbedit", "-L", "-v")))
+        listed, mappings, unix_groups = (out for _status, out, _err in self._runs_at_once([
+            self._samba("pdbedit", "-L", "-v"), self._samba("net", "groupmap", "list", "verbose"),
+            ["getent", "group"]]))
+        accounts = parse_pdbedit_verbose(listed)
         names = [a["Unix username"] for a in accounts if a.get("Unix username")]
         passwd = {}
         if names:
@@ -619,16 +640,13 @@ class SambaSshHost(HostAdapter):
                     unix_id=_int_or_none(passwd[name][2]) if name in passwd else None,
                 )
             )
-        mapped = {
-            g.get("Unix group", ""): g
-            for g in parse_groupmap_verbose(self._output(self._samba("net", "groupmap", "list", "verbose")))
-        }
+        mapped = {g.get("Unix group", ""): g for g in parse_groupmap_verbose(mappings)}
         primary: dict[str, list[str]] = {}
         for name, rec in passwd.items():
             primary.setdefault(rec[3], []).append(name)
         groups = []
         samba_users = set(names)
-        for rec in parse_getent(self._output(["getent", "group"])):
+        for rec in parse_getent(unix_groups):
             if len(rec) < 4:
                 continue
             unix_name, gid = rec[0], rec[2]

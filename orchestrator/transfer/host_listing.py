@@ -34,10 +34,14 @@ each with a ctime older than the clock read before that information was taken:
 The hosts do the per-entry work, each its own, in parallel: each sends one summary per
 folder (``orchestrator.hosts.samba_host_listing``: the newest ctime and a SHA-256 of
 the entries' names, kinds, sizes and last-write times), which the orchestrator compares
-with the digest its records give (``expected_digest``, computed while the hosts list). The
-destination's newest ctime is compared with its one clock; the source's entries are
-held to the clocks of their records' runs, so the source also lists one by one the
-entries changed since the earliest clock any run recorded (``earliest_source_limit``):
+with the digest the previous run's records give. That run kept it (``FolderDigestWriter``,
+``common.models.FolderDigest``) with the ids of the folder's files' records, so a re-run
+reads a few hundred rows (``stored_folders``), not every record; where it kept none, the
+digests are computed from its records while the hosts list (``recorded_folders``,
+``expected_digest``). The destination's newest ctime is compared with its one clock; the
+source's entries are held to the clocks of their records' runs (to the previous run's
+one clock, when it kept digests: ``stored_folders`` says why), so the source also lists
+one by one the entries changed since the lowest of those clocks (``listing_threshold``):
 an entry not among them is older than any record's clock.
 
 A clean folder is neither listed over SMB nor compared entry by entry: its files are

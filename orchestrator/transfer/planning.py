@@ -32,7 +32,8 @@ A run of a pairing goes through these stages, all recorded in the job database:
    recorded ``skipped``. Where both servers are Samba managed over SSH, every run reads
    their clocks first, and a re-run lists both shares on the hosts: folders those
    listings show unchanged since the records were made are recorded from the records,
-   without any SMB listing (orchestrator.transfer.host_listing).
+   without any SMB listing (orchestrator.transfer.host_listing), compared with the
+   folder digests the previous run kept; each such run keeps its own at its end.
 3. **Wait** for every file batch to finish; meanwhile the lease reaper re-dispatches
    batches whose worker died or whose message was lost.
 4. **Mirror** (re-runs only): destination entries that the source no longer has are
@@ -558,15 +559,20 @@ def _prepare_destination(context: _Context, source: Server, destination: Server,
     from orchestrator.transfer.shares import recreate_shares
 
     source_adapter, destination_adapter = adapters
-    sid_map = _migrate_accounts(context, source, destination, source_adapter,
-                                destination_adapter, say)
+    with ThreadPoolExecutor(1, thread_name_prefix="sms-source-shares") as pool:
+        # Where the adapter allows it, the source's shares are read while the accounts
+        # are migrated (neither needs the other).
+        reading = pool.submit(source_adapter.shares) \
+            if context.options.recreate_shares and source_adapter.concurrent_reads else None
+        sid_map = _migrate_accounts(context, source, destination, source_adapter,
+                                    destination_adapter, say)
     if not context.options.recreate_shares:
         return _check_existing_shares(context, destination)
     with session_scope() as session:
         pairing = session.get(Pairing, context.pairing_id)
         path_mapping = dict(pairing.path_mapping or {})
     try:
-        facts = {share.name: share for share in source_adapter.shares()}
+        facts = {share.name: share for share in (reading.result() if reading else source_adapter.shares())}
     except HostError as exc:
         facts = {}
         say(f"source shares could not be read: {exc}")
