@@ -41,6 +41,7 @@ from common.db import session_scope
 from common.models import (
     Batch,
     BatchState,
+    Event,
     FileRecord,
     Job,
     Pairing,
@@ -210,7 +211,9 @@ def test_managed_samba_destination(managed_lab, tmp_path):
     assert all(row["owner"].startswith("S-1-") for row in rows.values())
     assert not any(path.split("\\")[0] in ("Windows", "pagefile.sys", "$Recycle.Bin") for path in rows)
 
-    # A re-run creates no account again (the earlier run's are mapped) and updates the share.
+    # A re-run creates no account again (the earlier run's are mapped) and leaves the
+    # share, already as the source's, alone: its smb.conf is not written again.
+    conf_before = (dst.conf.stat().st_ino, dst.conf.stat().st_mtime_ns, dst.conf.read_text())
     with session_scope() as session:
         rerun_id = planning.create_run(session, session.scalar(select(Pairing)), TransferOptions(retries=0)).id
     result = sms("transfer", "drive", str(rerun_id))
@@ -221,6 +224,30 @@ def test_managed_samba_destination(managed_lab, tmp_path):
     assert again[("user", USER)]["destination_sid"] == destination_alice
     with session_scope() as session:
         assert reconcile(session, rerun_id).clean
+    assert _share_outcomes(rerun_id) == ["share data: unchanged"]
+    assert (dst.conf.stat().st_ino, dst.conf.stat().st_mtime_ns, dst.conf.read_text()) == conf_before
+
+    # A setting changed on the source: the next re-run updates the share.
+    src.add_share("data", src.shares["data"].path, **{**SHARE_SETTINGS, "comment": "Team data (moved)"})
+    with session_scope() as session:
+        third_id = planning.create_run(session, session.scalar(select(Pairing)), TransferOptions(retries=0)).id
+    result = sms("transfer", "drive", str(third_id))
+    managed_lab["created"].extend(_created_accounts(third_id))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _share_outcomes(third_id) == ["share data: updated"]
+    dsections = parse_testparm(_run("testparm", "-s", "-v", str(dst.conf), check=True).stdout)
+    assert dsections["data"]["comment"] == "Team data (moved)"
+    acl = parse_sharesec_view_all(_run("sharesec", "-s", str(dst.conf), "--view-all", check=True).stdout)
+    assert sorted((a.sid, a.mask) for a in acl["data"]) == sorted(
+        [("S-1-1-0", 0x001F01FF), (destination_alice, 0x001200A9)])
+
+
+def _share_outcomes(run_id: int) -> list[str]:
+    """'share NAME: STATUS' of each share the run recreated (its share events)."""
+    with session_scope() as session:
+        return [":".join(event.message.split(":")[:2]) for event in session.scalars(select(Event).where(
+            Event.kind.in_((planning.EVENT_SHARE_RECREATED, planning.EVENT_SHARE_ERROR))))
+            if event.detail.get("run_id") == run_id]
 
 
 def test_resume_after_dead_driver_maximum_duration_and_retries(managed_lab):

@@ -113,7 +113,8 @@ class ShareFacts:
 
 @dataclass
 class ShareCreation:
-    """What ``HostAdapter.create_share`` did: ``action`` is "created" or "updated".
+    """What ``HostAdapter.create_share`` did: ``action`` is "created", "updated" or
+    "unchanged" (the share already was as it would have been written: nothing written).
 
     ``notes`` lists, for an administrator, what was not carried over as is (a parameter
     left out and why, a permission entry approximated). ``share`` is the share as the

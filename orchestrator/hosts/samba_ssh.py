@@ -109,8 +109,8 @@ class _RejectUnknownHost(paramiko.RejectPolicy):
 # out). Never spliced into.
 LIST_SHARE_SCRIPT = r"""
 date +%s%N
-command -v python3 >/dev/null 2>&1 || exit 67
 program=$(cat)
+command -v python3 >/dev/null 2>&1 || exit 67
 testparm -s ${2:+"$2"} 2>/dev/null | exec python3 -I -S -c "$program" "$@"
 """
 HOST_LISTING_PROGRAM = Path(samba_host_listing.__file__).read_bytes()
@@ -506,10 +506,15 @@ class SambaSshHost(HostAdapter):
         try:
             channel = self._client.get_transport().open_session(timeout=self.timeout)
             channel.settimeout(self.command_timeout)
-            channel.exec_command(f"LC_ALL=C LANG=C {command}")
+            # A command given no input reads /dev/null rather than waiting for an end of
+            # input: paramiko sends a channel's EOF outside its lock, so an EOF sent just
+            # as a quick command ends could follow the channel's close, and OpenSSH ends
+            # the whole connection on an EOF for a closed channel (seen with commands run
+            # at once: "ieof packet referred to nonexistent channel").
+            channel.exec_command(f"LC_ALL=C LANG=C {command}" + ("" if input else " </dev/null"))
             if input:
                 channel.sendall(input)
-            channel.shutdown_write()
+                channel.shutdown_write()
             err_chunks: list[bytes] = []
             reader = threading.Thread(target=_drain_stderr, args=(channel, err_chunks), daemon=True)
             reader.start()
@@ -535,17 +540,20 @@ class SambaSshHost(HostAdapter):
     def _output(self, argv: list[str]) -> str:
         return self.run(argv)[1]
 
-    def _runs_at_once(self, commands: list[list[str]], *, check: bool = True) -> list[tuple[int, str, str]]:
+    def _runs_at_once(self, commands: list[list[str]], *,
+                      check: bool | list[bool] = True) -> list[tuple[int, str, str]]:
         """``run`` of each command, all at once on the one SSH connection (a session
         channel each, at most ``CONCURRENT_COMMANDS`` at a time, within sshd's default
         of 10 per connection): the host's tools take tens of milliseconds each
         (pdbedit, testparm, sharesec), which one after another add up on every run.
-        Results in the commands' order; the first failure is raised."""
+        ``check`` is ``run``'s, for all commands or one per command. Results in the
+        commands' order; the first failure is raised."""
+        checks = check if isinstance(check, list) else [check] * len(commands)
         self.connect()
         if len(commands) == 1:
-            return [self.run(commands[0], check=check)]
+            return [self.run(commands[0], check=checks[0])]
         with ThreadPoolExecutor(min(len(commands), CONCURRENT_COMMANDS), thread_name_prefix="sms-ssh") as pool:
-            running = [pool.submit(self.run, argv, check=check) for argv in commands]
+            running = [pool.submit(self.run, argv, check=checked) for argv, checked in zip(commands, checks)]
         return [future.result() for future in running]
 
     def _samba(self, tool: str, *args: str) -> list[str]:
@@ -712,6 +720,10 @@ class SambaSshHost(HostAdapter):
         into smb.conf itself (``samba_shares.EDIT_CONF_SCRIPT``: locked, checked with
         testparm, previous file kept as ``smb.conf.sms-previous``, swapped in with a
         rename). Finally ``smbcontrol smbd reload-config``.
+
+        A share of smb.conf whose section and permissions already are what would be
+        written (a re-run, nothing changed on the source) is left alone: nothing is
+        written, nothing reloaded, ``action`` "unchanged". Registry shares are written.
         """
         if share.share_type not in (None, "disk"):
             raise ShareRejected(
@@ -726,13 +738,18 @@ class SambaSshHost(HostAdapter):
         except ValueError as exc:
             raise ShareRejected(self._where, str(exc)) from None
         conf_path = self.config_file()
-        conf_text = self._output(["cat", "--", conf_path])
+        reads = [["cat", "--", conf_path], self._samba("testparm", "-s", "-v"),
+                 self._samba("sharesec", share.name, "--viewsddl")]
+        if self._share_parameters is None:
+            reads.append(["testparm", "--show-all-parameters"])
+        (_, conf_text, _), (_, settings, _), (sddl_status, current_sddl, _), *scopes = self._runs_at_once(
+            reads, check=[True, True, False, True][:len(reads)])
         if "\ufffd" in conf_text:
             raise ShareRejected(self._where, f"{conf_path} is not UTF-8 text; add the share by hand")
-        sections = parse_testparm(self._output(self._samba("testparm", "-s", "-v")))
+        sections = parse_testparm(settings)
         global_parameters = sections.pop("global", {})
         if self._share_parameters is None:
-            self._share_parameters = parse_parameter_scopes(self._output(["testparm", "--show-all-parameters"]))
+            self._share_parameters = parse_parameter_scopes(scopes[0][1])
         inherited = {k: v for k, v in global_parameters.items() if k in self._share_parameters}
         existing = next((sections[n] for n in sections if n.lower() == share.name.lower()), None)
         in_file = samba_shares.section_span(conf_text, share.name) is not None
@@ -755,6 +772,11 @@ class SambaSshHost(HostAdapter):
                     self._where,
                     f"share {share.name!r} is defined outside {conf_path} (an included file); update it there",
                 )
+        new_text = samba_shares.splice_section(conf_text, share.name, section)
+        same_permissions = acl_arguments is None or (
+            acl_arguments[0] == "--setsddl" and sddl_status == 0 and current_sddl.strip() == acl_arguments[1])
+        if in_file and new_text == conf_text and same_permissions:
+            return ShareCreation(name=share.name, path=path, action="unchanged", notes=notes + acl_notes)
         if acl_arguments is not None:
             self.run(self._samba("sharesec", share.name, "--force", *acl_arguments))
         if registry:
@@ -762,7 +784,6 @@ class SambaSshHost(HostAdapter):
                      input=section.encode("utf-8"))
             notes.append("written to Samba's registry (net conf)")
         else:
-            new_text = samba_shares.splice_section(conf_text, share.name, section)
             expected = hashlib.sha256(conf_text.encode("utf-8")).hexdigest()
             self.run(["sh", "-c", samba_shares.EDIT_CONF_SCRIPT, "sh", conf_path, expected, "testparm"],
                      input=new_text.encode("utf-8"))

@@ -593,7 +593,7 @@ def _prepare_destination(context: _Context, source: Server, destination: Server,
     with session_scope() as session:
         run = session.get(TransferRun, context.run_id)
         for target, outcome in zip(recreated, outcomes):
-            ok = outcome.status in ("created", "updated")
+            ok = outcome.status in ("created", "updated", "unchanged")
             _event(session, run, EVENT_SHARE_RECREATED if ok else EVENT_SHARE_ERROR,
                    f"share {target.destination_share}: {outcome.status}: {outcome.reason}",
                    level=EventLevel.INFO if ok else EventLevel.ERROR,
