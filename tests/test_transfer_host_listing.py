@@ -32,11 +32,12 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, select, true
+from sqlalchemy import delete, func, select, text, true
 
 from common.db import session_scope
 from common.models import (
@@ -271,6 +272,66 @@ def test_rerun_compares_on_the_hosts_listings(database, samba_factory, sshd_serv
     # Compared over SMB alone, the run keeps no folder digests.
     assert _stored_digests(sixth) == {}
     assert settled == ([] if database == "sqlite" else list(range(second, sixth + 1)))
+
+
+def test_a_walk_stopped_while_references_are_written_ahead_loses_and_holds_nothing(
+        samba_factory, sshd_server, tmp_path, monkeypatch, fresh_postgres_url):
+    """On PostgreSQL a re-run writes the previous run's references while the hosts list, in
+    a transaction kept open until the clean folders are known. A walk that stops before
+    then (here: finding the clean folders fails) rolls it back: the failed run holds no
+    reference, no thread is left waiting, nothing holds a lock, and the next run finds
+    everything unchanged as if the failed one had never been."""
+    use_settings(monkeypatch, SMS_STATE_DIR=str(tmp_path / "state"), SMS_DATABASE_URL=fresh_postgres_url)
+    upgrade_to_head(get_settings().database_url)
+    src, dst = samba_factory("asrc"), samba_factory("adst", shares=())
+    fill_rerun_tree(src.address)
+    register_servers("ahead", {"src": (src, ServerRole.SOURCE, management(sshd_server, src)),
+                               "dst": (dst, ServerRole.DESTINATION, management(sshd_server, dst))})
+    with session_scope() as session:
+        servers = {s.name: s for s in session.scalars(select(Server))}
+        pairing_id = planning.create_pairing(session, servers["src"], servers["dst"], ["data"],
+                                             {str(src.root / "shares"): str(dst.root / "shares")}).id
+    _settle()
+    first, _batches, _lines = _run(pairing_id)
+    _settle()
+
+    written_ahead = []
+    speculate = planning._UnchangedRecorder._speculate
+
+    def spy(recorder, baseline, loading):
+        speculate(recorder, baseline, loading)
+        written_ahead.append(recorder.context.run_id)
+
+    def broken(baseline, listings):
+        time.sleep(0.5)  # the references are written meanwhile, the transaction open
+        raise RuntimeError("finding the clean folders failed")
+
+    find_clean = planning._Baseline._find_clean
+    monkeypatch.setattr(planning._UnchangedRecorder, "_speculate", spy)
+    monkeypatch.setattr(planning._Baseline, "_find_clean", broken)
+    threads_before = {thread.name for thread in threading.enumerate()}
+    with session_scope() as session:
+        failed = planning.create_run(session, session.get(planning.Pairing, pairing_id),
+                                     TransferOptions(retries=0)).id
+    with pytest.raises(RuntimeError, match="finding the clean folders failed"):
+        planning.execute_run(failed, lambda dispatch: None, poll_interval=0.1)
+    assert written_ahead == []  # rolled back: the speculation ended in the walk's error
+    with session_scope() as session:
+        assert session.scalar(select(func.count()).select_from(UnchangedFile).where(
+            UnchangedFile.run_id == failed)) == 0
+        assert session.get(planning.TransferRun, failed).state.value == "failed"
+        assert session.execute(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                    "AND state LIKE 'idle in transaction%'")).scalar() == 0
+    assert not [thread.name for thread in threading.enumerate()
+                if thread.name.startswith("sms-unchanged") and thread.name not in threads_before]
+
+    monkeypatch.setattr(planning._Baseline, "_find_clean", find_clean)
+    _settle()
+    after, batches, _lines = _run(pairing_id)
+    assert batches == [] and written_ahead == [after]
+    assert set(record_states(after).values()) == {("skipped", None)}
+    with session_scope() as session:
+        assert reconcile(session, after).clean
 
 
 def _listing(conf, *prune: str, changed_since: int | None = None, env: dict | None = None):
