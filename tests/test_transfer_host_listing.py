@@ -92,6 +92,22 @@ def _walked(lines: list[str]) -> str:
     return next(line for line in lines if ": walked " in line)
 
 
+def _managed_pairing(samba_factory, sshd_server, prefix: str):
+    """A source Samba server holding the re-run tree and an empty destination, both managed
+    as root over the lab sshd, registered in the job database (migrated to head) and
+    paired for share 'data'; (source, destination, pairing id)."""
+    upgrade_to_head(get_settings().database_url)
+    src, dst = samba_factory(f"{prefix}src"), samba_factory(f"{prefix}dst", shares=())
+    fill_rerun_tree(src.address)
+    register_servers(f"{prefix}hosts", {"src": (src, ServerRole.SOURCE, management(sshd_server, src)),
+                                        "dst": (dst, ServerRole.DESTINATION, management(sshd_server, dst))})
+    with session_scope() as session:
+        servers = {s.name: s for s in session.scalars(select(Server))}
+        pairing_id = planning.create_pairing(session, servers["src"], servers["dst"], ["data"],
+                                             {str(src.root / "shares"): str(dst.root / "shares")}).id
+    return src, dst, pairing_id
+
+
 def _stored_digests(run_id: int) -> dict[str, FolderDigest]:
     with session_scope() as session:
         return {row.path: row for row in session.scalars(select(FolderDigest).where(FolderDigest.run_id == run_id))}
@@ -127,15 +143,7 @@ def test_rerun_compares_on_the_hosts_listings(database, samba_factory, sshd_serv
     previous run recorded are written while the hosts list (planning._UnchangedRecorder)."""
     settings = {"SMS_DATABASE_URL": request.getfixturevalue("fresh_postgres_url")} if database == "postgresql" else {}
     use_settings(monkeypatch, SMS_STATE_DIR=str(tmp_path / "state"), SMS_BATCH_MAX_FILES="7", **settings)
-    upgrade_to_head(get_settings().database_url)
-    src, dst = samba_factory("hsrc"), samba_factory("hdst", shares=())
-    fill_rerun_tree(src.address)
-    register_servers("hosts", {"src": (src, ServerRole.SOURCE, management(sshd_server, src)),
-                               "dst": (dst, ServerRole.DESTINATION, management(sshd_server, dst))})
-    with session_scope() as session:
-        servers = {s.name: s for s in session.scalars(select(Server))}
-        pairing_id = planning.create_pairing(session, servers["src"], servers["dst"], ["data"],
-                                             {str(src.root / "shares"): str(dst.root / "shares")}).id
+    src, dst, pairing_id = _managed_pairing(samba_factory, sshd_server, "h")
     # Which runs compare the hosts' summaries with every record of the previous run rather
     # than with the folder digests it kept.
     from_records = []
@@ -282,15 +290,7 @@ def test_a_walk_stopped_while_references_are_written_ahead_loses_and_holds_nothi
     reference, no thread is left waiting, nothing holds a lock, and the next run finds
     everything unchanged as if the failed one had never been."""
     use_settings(monkeypatch, SMS_STATE_DIR=str(tmp_path / "state"), SMS_DATABASE_URL=fresh_postgres_url)
-    upgrade_to_head(get_settings().database_url)
-    src, dst = samba_factory("asrc"), samba_factory("adst", shares=())
-    fill_rerun_tree(src.address)
-    register_servers("ahead", {"src": (src, ServerRole.SOURCE, management(sshd_server, src)),
-                               "dst": (dst, ServerRole.DESTINATION, management(sshd_server, dst))})
-    with session_scope() as session:
-        servers = {s.name: s for s in session.scalars(select(Server))}
-        pairing_id = planning.create_pairing(session, servers["src"], servers["dst"], ["data"],
-                                             {str(src.root / "shares"): str(dst.root / "shares")}).id
+    _src, _dst, pairing_id = _managed_pairing(samba_factory, sshd_server, "a")
     _settle()
     first, _batches, _lines = _run(pairing_id)
     _settle()
