@@ -211,6 +211,11 @@ def test_recreate_into_the_registry_and_report_unmapped_local_sids(lab, hosts):
     registry = _run("net", "-s", str(destination.conf), "conf", "showshare", "Team Docs")
     assert "comment = v2" in registry and registry.count("[Team Docs]") == 1
     assert destination.conf.read_text() == conf_before
+    # once more, nothing changed on the source: the share is left as it is
+    [same] = recreate_shares(hosts["source"], hosts["registry"], [changed], {str(lab["volume"]): str(target)},
+                             replace=True)
+    assert same.status == "unchanged", same.reason
+    assert _run("net", "-s", str(destination.conf), "conf", "showshare", "Team Docs") == registry
 
 
 def test_a_destination_without_management_access(lab, hosts):

@@ -721,9 +721,9 @@ class SambaSshHost(HostAdapter):
         testparm, previous file kept as ``smb.conf.sms-previous``, swapped in with a
         rename). Finally ``smbcontrol smbd reload-config``.
 
-        A share of smb.conf whose section and permissions already are what would be
-        written (a re-run, nothing changed on the source) is left alone: nothing is
-        written, nothing reloaded, ``action`` "unchanged". Registry shares are written.
+        A share whose section (in smb.conf or the registry) and permissions already are
+        what would be written (a re-run, nothing changed on the source) is left alone:
+        nothing is written, nothing reloaded, ``action`` "unchanged".
         """
         if share.share_type not in (None, "disk"):
             raise ShareRejected(
@@ -739,11 +739,12 @@ class SambaSshHost(HostAdapter):
             raise ShareRejected(self._where, str(exc)) from None
         conf_path = self.config_file()
         reads = [["cat", "--", conf_path], self._samba("testparm", "-s", "-v"),
-                 self._samba("sharesec", share.name, "--viewsddl")]
+                 self._samba("sharesec", share.name, "--viewsddl"),
+                 self._samba("net", "conf", "showshare", share.name)]
         if self._share_parameters is None:
             reads.append(["testparm", "--show-all-parameters"])
-        (_, conf_text, _), (_, settings, _), (sddl_status, current_sddl, _), *scopes = self._runs_at_once(
-            reads, check=[True, True, False, True][:len(reads)])
+        (_, conf_text, _), (_, settings, _), (sddl_status, current_sddl, _), (registry_status, registry_text, _), \
+            *scopes = self._runs_at_once(reads, check=[True, True, False, False, True][:len(reads)])
         if "\ufffd" in conf_text:
             raise ShareRejected(self._where, f"{conf_path} is not UTF-8 text; add the share by hand")
         sections = parse_testparm(settings)
@@ -764,9 +765,8 @@ class SambaSshHost(HostAdapter):
         except ValueError as exc:
             raise ShareRejected(self._where, f"share {share.name!r}: {exc}") from None
         registry = not in_file and samba_shares.uses_registry_shares(conf_text, global_parameters)
+        in_registry = registry and registry_status == 0
         if existing is not None and not in_file:
-            showshare = self._samba("net", "conf", "showshare", share.name)
-            in_registry = registry and self.run(showshare, check=False)[0] == 0
             if not in_registry:
                 raise ShareRejected(
                     self._where,
@@ -775,7 +775,7 @@ class SambaSshHost(HostAdapter):
         new_text = samba_shares.splice_section(conf_text, share.name, section)
         same_permissions = acl_arguments is None or (
             acl_arguments[0] == "--setsddl" and sddl_status == 0 and current_sddl.strip() == acl_arguments[1])
-        if in_file and new_text == conf_text and same_permissions:
+        if same_permissions and (in_file and new_text == conf_text or in_registry and registry_text == section):
             return ShareCreation(name=share.name, path=path, action="unchanged", notes=notes + acl_notes)
         if acl_arguments is not None:
             self.run(self._samba("sharesec", share.name, "--force", *acl_arguments))
