@@ -130,9 +130,11 @@ def recorded_clocks(session: Session, job_id: int, share_id: int,
     end when there is one; a side not read is None."""
     clocks: dict[int, tuple[int | None, int | None]] = {}
     ends: dict[int, int] = {}
-    for kind, detail in session.execute(select(Event.kind, Event.detail).where(
-            Event.job_id == job_id, Event.kind.in_((EVENT_HOST_LISTING, EVENT_HOST_CLOCK_END)))
-            .order_by(Event.id)):
+    query = select(Event.kind, Event.detail).where(
+        Event.job_id == job_id, Event.kind.in_((EVENT_HOST_LISTING, EVENT_HOST_CLOCK_END))).order_by(Event.id)
+    if runs is not None:  # the job's other runs' events are left in the database (they add up)
+        query = query.where(Event.detail["run_id"].as_integer().in_(sorted(runs)))
+    for kind, detail in session.execute(query):
         run_id = detail.get("run_id")
         if runs is not None and run_id not in runs:
             continue
