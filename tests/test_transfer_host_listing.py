@@ -14,8 +14,15 @@ real ``copy_batch`` task body. The tree is made over SMB, then:
   listed over SMB, and the trees end equal field by field (tests.lab.compare);
 - a DACL set on a source file and on a folder without any write (invisible over SMB on
   Samba) reaches the destination;
+- every run keeps folder digests that match, folder by folder, what its records give,
+  and the next run compares with them rather than with every record (a previous run
+  without digests: with its records, to the same end); a run compared over SMB keeps none;
 - a share with a VFS module that may rename entries is compared over SMB, and the run
-  says why.
+  says why;
+- a file locked during a run fails; its folder gets no digest, so the next run copies
+  that file and nothing else;
+- on PostgreSQL, a walk that stops while the previous run's references are written
+  ahead rolls them back, holds nothing and leaves the next run unaffected.
 
 ``parse_share_listing`` is checked on the real output of ``LIST_SHARE_SCRIPT`` run on
 this machine over a folder holding names SMB would show otherwise, a link and a pruned
@@ -37,6 +44,7 @@ import time
 from pathlib import Path
 
 import pytest
+from smbprotocol.open import CreateDisposition, CreateOptions, ImpersonationLevel, Open
 from sqlalchemy import delete, func, select, text, true
 
 from common.db import session_scope
@@ -59,7 +67,7 @@ from orchestrator.hosts import CommandFailed, samba_host_listing
 from orchestrator.hosts.samba_ssh import HOST_LISTING_PROGRAM, LIST_SHARE_SCRIPT, SambaSshHost, parse_share_listing
 from orchestrator.transfer import host_listing, planning
 from orchestrator.transfer.reconcile import reconcile
-from tests.lab.smbio import LabTree
+from tests.lab.smbio import FILE_READ_DATA, FILE_WRITE_DATA, SYNCHRONIZE, LabTree
 from tests.test_transfer_accounts import ace, descriptor
 from tests.transfer_support import (
     change_both_sides,
@@ -332,6 +340,39 @@ def test_a_walk_stopped_while_references_are_written_ahead_loses_and_holds_nothi
     assert set(record_states(after).values()) == {("skipped", None)}
     with session_scope() as session:
         assert reconcile(session, after).clean
+
+
+def test_a_file_locked_during_a_run_is_copied_by_the_next_on_the_hosts_listings(
+        samba_factory, sshd_server, tmp_path, monkeypatch):
+    """A file a user holds open exclusively fails (the run completes with errors); the
+    folder digests that run keeps mark its folder as one to compare again, so the next
+    run, on the hosts' listings, dispatches that file (and its folder's metadata, and
+    nothing else) and copies it; the run after that finds nothing to do."""
+    use_settings(monkeypatch, SMS_STATE_DIR=str(tmp_path / "state"))
+    src, dst, pairing_id = _managed_pairing(samba_factory, sshd_server, "l")
+    _settle()
+    locker = LabTree(src.address, "data")
+    try:
+        held = Open(locker.tree, "a\\f2.txt")
+        held.create(ImpersonationLevel.Impersonation, FILE_READ_DATA | FILE_WRITE_DATA | SYNCHRONIZE,
+                    0, 0, CreateDisposition.FILE_OPEN, CreateOptions.FILE_NON_DIRECTORY_FILE)
+        first, _batches = drive_in_process(pairing_id, TransferOptions(retries=0), expected="completed_with_errors")
+    finally:
+        locker.close()
+    assert record_states(first)["a\\f2.txt"] == ("failed", "STATUS_SHARING_VIOLATION")
+    digests = _stored_digests(first)
+    assert digests["a"].digest is None
+    assert all(row.digest is not None for path, row in digests.items() if path != "a")
+
+    _settle()
+    second, batches, lines = _run(pairing_id)
+    assert sorted(path for batch in batches for path in batch) == ["a", "a\\f2.txt"]
+    assert record_states(second)["a\\f2.txt"] == ("copied", None)
+    _assert_digests_match_records(second)
+    _settle()
+    third, batches, lines = _run(pairing_id)
+    assert batches == [] and set(record_states(third).values()) == {("skipped", None)}
+    assert unexplained_differences(src, dst, ignore_all_access_times=True) == []
 
 
 def _listing(conf, *prune: str, changed_since: int | None = None, env: dict | None = None):

@@ -125,10 +125,11 @@ def change_both_sides(source_address: str, destination_address: str) -> list[str
     return ["a\\f1.txt", "a\\f3.txt", "a\\f4.txt", "b\\deep\\new.txt", "b\\f4.txt"]
 
 
-def drive_in_process(pairing_id: int, options, progress=None) -> tuple[int, list[list[str]]]:
+def drive_in_process(pairing_id: int, options, progress=None,
+                     expected: str = "succeeded") -> tuple[int, list[list[str]]]:
     """Create and drive a run of the pairing in this process, every batch it publishes
     copied by the real ``copy_batch`` task body as a worker would; (run id, the sorted
-    paths of each published batch). The run must succeed."""
+    paths of each published batch). The run must end ``expected``."""
     from common.smb.connection import close_pool
     from orchestrator.transfer import planning
     from proxy_worker.copy_tasks import copy_batch
@@ -145,7 +146,7 @@ def drive_in_process(pairing_id: int, options, progress=None) -> tuple[int, list
 
     try:
         state = planning.execute_run(run_id, publish, poll_interval=0.1, progress=progress)
-        assert state.value == "succeeded"
+        assert state.value == expected
     finally:
         close_pool()
     return run_id, published
