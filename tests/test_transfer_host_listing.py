@@ -22,7 +22,9 @@ real ``copy_batch`` task body. The tree is made over SMB, then:
 - a file locked during a run fails; its folder gets no digest, so the next run copies
   that file and nothing else;
 - on PostgreSQL, a walk that stops while the previous run's references are written
-  ahead rolls them back, holds nothing and leaves the next run unaffected.
+  ahead rolls them back, holds nothing and leaves the next run unaffected; a database
+  that ends that idle transaction (an administrator's idle-in-transaction timeout) gets
+  the clean folders' references written again, and the run ends clean.
 
 ``parse_share_listing`` is checked on the real output of ``LIST_SHARE_SCRIPT`` run on
 this machine over a folder holding names SMB would show otherwise, a link and a pruned
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import common  # noqa: F401  (keeps impacket's bin/smbclient.py off the import path)
 
+import logging
 import os
 import shutil
 import subprocess
@@ -47,7 +50,7 @@ import pytest
 from smbprotocol.open import CreateDisposition, CreateOptions, ImpersonationLevel, Open
 from sqlalchemy import delete, func, select, text, true
 
-from common.db import session_scope
+from common.db import dispose_engines, session_scope
 from common.models import (
     ARRIVED_STATES,
     Batch,
@@ -114,6 +117,13 @@ def _managed_pairing(samba_factory, sshd_server, prefix: str):
         pairing_id = planning.create_pairing(session, servers["src"], servers["dst"], ["data"],
                                              {str(src.root / "shares"): str(dst.root / "shares")}).id
     return src, dst, pairing_id
+
+
+def _kinds(run_id: int) -> dict[str, bool]:
+    """{path: is a folder} of a run's records."""
+    records = run_records(run_id).c
+    with session_scope() as session:
+        return dict(session.execute(select(records.relative_path, records.is_dir)).all())
 
 
 def _stored_digests(run_id: int) -> dict[str, FolderDigest]:
@@ -340,6 +350,40 @@ def test_a_walk_stopped_while_references_are_written_ahead_loses_and_holds_nothi
     assert set(record_states(after).values()) == {("skipped", None)}
     with session_scope() as session:
         assert reconcile(session, after).clean
+
+
+def test_references_written_ahead_and_lost_to_the_database_are_written_again(
+        samba_factory, sshd_server, tmp_path, monkeypatch, fresh_postgres_url, caplog):
+    """A database whose administrator ends transactions left idle (PostgreSQL's
+    idle_in_transaction_session_timeout, here 200 ms) ends the transaction holding the
+    references written ahead while the hosts list: the run writes the clean folders'
+    references again in a transaction of its own and ends clean, every file recorded."""
+    use_settings(monkeypatch, SMS_STATE_DIR=str(tmp_path / "state"), SMS_DATABASE_URL=fresh_postgres_url)
+    _src, _dst, pairing_id = _managed_pairing(samba_factory, sshd_server, "i")
+    _settle()
+    first, _batches, _lines = _run(pairing_id)
+    with session_scope() as session:
+        database = session.execute(text("SELECT current_database()")).scalar()
+        session.execute(text(f'ALTER DATABASE "{database}" SET idle_in_transaction_session_timeout = 200'))
+    dispose_engines()  # new connections take the setting
+
+    find_clean = planning._Baseline._find_clean
+
+    def slow(baseline, listings):
+        time.sleep(0.8)  # the hosts take their time; the references' transaction sits idle
+        find_clean(baseline, listings)
+
+    monkeypatch.setattr(planning._Baseline, "_find_clean", slow)
+    _settle()
+    with caplog.at_level(logging.WARNING, logger=planning.__name__):
+        second, batches, _lines = _run(pairing_id)
+    assert [record.getMessage() for record in caplog.records
+            if "references written ahead were lost" in record.getMessage()]
+    assert batches == [] and record_states(second) == {path: ("skipped", None) for path in record_states(first)}
+    with session_scope() as session:
+        assert reconcile(session, second).clean
+        assert session.scalar(select(func.count()).select_from(UnchangedFile).where(
+            UnchangedFile.run_id == second)) == sum(1 for kind in _kinds(first).values() if not kind)
 
 
 def test_a_file_locked_during_a_run_is_copied_by_the_next_on_the_hosts_listings(

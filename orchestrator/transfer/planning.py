@@ -1200,25 +1200,36 @@ class _UnchangedRecorder:
     def _speculate(self, baseline: _Baseline, loading: Future) -> None:
         loading.result()
         recorded = baseline.recorded
-        written = recorded is not None and recorded.source_limit is not None
-        with session_scope() as session:
-            if written:
-                self._write(session, (record_id for folder in recorded.folders.values()
-                                      for record_id in folder.file_ids))
-            clean = self._clean.result()
-            if not written:
-                self._write(session, (record_id for folder in clean.values() for record_id in folder.file_ids))
-            elif not clean:
-                session.rollback()  # nothing to keep (the hosts' listings could not be used)
-            else:
-                dropped = [record_id for path, folder in recorded.folders.items() if path not in clean
-                           for record_id in folder.file_ids]
-                for start in range(0, len(dropped), MIRROR_LOOKUP_CHUNK):
-                    session.execute(delete(UnchangedFile).where(
-                        UnchangedFile.run_id == self.context.run_id,
-                        UnchangedFile.record_id.in_(dropped[start:start + MIRROR_LOOKUP_CHUNK])))
-            self._add_totals(session, sum(len(folder.file_ids) for folder in clean.values()),
-                             sum(folder.file_bytes for folder in clean.values()))
+        ahead = recorded is not None and recorded.source_limit is not None
+        try:
+            with session_scope() as session:
+                if ahead:
+                    self._write(session, (record_id for folder in recorded.folders.values()
+                                          for record_id in folder.file_ids))
+                clean = self._clean.result()
+                if ahead and not clean:
+                    session.rollback()  # nothing to keep (the hosts' listings could not be used)
+                elif ahead:
+                    dropped = [record_id for path, folder in recorded.folders.items() if path not in clean
+                               for record_id in folder.file_ids]
+                    for start in range(0, len(dropped), MIRROR_LOOKUP_CHUNK):
+                        session.execute(delete(UnchangedFile).where(
+                            UnchangedFile.run_id == self.context.run_id,
+                            UnchangedFile.record_id.in_(dropped[start:start + MIRROR_LOOKUP_CHUNK])))
+                else:
+                    self._write(session, (record_id for folder in clean.values() for record_id in folder.file_ids))
+                self._add_totals(session, sum(len(folder.file_ids) for folder in clean.values()),
+                                 sum(folder.file_bytes for folder in clean.values()))
+            return
+        except (OperationalError, InterfaceError) as exc:
+            # The open transaction was ended under it (an idle-in-transaction timeout set
+            # by the database's administrator, a restart): the clean folders' references
+            # are written again, in a transaction of their own.
+            logger.warning("run %s: references written ahead were lost (%s); writing them again",
+                           self.context.run_id, str(exc).splitlines()[0])
+        clean = self._clean.result()
+        self._store([record_id for folder in clean.values() for record_id in folder.file_ids],
+                    sum(folder.file_bytes for folder in clean.values()))
 
     def wait(self) -> None:
         """Block until every handed-over chunk is committed; re-raise the first failure."""
