@@ -505,7 +505,8 @@ class FolderDigest(Base):
     loading every record of the share, and records a clean folder's files by reference
     from ``file_ids`` without reading their records. Written only by runs that read the
     source server's clock and, on a re-run, compared on both hosts' listings; a run's row
-    for the share root ('') says it wrote them.
+    for the share root ('') says it wrote them. Derived data, not records: a run that
+    stores its digests deletes those of the pairing's earlier runs.
     """
 
     __tablename__ = "folder_digests"

@@ -230,6 +230,7 @@ def test_rerun_compares_on_the_hosts_listings(database, samba_factory, sshd_serv
     assert report.clean and report.shares[0].unchanged == report.shares[0].inventoried
     assert unexplained_differences(src, dst, ignore_all_access_times=True) == []
     _assert_digests_match_records(third)
+    assert _stored_digests(first) == _stored_digests(second) == {}  # only the latest run's are kept
 
     # Changes on both sides: exactly those files go out; 'empty' is still clean.
     changed_files = change_both_sides(src.address, dst.address)

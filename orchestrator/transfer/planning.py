@@ -96,6 +96,7 @@ from common.models import (
     EventLevel,
     FileRecord,
     FileState,
+    FolderDigest,
     JobState,
     Pairing,
     RunState,
@@ -747,7 +748,8 @@ def _read_host_listing(session: Session, context: _Context, target: _ShareTarget
 def _store_folder_digests(context: _Context, plans: dict[int, _SharePlan]) -> None:
     """Once every file and folder stage has ended: store each share's folder digests for the
     next run (``host_listing.FolderDigestWriter``), from what the walk saw and this run's
-    own records as the workers left them."""
+    own records as the workers left them. Only a run's previous run's digests are ever
+    read: the pairing's earlier runs' digests of the share are deleted (records are kept)."""
     algorithm = context.options.algorithm if context.options.verify else None
     records = FileRecord.__table__.c
     for share_id, plan in plans.items():
@@ -759,6 +761,9 @@ def _store_folder_digests(context: _Context, plans: dict[int, _SharePlan]) -> No
                 records.state.in_(ARRIVED_STATES), holds_verified_hash(records, algorithm)).where(
                 records.run_id == context.run_id, records.share_id == share_id)).all()
             plan.digests.store(session, context.run_id, share_id, own)
+            session.execute(delete(FolderDigest).where(
+                FolderDigest.share_id == share_id, FolderDigest.run_id < context.run_id,
+                FolderDigest.run_id.in_(select(TransferRun.id).where(TransferRun.pairing_id == context.pairing_id))))
 
 
 def _record_end_clock(context: _Context) -> None:
