@@ -21,6 +21,8 @@ real ``copy_batch`` task body. The tree is made over SMB, then:
   says why;
 - a file locked during a run fails; its folder gets no digest, so the next run copies
   that file and nothing else;
+- verifying runs take a folder clean only where its files hold verified hashes of their
+  algorithm (another algorithm sends every file out to be hashed);
 - on PostgreSQL, a walk that stops while the previous run's references are written
   ahead rolls them back, holds nothing and leaves the next run unaffected; a database
   that ends that idle transaction (an administrator's idle-in-transaction timeout) gets
@@ -385,6 +387,40 @@ def test_references_written_ahead_and_lost_to_the_database_are_written_again(
         assert reconcile(session, second).clean
         assert session.scalar(select(func.count()).select_from(UnchangedFile).where(
             UnchangedFile.run_id == second)) == sum(1 for kind in _kinds(first).values() if not kind)
+
+
+def test_verifying_reruns_take_folders_clean_only_with_hashes_of_their_algorithm(
+        samba_factory, sshd_server, tmp_path, monkeypatch):
+    """A run that verifies keeps, per folder, the algorithm all its files hold a verified
+    hash of. The next run with that checksum finds every folder clean; one with another
+    algorithm finds none (every file goes out to be hashed, the copy engine skipping its
+    unchanged data) and keeps its own algorithm, so the run after it is clean again; a
+    run that does not verify takes them clean whatever they hold."""
+    use_settings(monkeypatch, SMS_STATE_DIR=str(tmp_path / "state"))
+    src, dst, pairing_id = _managed_pairing(samba_factory, sshd_server, "v")
+
+    def run(checksum: str) -> tuple[int, list[str]]:
+        _settle()
+        run_id, batches, _lines = _run(pairing_id, checksum=checksum)
+        return run_id, sorted(path for batch in batches for path in batch)
+
+    first, _dispatched = run("fast")
+    files = {path for path, is_dir in _kinds(first).items() if not is_dir}
+    algorithms = {row.hash_algorithm for row in _stored_digests(first).values()}
+    assert algorithms == {TransferOptions(checksum="fast").algorithm}
+    second, dispatched = run("fast")
+    assert dispatched == []
+    third, dispatched = run("sha256")
+    assert files <= set(dispatched)  # every file, to be hashed with the other algorithm
+    assert {state for path, (state, _code) in record_states(third).items() if path in files} == {"verified"}
+    assert {row.hash_algorithm for row in _stored_digests(third).values()} == {"sha256"}
+    fourth, dispatched = run("sha256")
+    assert dispatched == []
+    fifth, dispatched = run("none")
+    assert dispatched == []
+    with session_scope() as session:
+        assert all(reconcile(session, run_id).clean for run_id in (first, second, third, fourth, fifth))
+    assert unexplained_differences(src, dst, ignore_all_access_times=True) == []
 
 
 def test_a_file_locked_during_a_run_is_copied_by_the_next_on_the_hosts_listings(
