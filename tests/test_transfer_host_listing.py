@@ -79,6 +79,7 @@ from tests.transfer_support import (
     drive_in_process,
     fill_rerun_tree,
     management,
+    record_kinds,
     record_states,
     register_servers,
     unexplained_differences,
@@ -119,13 +120,6 @@ def _managed_pairing(samba_factory, sshd_server, prefix: str):
         pairing_id = planning.create_pairing(session, servers["src"], servers["dst"], ["data"],
                                              {str(src.root / "shares"): str(dst.root / "shares")}).id
     return src, dst, pairing_id
-
-
-def _kinds(run_id: int) -> dict[str, bool]:
-    """{path: is a folder} of a run's records."""
-    records = run_records(run_id).c
-    with session_scope() as session:
-        return dict(session.execute(select(records.relative_path, records.is_dir)).all())
 
 
 def _stored_digests(run_id: int) -> dict[str, FolderDigest]:
@@ -386,7 +380,7 @@ def test_references_written_ahead_and_lost_to_the_database_are_written_again(
     with session_scope() as session:
         assert reconcile(session, second).clean
         assert session.scalar(select(func.count()).select_from(UnchangedFile).where(
-            UnchangedFile.run_id == second)) == sum(1 for kind in _kinds(first).values() if not kind)
+            UnchangedFile.run_id == second)) == sum(1 for kind in record_kinds(first).values() if not kind)
 
 
 def test_verifying_reruns_take_folders_clean_only_with_hashes_of_their_algorithm(
@@ -405,7 +399,7 @@ def test_verifying_reruns_take_folders_clean_only_with_hashes_of_their_algorithm
         return run_id, sorted(path for batch in batches for path in batch)
 
     first, _dispatched = run("fast")
-    files = {path for path, is_dir in _kinds(first).items() if not is_dir}
+    files = {path for path, is_dir in record_kinds(first).items() if not is_dir}
     algorithms = {row.hash_algorithm for row in _stored_digests(first).values()}
     assert algorithms == {TransferOptions(checksum="fast").algorithm}
     second, dispatched = run("fast")

@@ -43,6 +43,7 @@ from tests.transfer_support import (
     change_both_sides,
     drive_in_process as _run,
     fill_rerun_tree,
+    record_kinds,
     record_states,
     register_servers,
     unexplained_differences,
@@ -59,13 +60,6 @@ def _carried(run_id: int) -> dict[str, tuple]:
         return {row[0]: tuple(row[1:]) for row in session.execute(select(
             records.relative_path, records.size, records.last_write_time, records.attributes,
             records.owner, records.hash_algorithm, records.source_hash))}
-
-
-def _kinds(run_id: int) -> dict[str, bool]:
-    """{path: is a folder} of a run's records."""
-    records = run_records(run_id).c
-    with session_scope() as session:
-        return dict(session.execute(select(records.relative_path, records.is_dir)).all())
 
 
 def _referenced_runs(run_id: int) -> dict[str, int]:
@@ -114,7 +108,7 @@ def test_rerun_decides_unchanged_entries_in_the_planner(database, samba_factory,
     assert _carried(second) == _carried(first)  # owner and hashes of the run that copied them
     # The unchanged files are references to the first run's records, not copies of them;
     # the folders are the second run's own records.
-    files = {path for path, is_dir in _kinds(first).items() if not is_dir}
+    files = {path for path, is_dir in record_kinds(first).items() if not is_dir}
     assert _referenced_runs(second) == dict.fromkeys(files, first)
     assert _own_paths(second) == set(record_states(first)) - files
     assert report.clean and report.shares[0].unchanged == report.shares[0].inventoried == len(record_states(first))
@@ -147,7 +141,7 @@ def test_rerun_decides_unchanged_entries_in_the_planner(database, samba_factory,
     verifying = TransferOptions(retries=0, checksum="fast")
     fourth, batches = _run(pairing_id, verifying)
     assert {path for batch in batches for path in batch} >= {
-        path for path, is_dir in _kinds(third).items() if not is_dir}
+        path for path, is_dir in record_kinds(third).items() if not is_dir}
     with session_scope() as session:
         assert reconcile(session, fourth).clean
     fifth, batches = _run(pairing_id, verifying)

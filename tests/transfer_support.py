@@ -75,6 +75,13 @@ def record_states(run_id: int) -> dict[str, tuple[str, str | None]]:
             select(records.relative_path, records.state, records.error_code))}
 
 
+def record_kinds(run_id: int) -> dict[str, bool]:
+    """{relative path: is a folder} of every record of a run."""
+    records = run_records(run_id).c
+    with session_scope() as session:
+        return dict(session.execute(select(records.relative_path, records.is_dir)).all())
+
+
 def unexplained_differences(source, destination, share: str = "data", *,
                             destination_share: str | None = None,
                             ignore_access_times_of: set[str] | None = None,
