@@ -268,11 +268,16 @@ def finish(lab: FaultLab, driver: Driver, files: list[str]) -> list[str]:
     return states
 
 
-def when_copying(lab: FaultLab, driver: Driver) -> None:
-    """Wait until some batches are done and others still to do."""
+def when_copying(lab: FaultLab, driver: Driver, *, driver_waiting: bool = False) -> None:
+    """Wait until some batches are done and others still to do; with ``driver_waiting``,
+    until the driver has planned everything and waits for batches still to do (the
+    driver survives a database outage while it waits; one while it plans fails the run,
+    which a resumed drive continues)."""
     def half_way() -> bool:
         counts = lab.batches(driver.run_id)
-        return (counts.get(BatchState.DONE, 0) >= 2
-                and counts.get(BatchState.QUEUED, 0) + counts.get(BatchState.RUNNING, 0) >= 2)
+        still_to_do = counts.get(BatchState.QUEUED, 0) + counts.get(BatchState.RUNNING, 0)
+        if driver_waiting:
+            return driver.said("files: ") and still_to_do >= 1
+        return counts.get(BatchState.DONE, 0) >= 2 and still_to_do >= 2
 
     wait_until(half_way, 90, "a transfer half way")

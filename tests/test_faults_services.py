@@ -71,7 +71,7 @@ def test_postgres_restarts_mid_transfer(samba_factory, worker_factory, tmp_path,
         lab.snapshot()
         lab.worker()
         driver = lab.start_run(retries=2, retry_delay=2)
-        when_copying(lab, driver)
+        when_copying(lab, driver, driver_waiting=True)
         postgres.restart(downtime=2)
         finish(lab, driver, files)
     finally:
