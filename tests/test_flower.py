@@ -51,7 +51,8 @@ def test_flower_requires_basic_auth_and_shows_the_workers_tasks(redis_url, tmp_p
     database_url = f"sqlite:///{tmp_path / 'jobs.sqlite'}"
     env = environment(SMS_STATE_DIR=str(tmp_path / "state"), SMS_BROKER_URL=redis_url,
                       SMS_DATABASE_URL=database_url,
-                      SMS_FLOWER_USER=USER, SMS_FLOWER_PASSWORD=PASSWORD, SMS_FLOWER_PORT=str(port))
+                      SMS_FLOWER_USER=USER, SMS_FLOWER_PASSWORD=PASSWORD, SMS_FLOWER_PORT=str(port),
+                      PYTHONFAULTHANDLER="1")
     with open(log, "wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "flower"], cwd=tmp_path,
                                    env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -96,5 +97,13 @@ def test_flower_requires_basic_auth_and_shows_the_workers_tasks(redis_url, tmp_p
         assert PASSWORD not in cmdline and "flower" in cmdline
     finally:
         os.kill(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            # Seen once in CI: Flower still running 30 s after SIGTERM. Its threads' stacks
+            # (PYTHONFAULTHANDLER, on SIGABRT) go to its log, for whoever looks next.
+            os.kill(process.pid, signal.SIGABRT)
+            process.wait(timeout=30)
+            raise AssertionError("Flower did not stop within 30 s of SIGTERM; its log ends:\n"
+                                 + log.read_text(errors="replace")[-6000:]) from None
     assert PASSWORD not in log.read_text()
