@@ -93,6 +93,12 @@ class TransferOptions:
         """True when the destination is re-read and its hash compared with the source's."""
         return self.checksum != "none"
 
+    @property
+    def verified_algorithm(self) -> str | None:
+        """The algorithm of the verified hashes this run asks of its records (None when it
+        does not verify)."""
+        return self.algorithm if self.verify else None
+
     def is_system_folder(self, path: str) -> bool:
         """True when ``path`` (share-relative) is one of SYSTEM_FOLDERS at the share's root
         or inside one, and this run skips them."""

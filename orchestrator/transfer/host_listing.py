@@ -136,8 +136,6 @@ def recorded_clocks(session: Session, job_id: int, share_id: int,
         query = query.where(Event.detail["run_id"].as_integer().in_(sorted(runs)))
     for kind, detail in session.execute(query):
         run_id = detail.get("run_id")
-        if runs is not None and run_id not in runs:
-            continue
         if kind == EVENT_HOST_CLOCK_END:
             ends[run_id] = detail.get("destination_clock")
         elif detail.get("share_id") == share_id and run_id not in clocks:
@@ -225,12 +223,13 @@ def stored_folders(session: Session, job_id: int, share_id: int, previous_run: i
         FolderDigest.run_id == previous_run, FolderDigest.share_id == share_id)).all()
     if not any(row.path == "" for row in rows):
         return None
-    source, destination = recorded_clocks(session, job_id, share_id, {previous_run}).get(previous_run, (None, None))
-    if source is None:
+    clocks = recorded_clocks(session, job_id, share_id, {previous_run})
+    limit = source_limits(clocks).get(previous_run)
+    if limit is None:
         return None
     folders = {row.path: RecordedFolder(row.digest, unpack_ids(row.file_ids), row.file_bytes, row.hash_algorithm)
                for row in rows}
-    return RecordedFolders(folders, destination, source_limit=source - CLOCK_MARGIN_NS)
+    return RecordedFolders(folders, clocks[previous_run][1], source_limit=limit)
 
 
 def recorded_folders(session: Session, job_id: int, share_id: int, previous_run: int,

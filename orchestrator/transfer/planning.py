@@ -750,7 +750,7 @@ def _store_folder_digests(context: _Context, plans: dict[int, _SharePlan]) -> No
     next run (``host_listing.FolderDigestWriter``), from what the walk saw and this run's
     own records as the workers left them. Only a run's previous run's digests are ever
     read: the pairing's earlier runs' digests of the share are deleted (records are kept)."""
-    algorithm = context.options.algorithm if context.options.verify else None
+    algorithm = context.options.verified_algorithm
     records = FileRecord.__table__.c
     for share_id, plan in plans.items():
         if plan.digests is None:
@@ -818,7 +818,7 @@ def _walk_share(context: _Context, target: _ShareTarget, trees: list[SmbTree], p
     nothing is listed or moved over SMB before they are recorded; the previous run's
     records are read meanwhile."""
     source_tree, destination_tree = trees
-    algorithm = context.options.algorithm if context.options.verify else None
+    algorithm = context.options.verified_algorithm
     with ThreadPoolExecutor(2, thread_name_prefix="sms-baseline") as executor:
         baseline = recorder = None
         if previous_run is not None:
@@ -1205,36 +1205,32 @@ class _UnchangedRecorder:
     def _speculate(self, baseline: _Baseline, loading: Future) -> None:
         loading.result()
         recorded = baseline.recorded
-        ahead = recorded is not None and recorded.source_limit is not None
-        try:
-            with session_scope() as session:
-                if ahead:
+        if recorded is not None and recorded.source_limit is not None:  # the previous run kept digests
+            try:
+                with session_scope() as session:
                     self._write(session, (record_id for folder in recorded.folders.values()
                                           for record_id in folder.file_ids))
-                clean = self._clean.result()
-                if ahead and not clean:
-                    session.rollback()  # nothing to keep (the hosts' listings could not be used)
-                elif ahead:
+                    clean = self._clean.result()
+                    if not clean:
+                        session.rollback()  # nothing to keep (the hosts' listings could not be used)
+                        return
                     dropped = [record_id for path, folder in recorded.folders.items() if path not in clean
                                for record_id in folder.file_ids]
                     for start in range(0, len(dropped), MIRROR_LOOKUP_CHUNK):
                         session.execute(delete(UnchangedFile).where(
                             UnchangedFile.run_id == self.context.run_id,
                             UnchangedFile.record_id.in_(dropped[start:start + MIRROR_LOOKUP_CHUNK])))
-                else:
-                    self._write(session, (record_id for folder in clean.values() for record_id in folder.file_ids))
-                self._add_totals(session, sum(len(folder.file_ids) for folder in clean.values()),
-                                 sum(folder.file_bytes for folder in clean.values()))
-            return
-        except (OperationalError, InterfaceError) as exc:
-            # The open transaction was ended under it (an idle-in-transaction timeout set
-            # by the database's administrator, a restart): the clean folders' references
-            # are written again, in a transaction of their own.
-            logger.warning("run %s: references written ahead were lost (%s); writing them again",
-                           self.context.run_id, str(exc).splitlines()[0])
+                    self._add_totals(session, *_files_and_bytes(clean))
+                return
+            except (OperationalError, InterfaceError) as exc:
+                # The open transaction was ended under it (an idle-in-transaction timeout
+                # set by the database's administrator, a restart): the clean folders'
+                # references are written again, in a transaction of their own.
+                logger.warning("run %s: references written ahead were lost (%s); writing them again",
+                               self.context.run_id, str(exc).splitlines()[0])
         clean = self._clean.result()
         self._store([record_id for folder in clean.values() for record_id in folder.file_ids],
-                    sum(folder.file_bytes for folder in clean.values()))
+                    _files_and_bytes(clean)[1])
 
     def wait(self) -> None:
         """Block until every handed-over chunk is committed; re-raise the first failure."""
@@ -1253,6 +1249,12 @@ class _UnchangedRecorder:
             self._clean.set_exception(RunCancelled("the walk stopped before the clean folders were known"))
         self._executor.shutdown(wait=True, cancel_futures=True)
         self._pending.clear()
+
+
+def _files_and_bytes(folders: dict[str, host_listing.RecordedFolder]) -> tuple[int, int]:
+    """How many files ``folders`` hold, and their sizes' sum."""
+    return (sum(len(folder.file_ids) for folder in folders.values()),
+            sum(folder.file_bytes for folder in folders.values()))
 
 
 def _skip_directories(session: Session, context: _Context, share_id: int, previous_run: int,
